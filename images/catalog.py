@@ -1,0 +1,78 @@
+"""The image catalog: every image the product ships, declared as data.
+
+Plays the role of a `docker-bake.hcl`: one common definition (labels, the base) and a short
+entry per image. `images.build` walks it in dependency order; nothing here runs anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# The public base every chain starts from, pinned by digest. `invoke base` builds an
+# equivalent one (Debian bookworm, minbase) from the host's package mirror for hosts that
+# cannot reach a container registry; pass it with `invoke build --base-image`.
+DEFAULT_BASE_IMAGE = "debian:bookworm-slim@sha256:b55e2651b71408015f8068dd74e1d04404a8fa607dd2cfe284b4824c11f4d9bd"
+LOCAL_BASE_IMAGE = "neox-pipeline/base:bookworm"
+
+# Local repository prefix for built images: neox-pipeline/<name>:<content-hash>.
+REPOSITORY_PREFIX = "neox-pipeline"
+SOURCE_URL = "https://github.com/neox-pipeline/neox-pipeline"
+
+# The GPU generations the trainer's compiled code covers (A100, A40, L40/4090, H100/H200 + PTX).
+TORCH_CUDA_ARCH_LIST = "8.0 8.6 8.9 9.0+PTX"
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """One image: where its Dockerfile is, which repository files enter its build context,
+    which pyproject extras it installs, its build args, and the catalog image it builds on
+    (whose tag is passed as BASE_IMAGE) or None for the public/local base."""
+
+    name: str
+    dockerfile: str
+    context: tuple[str, ...]
+    extras: tuple[str, ...] = ()
+    build_args: dict[str, str] = field(default_factory=dict)
+    parent: str | None = None
+    shipped: bool = True
+    description: str = ""
+
+
+CATALOG: tuple[ImageSpec, ...] = (
+    ImageSpec(
+        name="python",
+        dockerfile="images/python/Dockerfile",
+        context=(),
+        shipped=False,
+        description="Debian's Python 3.11, an empty virtualenv path and the non-root user; parent of the others",
+    ),
+    ImageSpec(
+        name="fetcher",
+        dockerfile="images/fetcher/Dockerfile",
+        context=("jobs",),
+        extras=("fetch",),
+        parent="python",
+        description="python -m jobs.fetch: parallel, resumable, verified weight download",
+    ),
+    ImageSpec(
+        name="preprocessor",
+        dockerfile="images/preprocessor/Dockerfile",
+        context=("jobs",),
+        extras=("preprocess",),
+        parent="python",
+        description="python -m jobs.preprocess: corpus to GPT-NeoX indexed dataset",
+    ),
+    ImageSpec(
+        name="trainer",
+        dockerfile="images/trainer/Dockerfile",
+        context=("jobs", "trainer", "images/trainer/build-requirements.txt"),
+        extras=("trainer", "determined"),
+        build_args={"TORCH_CUDA_ARCH_LIST": TORCH_CUDA_ARCH_LIST},
+        parent="python",
+        description="GPT-NeoX fine-tuning: torch (CUDA 13), DeepSpeed with prebuilt ops, fused kernels",
+    ),
+)
+
+
+def by_name(catalog: tuple[ImageSpec, ...] = CATALOG) -> dict[str, ImageSpec]:
+    return {spec.name: spec for spec in catalog}

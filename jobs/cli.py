@@ -1,0 +1,120 @@
+"""What every job shares: its one domain exception, the single place that maps errors to exit
+codes, and progress reporting (a live bar on a terminal, a plain log line every few seconds
+otherwise, as Kubernetes logs want)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+class JobError(Exception):
+    """A failure the user can act on: its message is the one line printed, naming the thing at fault."""
+
+
+def run_main(prog: str, body: Callable[[], int | None]) -> int:
+    """Run a job's body; turn JobError and Ctrl-C into one line on stderr and an exit code."""
+    try:
+        return body() or EXIT_OK
+    except JobError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def write_json_atomic(path: str | os.PathLike, payload: dict) -> None:
+    """Write JSON to a temporary name beside `path`, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def human_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class Progress:
+    """Progress of a job toward an optional total.
+
+    On a terminal the line is redrawn in place at most `tty_interval` apart; otherwise one plain
+    line is logged every `log_interval` seconds. `describe(done, total, rate, eta)` formats the
+    body of the line, so each job chooses its own units.
+    """
+
+    def __init__(
+        self,
+        prog: str,
+        describe: Callable[[float, float | None, float, float | None], str],
+        total: float | None = None,
+        stream: TextIO | None = None,
+        log_interval: float = 5.0,
+        tty_interval: float = 0.2,
+    ) -> None:
+        self.prog = prog
+        self.describe = describe
+        self.total = total
+        self.done = 0.0
+        self.stream = stream or sys.stderr
+        self.is_tty = self.stream.isatty()
+        self.interval = tty_interval if self.is_tty else log_interval
+        self.start = time.monotonic()
+        self._last = self.start
+
+    def advance(self, amount: float) -> None:
+        self.done += amount
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self._last = now
+            self._emit(now)
+
+    def _line(self, now: float) -> str:
+        elapsed = max(now - self.start, 1e-9)
+        rate = self.done / elapsed
+        eta = (self.total - self.done) / rate if self.total and rate > 0 else None
+        return self.describe(self.done, self.total, rate, eta)
+
+    def _emit(self, now: float) -> None:
+        line = self._line(now)
+        if self.is_tty:
+            self.stream.write(f"\r\x1b[2K{self.prog}: {line}")
+        else:
+            self.stream.write(f"{self.prog}: {line}\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        """Finish the live line (a terminal needs its newline); the caller prints the summary."""
+        if self.is_tty:
+            self._emit(time.monotonic())
+            self.stream.write("\n")
+            self.stream.flush()

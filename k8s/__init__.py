@@ -1,0 +1,1 @@
+"""Kubernetes manifests and the Determined experiment: render, validate, apply, wait, submit."""
