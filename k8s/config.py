@@ -1,0 +1,289 @@
+"""The user's pipeline config (`pipeline.yaml`): its schema, loading, and the checks that give one
+clear line per mistake (unknown keys, wrong types, secret values, missing lock entries)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import jsonschema
+import yaml
+
+from jobs.cli import JobError
+
+IMAGES = ("fetcher", "preprocessor", "trainer")
+
+_NAME = {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 63}
+_REL_PATH = {"type": "string", "minLength": 1, "pattern": r"^(?!/)(?!.*(^|/)\.\.(/|$)).+$"}
+_QUANTITY = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|Pi|M|G|T|P)?$"}
+_POS_INT = {"type": "integer", "minimum": 1}
+_RESOURCES = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "cpu": _QUANTITY,
+        "memory": _QUANTITY,
+        "cpu_limit": _QUANTITY,
+        "memory_limit": _QUANTITY,
+        "backoff_limit": {"type": "integer", "minimum": 0},
+        "deadline_seconds": _POS_INT,
+        "ttl_seconds": {"type": "integer", "minimum": 0},
+    },
+}
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["namespace", "volume", "weights", "dataset", "checkpoints", "neox_configs", "experiment",
+                 "determined_master"],
+    "properties": {
+        "namespace": _NAME,
+        "lock_file": {"type": "string"},
+        "determined_master": {"type": "string", "pattern": r"^https?://[^\s/@]+(/.*)?$"},
+        "volume": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["name", "size", "storage_class", "mount_path"],
+            "properties": {
+                "name": _NAME,
+                "size": _QUANTITY,
+                "storage_class": {"type": "string", "minLength": 1},
+                "access_mode": {"enum": ["ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod", "ReadOnlyMany"]},
+                "mount_path": {"type": "string", "pattern": r"^/[^\s]*$"},
+            },
+        },
+        "weights": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["source", "dest"],
+            "properties": {
+                "source": {"type": "string", "pattern": r"^(https?://|s3://|hf://)\S+$"},
+                "dest": _REL_PATH,
+                "connections": _POS_INT,
+                "checksums": {"type": "string"},
+                "include": {"type": "array", "items": {"type": "string"}},
+                "exclude": {"type": "array", "items": {"type": "string"}},
+                "endpoint_url": {"type": "string"},
+                "secret": _NAME,
+                "resources": _RESOURCES,
+            },
+        },
+        "dataset": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["inputs", "tokenizer", "output_prefix"],
+            "properties": {
+                "source": {"type": "string", "pattern": r"^(https?://|s3://|hf://)\S+$"},
+                "dir": _REL_PATH,
+                "inputs": {"type": "array", "minItems": 1, "items": _REL_PATH},
+                "tokenizer": _REL_PATH,
+                "output_prefix": _REL_PATH,
+                "jsonl_key": {"type": "string", "pattern": r"^[A-Za-z0-9_]+$"},
+                "append_eod": {"type": "boolean"},
+                "workers": _POS_INT,
+                "secret": _NAME,
+                "resources": _RESOURCES,
+            },
+        },
+        "checkpoints": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["bucket", "secret"],
+            "properties": {
+                "bucket": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"},
+                "endpoint_url": {"type": "string", "pattern": r"^https?://[^\s/@]+(/.*)?$"},
+                "prefix": {"type": "string"},
+                "secret": _NAME,
+            },
+        },
+        "neox_configs": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+        "experiment_base": {"type": "string"},
+        "experiment": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["name", "slots", "max_batches"],
+            "properties": {
+                "name": {"type": "string", "minLength": 1},
+                "slots": _POS_INT,
+                "node_selector": {"type": "object", "additionalProperties": {"type": "string"}},
+                "resource_pool": {"type": "string"},
+                "max_batches": _POS_INT,
+                "validation_period_batches": _POS_INT,
+                "metric": {"type": "string"},
+                "smaller_is_better": {"type": "boolean"},
+                "project_id": _POS_INT,
+                "save_dir": _REL_PATH,
+            },
+        },
+    },
+}
+
+# Keys whose value is the NAME of a Secret, never a secret itself.
+_SECRET_NAME_KEYS = {"secret"}
+_SECRET_WORDS = {"secret", "password", "passwd", "token", "credentials"}
+_SECRET_PAIRS = ("access_key", "secret_key", "api_key", "private_key", "session_token")
+_SECRET_VALUE_RES = (
+    re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"),  # AWS access key id
+    re.compile(r"\bhf_[A-Za-z0-9]{30,}\b"),  # Hugging Face token
+    re.compile(r"\b(ghp|gho|ghs|github_pat)_[A-Za-z0-9_]{20,}\b"),
+    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+    re.compile(r"^[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@"),  # URL with a password in it
+)
+# Environment variables whose values must never be written anywhere.
+SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HF_TOKEN", "DET_PASS",
+              "DET_SESSION_TOKEN", "REGISTRY_PASSWORD")
+
+
+def secret_values_in_env() -> list[str]:
+    return [v for k in SECRET_ENV if len(v := os.environ.get(k, "")) >= 6]
+
+
+def _secret_key(key: str) -> bool:
+    norm = re.sub(r"[-.\s]+", "_", key.lower())
+    return bool(_SECRET_WORDS & set(norm.split("_"))) or any(p in norm for p in _SECRET_PAIRS)
+
+
+def find_secret(data: Any, where: str = "") -> str | None:
+    """The dotted path of the first value that looks like a credential, or None."""
+    env_values = secret_values_in_env()
+    stack = [(where, data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            for k, v in value.items():
+                key = str(k)
+                sub = f"{path}.{key}" if path else key
+                if isinstance(v, str) and v and key not in _SECRET_NAME_KEYS and _secret_key(key):
+                    return sub
+                stack.append((sub, v))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in enumerate(value))
+        elif isinstance(value, str):
+            if any(r.search(value) for r in _SECRET_VALUE_RES) or any(s in value for s in env_values):
+                return path or "<top>"
+    return None
+
+
+def _describe(err: jsonschema.ValidationError) -> str:
+    where = ".".join(str(p) for p in err.absolute_path) or "<top>"
+    if err.validator == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        return f"unknown key {extra[0]!r} in {where}" if where != "<top>" else f"unknown key {extra[0]!r}"
+    if err.validator == "required":
+        return f"{where}: {err.message}"
+    if err.validator == "pattern":
+        return f"{where}: {err.instance!r} is not a valid value"
+    return f"{where}: {err.message}"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The validated config; `raw` keeps the file's mapping, `path` where it came from."""
+
+    raw: dict
+    path: Path
+    neox_paths: tuple[Path, ...] = field(default=())
+    base_path: Path | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        return self.raw[key]
+
+    @property
+    def namespace(self) -> str:
+        return self.raw["namespace"]
+
+    @property
+    def mount(self) -> PurePosixPath:
+        return PurePosixPath(self.raw["volume"]["mount_path"])
+
+    def on_volume(self, rel: str) -> str:
+        return str(self.mount / rel)
+
+    @property
+    def data_path(self) -> str:
+        key = self.raw["dataset"].get("jsonl_key", "text")
+        return self.on_volume(f"{self.raw['dataset']['output_prefix']}_{key}_document")
+
+    @property
+    def instance(self) -> str:
+        """A label-safe name for this deployment (labels and object names derive from it)."""
+        name = re.sub(r"[^a-z0-9-]+", "-", self.raw["experiment"]["name"].lower()).strip("-")
+        return name[:40].rstrip("-") or "neox"
+
+
+def _load_yaml(path: Path, what: str) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise JobError(f"{what} {path}: cannot read ({exc.strerror or exc})") from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" line {mark.line + 1}" if mark else ""
+        raise JobError(f"{what} {path}:{at} is not valid YAML ({getattr(exc, 'problem', exc)})") from exc
+
+
+def load_config(path: str | os.PathLike) -> PipelineConfig:
+    path = Path(path)
+    raw = _load_yaml(path, "config")
+    if not isinstance(raw, dict):
+        raise JobError(f"config {path}: expected a mapping at the top")
+    # Secrets first: a credential pasted under an unknown key must be named as a secret, not as a typo.
+    if (where := find_secret(raw)) is not None:
+        raise JobError(f"config {path}: {where} holds a secret value; put it in a Kubernetes Secret "
+                       f"(`invoke secrets`) and give only the Secret's name")
+    errors = sorted(jsonschema.Draft7Validator(SCHEMA).iter_errors(raw), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise JobError(f"config {path}: {_describe(errors[0])}")
+    base = path.parent
+    neox = tuple((base / p).resolve() for p in raw["neox_configs"])
+    for p in neox:
+        if not p.is_file():
+            raise JobError(f"config {path}: neox_configs: {p} does not exist")
+    exp_base = (base / raw["experiment_base"]).resolve() if raw.get("experiment_base") else None
+    if exp_base is not None and not exp_base.is_file():
+        raise JobError(f"config {path}: experiment_base: {exp_base} does not exist")
+    if raw["volume"].get("access_mode", "ReadWriteMany") != "ReadWriteMany" and raw["experiment"]["slots"] > 8:
+        raise JobError(f"config {path}: volume.access_mode must be ReadWriteMany for a multi-node experiment")
+    return PipelineConfig(raw=raw, path=path, neox_paths=neox, base_path=exp_base)
+
+
+def load_neox(path: Path) -> dict:
+    """A NeoX YAML as gpt-neox reads it (PyYAML, so the guide's `True` and trailing commas pass)."""
+    data = _load_yaml(path, "NeoX config")
+    if not isinstance(data, dict):
+        raise JobError(f"NeoX config {path}: expected a mapping at the top")
+    if (where := find_secret(data)) is not None:
+        raise JobError(f"NeoX config {path}: {where} holds a secret value; pass it through a Secret instead")
+    return data
+
+
+_DIGEST_RE = re.compile(r"^(?P<repo>[^\s@]+)@sha256:[0-9a-f]{64}$")
+
+
+def load_lock(path: str | os.PathLike, names: tuple[str, ...] = IMAGES) -> dict[str, str]:
+    """Image refs from `images.lock.json`, each checked to be pinned by digest."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise JobError(f"lock file {path}: cannot read ({exc.strerror or exc}); run `invoke push` first") from exc
+    except json.JSONDecodeError as exc:
+        raise JobError(f"lock file {path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, dict):
+        raise JobError(f"lock file {path}: expected {{\"images\": {{name: ref@sha256:...}}}}")
+    refs = {}
+    for name in names:
+        ref = images.get(name)
+        if not ref:
+            raise JobError(f"lock file {path}: no entry for image {name!r}")
+        if not isinstance(ref, str) or not _DIGEST_RE.match(ref):
+            raise JobError(f"lock file {path}: image {name!r} is not pinned by digest ({ref!r})")
+        refs[name] = ref
+    return refs

@@ -1,0 +1,188 @@
+"""Validation before anything is applied: every Kubernetes object against the OpenAPI schema of a
+stated Kubernetes version (kubernetes-validate, strict: unknown fields are errors, schemas ship inside
+the package so this works offline), and the experiment config against Determined's own JSON schemas
+with their custom keywords implemented as jsonschema validators (FORMATS.md section 5)."""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import referencing
+
+from jobs.cli import JobError
+
+KUBERNETES_VERSION = "1.30"
+EXPCONF_URL = "http://determined.ai/schemas/expconf/v0/experiment.json"
+# The schemas live in the shared/ folder beside the repository root unless told otherwise.
+SCHEMAS_ENV = "NEOX_DETERMINED_SCHEMAS"
+DEFAULT_SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "determined-expconf-v0"
+
+
+def validate_k8s(obj: dict, version: str = KUBERNETES_VERSION) -> None:
+    name = f"{obj.get('kind', '?')}/{obj.get('metadata', {}).get('name', '?')}"
+    try:
+        kubernetes_validate.validate(obj, version, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        where = ".".join(str(p) for p in exc.path) or "<top>"
+        raise JobError(f"{name}: {where}: {exc.message} (Kubernetes {version} schema, strict)") from exc
+    except (kubernetes_validate.SchemaNotFoundError, kubernetes_validate.InvalidSchemaError) as exc:
+        raise JobError(f"{name}: no Kubernetes {version} schema for it ({exc})") from exc
+
+
+# Determined's custom keywords. Semantics follow determined/common/schemas/extensions.py.
+
+def _disallow_properties(validator, disallowed: dict, instance: Any, schema: dict):
+    if validator.is_type(instance, "object"):
+        for prop in instance:
+            if prop in disallowed:
+                yield jsonschema.ValidationError(disallowed[prop])
+
+
+def _union_key_matches(key: str | None, instance: Any) -> bool:
+    if key in (None, "never"):
+        return False
+    if key == "always":
+        return True
+    kind, arg = key.split(":", 1)
+    if kind == "not":
+        return not _union_key_matches(arg, instance)
+    if kind == "const":
+        name, value = arg.split("=", 1)
+        return isinstance(instance, dict) and instance.get(name) == value
+    if kind == "singleproperty":
+        return isinstance(instance, dict) and list(instance) == [arg]
+    if kind == "type":
+        return isinstance(instance, list if arg == "array" else dict)
+    if kind == "hasattr":
+        return isinstance(instance, dict) and arg in instance
+    raise ValueError(f"invalid unionKey: {key}")
+
+
+def _union(validator, union: dict, instance: Any, schema: dict):
+    """Exactly one item must match; on failure, report the errors of the item whose unionKey says the
+    instance was meant for it (better messages than oneOf), else the default message."""
+    chosen, matched = None, 0
+    for i, item in enumerate(union["items"]):
+        errors = list(validator.descend(instance, item, schema_path=i))
+        if not errors:
+            matched += 1
+        elif chosen is None and _union_key_matches(item.get("unionKey"), instance):
+            chosen = errors
+    if matched == 1:
+        return
+    if matched > 1:
+        yield jsonschema.ValidationError("more than one alternative of a union matched")
+    elif chosen:
+        yield from chosen
+    else:
+        yield jsonschema.ValidationError(union.get("defaultMessage", "union failed to validate"))
+
+
+def _checks(validator, checks: dict, instance: Any, schema: dict):
+    for message, sub in checks.items():
+        if any(True for _ in validator.descend(instance, sub)):
+            yield jsonschema.ValidationError(message)
+
+
+def _optional_ref(validator, ref: str, instance: Any, schema: dict):
+    if instance is not None:
+        yield from validator.descend(instance, {"$ref": ref}, schema_path="optionalRef")
+
+
+def _compare_properties(validator, compare: dict, instance: Any, schema: dict):
+    if not validator.is_type(instance, "object"):
+        return
+
+    def get(path: str):
+        obj = instance
+        for key in path.split("."):
+            if not isinstance(obj, dict):
+                return None
+            obj = obj.get(key)
+        return obj
+
+    a, b = get(compare["a"]), get(compare["b"])
+    if a is None or b is None:
+        return
+    if compare["type"] == "a<b":
+        if a >= b:
+            yield jsonschema.ValidationError(f"{compare['a']} must be less than {compare['b']}")
+    elif compare["type"] == "a<=b":
+        if a > b:
+            yield jsonschema.ValidationError(f"{compare['a']} must be less than or equal to {compare['b']}")
+    elif compare["type"] == "a_is_subdir_of_b":
+        a_norm, b_norm = os.path.normpath(a), os.path.normpath(b)
+        if (a_norm.startswith(b_norm) if os.path.isabs(a_norm) else not a_norm.startswith("..")) is False:
+            yield jsonschema.ValidationError(f"{compare['a']} must be a subdirectory of {compare['b']}")
+    else:
+        raise ValueError(f"unknown comparison {compare['type']}")
+
+
+def _eventually_required(validator, keys: list, instance: Any, schema: dict):
+    if validator.is_type(instance, "object"):
+        for key in keys:
+            if key not in instance:
+                yield jsonschema.ValidationError(f"{key} is a required property")
+
+
+def _eventually(validator, sub: dict, instance: Any, schema: dict):
+    yield from validator.descend(instance, sub, schema_path="eventually")
+
+
+def _ignore(validator, value, instance, schema):
+    return iter(())
+
+
+@lru_cache(maxsize=4)
+def _expconf_validator(schema_dir: str, complete: bool):
+    resources = []
+    for path in sorted(Path(schema_dir).glob("*.json")):
+        schema = json.loads(path.read_text())
+        # Without `$schema` each resource is read with the validator below, keeping the custom keywords.
+        schema.pop("$schema", None)
+        resources.append((schema["$id"], referencing.Resource.from_contents(
+            schema, default_specification=referencing.jsonschema.DRAFT7)))
+    if not resources:
+        raise JobError(f"Determined schemas: none found in {schema_dir} (set {SCHEMAS_ENV})")
+    registry = referencing.Registry().with_resources(resources)
+    keywords = {
+        "disallowProperties": _disallow_properties,
+        "union": _union,
+        "checks": _checks,
+        "optionalRef": _optional_ref,
+        "compareProperties": _compare_properties,
+        # Required only once the master has merged its defaults (the "complete" config).
+        "eventuallyRequired": _eventually_required if complete else _ignore,
+        "eventually": _eventually if complete else _ignore,
+    }
+    cls = jsonschema.validators.extend(jsonschema.Draft7Validator, keywords)
+    return cls(registry.contents(EXPCONF_URL), registry=registry)
+
+
+def schemas_dir(explicit: str | os.PathLike | None = None) -> Path:
+    return Path(explicit or os.environ.get(SCHEMAS_ENV) or DEFAULT_SCHEMAS)
+
+
+def expconf_errors(config: dict, schema_dir: str | os.PathLike | None = None, complete: bool = False) -> list[str]:
+    validator = _expconf_validator(str(schemas_dir(schema_dir)), complete)
+    out = []
+    for err in sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path)):
+        where = ".".join(str(p) for p in err.absolute_path) or "<top>"
+        out.append(f"{where}: {err.message}")
+    return out
+
+
+def validate_experiment(config: dict, schema_dir: str | os.PathLike | None = None) -> None:
+    errors = expconf_errors(config, schema_dir)
+    if errors:
+        raise JobError(f"experiment config: {errors[0]} (Determined expconf v0 schema)")
+    # The pod_spec is a Kubernetes Pod: hold it to the same strict schema as the rest.
+    pod = (config.get("environment") or {}).get("pod_spec")
+    if pod:
+        validate_k8s({**pod, "metadata": {**pod.get("metadata", {}), "name": "determined-trial"}})

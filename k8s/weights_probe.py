@@ -1,0 +1,53 @@
+"""Does DEST already hold the weights the fetcher verified? Runs inside the fetcher image (standard
+library only, mounted from a ConfigMap) and prints one JSON line that `invoke deploy` reads from the
+pod log: {"weights_verified": true|false, "reason": ..., "files": N, "bytes": N}. Always exits 0 when
+it could look, so a "no" is an answer and not a failed Job.
+
+The fetcher writes DEST/fetch-manifest.json after every file was size- and hash-checked; here each
+listed file must still exist with its recorded size (re-hashing 39 GB would cost as much as a fetch)."""
+
+import json
+import os
+import sys
+
+
+def _entries(manifest):
+    files = manifest.get("files")
+    if isinstance(files, dict):
+        return [(path, (info or {}).get("size")) for path, info in files.items()]
+    if isinstance(files, list):
+        return [(f.get("path") or f.get("name"), f.get("size", f.get("bytes"))) for f in files]
+    return None
+
+
+def probe(dest):
+    path = os.path.join(dest, "fetch-manifest.json")
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        return {"weights_verified": False, "reason": "no fetch-manifest.json"}
+    except (OSError, ValueError) as exc:
+        return {"weights_verified": False, "reason": f"unreadable manifest: {exc}"}
+    if manifest.get("complete") is False or manifest.get("ok") is False:
+        return {"weights_verified": False, "reason": "the last fetch did not complete"}
+    entries = _entries(manifest)
+    if not entries:
+        return {"weights_verified": False, "reason": "manifest lists no files"}
+    total = 0
+    for rel, size in entries:
+        if not rel or size is None:
+            return {"weights_verified": False, "reason": "manifest entry without path or size"}
+        full = os.path.join(dest, rel)
+        try:
+            actual = os.path.getsize(full)
+        except OSError:
+            return {"weights_verified": False, "reason": f"missing {rel}"}
+        if actual != int(size):
+            return {"weights_verified": False, "reason": f"{rel} has {actual} bytes, manifest says {size}"}
+        total += actual
+    return {"weights_verified": True, "reason": "all files present", "files": len(entries), "bytes": total}
+
+
+if __name__ == "__main__":
+    print(json.dumps(probe(sys.argv[1])), flush=True)
