@@ -1,0 +1,221 @@
+"""The generic builder: walks the catalog in dependency order and builds each image through the
+Docker SDK, streaming the engine's output, skipping images whose content tag already exists."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from images.catalog import (
+    CATALOG,
+    DEFAULT_BASE_IMAGE,
+    REPOSITORY_PREFIX,
+    SOURCE_URL,
+    ImageSpec,
+    by_name,
+)
+from images.context import ContextError, content_tag, host_ca_bundle, make_context
+
+
+class ImageError(Exception):
+    """A build, push or engine failure: the message is the one line shown to the user."""
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    name: str
+    repository: str  # neox-pipeline/<name>
+    tag: str  # the content hash
+    image_id: str
+    reused: bool
+    seconds: float
+
+    @property
+    def ref(self) -> str:
+        return f"{self.repository}:{self.tag}"
+
+
+def build_order(names: Iterable[str] | None = None, catalog: tuple[ImageSpec, ...] = CATALOG) -> list[ImageSpec]:
+    """The requested images and their parents, parents first (catalog order among equals)."""
+    specs = by_name(catalog)
+    wanted = list(names) if names else [s.name for s in catalog if s.shipped]
+    for name in wanted:
+        if name not in specs:
+            raise ImageError(f"unknown image {name!r}; the catalog has: {', '.join(specs)}")
+    ordered: list[ImageSpec] = []
+    visiting: set[str] = set()
+
+    def visit(name: str) -> None:
+        if any(s.name == name for s in ordered):
+            return
+        if name in visiting:
+            raise ImageError(f"image {name!r}: the catalog's parents form a cycle")
+        visiting.add(name)
+        parent = specs[name].parent
+        if parent is not None:
+            if parent not in specs:
+                raise ImageError(f"image {name!r}: parent {parent!r} is not in the catalog")
+            visit(parent)
+        visiting.discard(name)
+        ordered.append(specs[name])
+
+    for name in sorted(wanted, key=[s.name for s in catalog].index):
+        visit(name)
+    return ordered
+
+
+def git_revision(root: Path) -> str:
+    """The checkout's revision, with `-dirty` when it has uncommitted changes; `unknown` outside git."""
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{rev}-dirty" if dirty else rev
+
+
+def docker_client():
+    """A Docker SDK client for the engine named by the environment (DOCKER_HOST or the local socket)."""
+    import docker
+    from docker.errors import DockerException
+
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+    except DockerException as exc:
+        raise ImageError(f"Docker engine unreachable ({_first_line(exc)}); start dockerd or set DOCKER_HOST") from exc
+    return client
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def stream_build(events: Iterator[dict], log: Callable[[str], None]) -> str:
+    """Consume the engine's build stream: log output, raise on an in-band error naming the step,
+    return the image ID. The classic builder reports failures inside the stream, not as HTTP errors."""
+    step = "(before the first step)"
+    image_id = None
+    for event in events:
+        if "stream" in event:
+            text = event["stream"]
+            for line in text.splitlines():
+                if line.startswith("Step "):
+                    step = line.strip()
+                if line.strip():
+                    log(line.rstrip())
+        if "aux" in event and isinstance(event["aux"], dict) and "ID" in event["aux"]:
+            image_id = event["aux"]["ID"]
+        if "error" in event or "errorDetail" in event:
+            detail = event.get("errorDetail") or {}
+            message = (detail.get("message") or event.get("error") or "unknown error").strip()
+            raise ImageError(f"{step}: {message.splitlines()[-1] if message else message}")
+    if image_id is None:
+        raise ImageError(f"{step}: the engine ended the build without an image ID")
+    return image_id
+
+
+def _find_image(client, ref: str):
+    from docker.errors import ImageNotFound
+
+    try:
+        return client.images.get(ref)
+    except ImageNotFound:
+        return None
+
+
+def build_images(
+    root: Path,
+    names: Iterable[str] | None = None,
+    base_image: str = DEFAULT_BASE_IMAGE,
+    client=None,
+    log: Callable[[str], None] = print,
+    catalog: tuple[ImageSpec, ...] = CATALOG,
+    force: bool = False,
+) -> dict[str, BuiltImage]:
+    """Build the requested images (and their parents) in dependency order.
+
+    An image is rebuilt only when its content tag is missing locally (or `force`). Stops at the
+    first failure with ImageError naming the image and failing step.
+    """
+    order = build_order(names, catalog)
+    client = client or docker_client()
+    revision = git_revision(root)
+    ca_bundle = host_ca_bundle()
+    built: dict[str, BuiltImage] = {}
+    for spec in order:
+        start = time.monotonic()
+        if spec.parent is None:
+            if _find_image(client, base_image) is None:
+                raise ImageError(
+                    f"base image {base_image} is not in the local engine; pull it, or run `invoke base` "
+                    "and pass --base-image"
+                )
+            parent_ref, parent_id = base_image, client.images.get(base_image).id
+        else:
+            parent = built[spec.parent]
+            parent_ref, parent_id = parent.ref, parent.image_id
+        build_args = {**spec.build_args, "BASE_IMAGE": parent_ref}
+        try:
+            context = make_context(root, spec, ca_bundle)
+        except ContextError as exc:
+            raise ImageError(str(exc)) from exc
+        tag = content_tag(context, build_args, parent_id)
+        repository = f"{REPOSITORY_PREFIX}/{spec.name}"
+        existing = None if force else _find_image(client, f"{repository}:{tag}")
+        if existing is not None:
+            client.api.tag(existing.id, repository, f"git-{revision}")
+            built[spec.name] = BuiltImage(spec.name, repository, tag, existing.id, True, time.monotonic() - start)
+            log(f"[{spec.name}] up to date: {repository}:{tag}")
+            continue
+        log(f"[{spec.name}] building {repository}:{tag} on {parent_ref}")
+        labels = {
+            "org.opencontainers.image.title": f"neox-pipeline {spec.name}",
+            "org.opencontainers.image.description": spec.description,
+            "org.opencontainers.image.source": SOURCE_URL,
+            "org.opencontainers.image.revision": revision,
+            "org.opencontainers.image.created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "org.opencontainers.image.base.name": parent_ref,
+            "neox-pipeline.content-tag": tag,
+        }
+        events = client.api.build(
+            fileobj=_as_file(context.to_tar()),
+            custom_context=True,
+            dockerfile=context.dockerfile,
+            tag=f"{repository}:{tag}",
+            buildargs=build_args,
+            labels=labels,
+            network_mode="host",  # package mirrors and test servers listen on the host's loopback
+            rm=True,
+            forcerm=True,
+            decode=True,
+        )
+        try:
+            image_id = stream_build(events, lambda line, n=spec.name: log(f"[{n}] {line}"))
+        except ImageError as exc:
+            raise ImageError(f"image {spec.name!r} failed at {exc}") from exc
+        client.api.tag(image_id, repository, f"git-{revision}")
+        built[spec.name] = BuiltImage(spec.name, repository, tag, image_id, False, time.monotonic() - start)
+        log(f"[{spec.name}] built {repository}:{tag} in {time.monotonic() - start:.1f}s")
+    return built
+
+
+def _as_file(data: bytes) -> io.BytesIO:
+    return io.BytesIO(data)
+
+
+def image_size(client, ref: str) -> int:
+    return client.images.get(ref).attrs["Size"]

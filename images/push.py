@@ -1,0 +1,129 @@
+"""`invoke push`: push built images to a registry and pin them by digest in images.lock.json.
+
+The Docker SDK does not raise on a failed push: the engine reports it inside the JSON stream
+(`errorDetail`), so every event is checked. Transient failures are retried with backoff. After
+the push each manifest is read back from the registry (through the engine's distribution
+endpoint, which handles the registry's auth) and its digest recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from images.build import BuiltImage, ImageError
+
+_TRANSIENT = re.compile(
+    r"timeout|timed out|connection reset|connection refused|temporar|503|502|504|EOF|broken pipe|i/o",
+    re.I,
+)
+_AUTH = re.compile(r"unauthorized|authentication required|denied|401|403", re.I)
+_REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(:\d+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
+
+
+class PushError(ImageError):
+    def __init__(self, message: str, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+def check_registry(registry: str) -> str:
+    """`HOST[:PORT]/NAMESPACE`, without scheme or trailing slash."""
+    registry = registry.strip().rstrip("/")
+    if "://" in registry or not _REGISTRY.match(registry) or "/" not in registry:
+        raise ImageError(f"--registry {registry!r} must look like HOST[:PORT]/NAMESPACE (no scheme)")
+    return registry
+
+
+def stream_push(events: Iterator[dict], log: Callable[[str], None]) -> str | None:
+    """Consume a push stream; raise PushError on an in-band error, return the pushed digest."""
+    digest = None
+    last_status: dict[str, str] = {}
+    for event in events:
+        if "errorDetail" in event or "error" in event:
+            message = ((event.get("errorDetail") or {}).get("message") or event.get("error") or "").strip()
+            message = message or "the registry rejected the push"
+            raise PushError(message, transient=bool(_TRANSIENT.search(message)) and not _AUTH.search(message))
+        aux = event.get("aux")
+        if isinstance(aux, dict) and aux.get("Digest"):
+            digest = aux["Digest"]
+        status, layer = event.get("status"), event.get("id")
+        # Each layer's state changes are logged, not every byte count.
+        if status and layer:
+            if last_status.get(layer) != status:
+                last_status[layer] = status
+                log(f"{layer}: {status}")
+        elif status:
+            log(status)
+    return digest
+
+
+def push_image(
+    client,
+    image: BuiltImage,
+    registry: str,
+    extra_tags: Iterable[str] = (),
+    log: Callable[[str], None] = print,
+    attempts: int = 4,
+    auth_config: dict | None = None,
+) -> str:
+    """Tag `image` as REGISTRY/<name>:<content tag> (+ extra tags), push, return `repo@digest`."""
+    repository = f"{registry}/{image.name}"
+    tags = [image.tag, *extra_tags]
+    for tag in tags:
+        client.api.tag(image.image_id, repository, tag)
+    for tag in tags:
+        for attempt in range(1, attempts + 1):
+            try:
+                events = client.api.push(repository, tag=tag, stream=True, decode=True, auth_config=auth_config)
+                stream_push(events, lambda line: log(f"[{image.name}] {line}"))
+                break
+            except PushError as exc:
+                if not exc.transient or attempt == attempts:
+                    raise PushError(f"push of {repository}:{tag} failed: {exc}", exc.transient) from exc
+                delay = min(30.0, 2 ** attempt) * (0.5 + random.random() / 2)
+                log(f"[{image.name}] transient push error ({exc}); retry {attempt}/{attempts - 1} in {delay:.1f}s")
+                time.sleep(delay)
+            except Exception as exc:  # requests/docker transport errors: engine or registry unreachable
+                if attempt == attempts:
+                    raise ImageError(f"push of {repository}:{tag} failed: {exc}") from exc
+                time.sleep(min(30.0, 2 ** attempt))
+    return f"{repository}@{registry_digest(client, f'{repository}:{image.tag}', auth_config)}"
+
+
+def registry_digest(client, ref: str, auth_config: dict | None = None) -> str:
+    """The manifest digest the registry serves for `ref`."""
+    try:
+        data = client.images.get_registry_data(ref, auth_config=auth_config)
+    except Exception as exc:
+        raise ImageError(f"could not read {ref} back from the registry: {exc}") from exc
+    digest = data.id
+    if not digest.startswith("sha256:"):
+        raise ImageError(f"registry returned an unexpected digest {digest!r} for {ref}")
+    return digest
+
+
+def write_lock(path: Path, refs: dict[str, str]) -> None:
+    """Merge `refs` into the lock file (other images' pins are kept), atomically."""
+    existing: dict[str, str] = {}
+    if path.exists():
+        try:
+            existing = json.loads(path.read_text()).get("images", {})
+        except (OSError, ValueError) as exc:
+            raise ImageError(f"lock file {path} is not valid JSON: {exc}") from exc
+    payload = {"images": dict(sorted({**existing, **refs}.items()))}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

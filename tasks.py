@@ -1,0 +1,106 @@
+"""neox-pipeline's invoke collection: thin tasks over `images/`, `k8s/` and the local pipeline.
+
+    invoke base                      # a Debian base image from the host's apt mirror (no registry needed)
+    invoke build [NAME,NAME...]      # build images in dependency order (content-addressed, skipped when unchanged)
+    invoke push --registry HOST/NS   # push, read digests back, write images.lock.json
+    invoke deploy --config FILE      # Kubernetes Jobs + Determined experiment (see k8s/)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from invoke import Collection, Exit, task
+
+from images.build import ImageError, build_images, docker_client, git_revision, image_size
+from images.catalog import DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE
+from images.push import check_registry, push_image, write_lock
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_LOCK = ROOT / "images.lock.json"
+
+
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
+def _fail(exc: Exception) -> Exit:
+    return Exit(f"error: {exc}", code=1)
+
+
+def _base_image(c, base_image: str | None) -> str:
+    return base_image or c.config.get("neox", {}).get("base_image") or DEFAULT_BASE_IMAGE
+
+
+@task(help={"mirror": "Debian mirror URL (default: the first one in the host's apt sources)", "tag": "image tag"})
+def base(c, mirror=None, tag=LOCAL_BASE_IMAGE):
+    """Make a Debian bookworm base image from the package mirror (debootstrap + docker import)."""
+    from images.base import make_base_image
+
+    try:
+        make_base_image(mirror=mirror, tag=tag, log=_log)
+    except ImageError as exc:
+        raise _fail(exc) from exc
+
+
+def _names(names: str | None) -> list[str] | None:
+    return [n.strip() for n in names.split(",") if n.strip()] if names else None
+
+
+@task(
+    positional=["names"],
+    help={
+        "names": "comma-separated images to build, e.g. trainer,fetcher (default: all shipped images)",
+        "base-image": f"base image reference (default {DEFAULT_BASE_IMAGE}; `invoke base` makes {LOCAL_BASE_IMAGE})",
+        "force": "rebuild even when the content tag exists",
+    },
+)
+def build(c, names=None, base_image=None, force=False):
+    """Build images in dependency order; unchanged images are found by content tag and not rebuilt."""
+    try:
+        client = docker_client()
+        built = build_images(ROOT, _names(names), base_image=_base_image(c, base_image), client=client, log=_log, force=force)
+    except ImageError as exc:
+        raise _fail(exc) from exc
+    for image in built.values():
+        state = "reused" if image.reused else f"built in {image.seconds:.0f}s"
+        _log(f"{image.ref}  {image_size(client, image.ref) / 1e6:.0f} MB  {state}")
+
+
+@task(
+    help={
+        "registry": "HOST[:PORT]/NAMESPACE to push to",
+        "names": "comma-separated images to push (default: all shipped images)",
+        "lock": f"lock file to write (default {DEFAULT_LOCK.name})",
+        "base-image": "base image reference the images were built on",
+    },
+)
+def push(c, registry, names=None, lock=None, base_image=None):
+    """Push built images, read each manifest back and record name -> registry/ns/name@sha256 in the lock file."""
+    lock_path = Path(lock) if lock else DEFAULT_LOCK
+    try:
+        registry = check_registry(registry)
+        client = docker_client()
+        built = build_images(ROOT, _names(names), base_image=_base_image(c, base_image), client=client, log=_log)
+        revision = git_revision(ROOT)
+        refs = {}
+        for image in built.values():
+            if not _is_shipped(image.name):
+                continue
+            refs[image.name] = push_image(client, image, registry, extra_tags=[f"git-{revision}"], log=_log)
+            _log(f"{image.name}: {refs[image.name]}")
+        write_lock(lock_path, refs)
+    except ImageError as exc:
+        raise _fail(exc) from exc
+    _log(f"wrote {lock_path}: {json.dumps(refs)}")
+
+
+def _is_shipped(name: str) -> bool:
+    from images.catalog import by_name
+
+    return by_name()[name].shipped
+
+
+ns = Collection(base, build, push)
+ns.configure({"neox": {"base_image": None}})
