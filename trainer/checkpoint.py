@@ -1,0 +1,300 @@
+"""Weights in and out: Hugging Face folders, the GPT-NeoX "slim" layout, DeepSpeed checkpoints.
+
+- `load_hf(path)`: a Hugging Face GPT-NeoX folder (config.json plus safetensors or .bin shards) to
+  our model. HF names are ours with a `gpt_neox.` prefix; the output layer is `embed_out` (older
+  transformers) or `lm_head` (newer).
+- `load_slim(path, cfg)`: the published 20B layout (FORMATS.md section 2): `latest` names the tag,
+  `TAG/layer_XX-model_YY-model_states.pt` hold the pipeline layers, each split over `model_YY`
+  tensor-parallel shards, merged here by the per-key rules below.
+- `save_hf(model, out)`: safetensors shards (+ index) and a config.json that
+  `transformers.GPTNeoXForCausalLM.from_pretrained` loads with the same logits.
+
+Which weights a training run starts from is decided in trainer.weights (`load` holding a slim tag,
+an HF folder, or a checkpoint of ours).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from jobs.cli import JobError
+from trainer.model import GPTNeoX, ModelConfig, Rotary
+
+# Hugging Face hidden_act values -> our activation names
+_HF_ACT = {"gelu": "gelu", "gelu_fast": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+
+
+def config_from_hf(hf: dict) -> ModelConfig:
+    act = hf.get("hidden_act", "gelu")
+    if act not in _HF_ACT:
+        raise JobError(f"config.json: hidden_act {act!r} is not supported (one of {sorted(_HF_ACT)})")
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    if rope.get("rope_type", "default") != "default":
+        raise JobError(f"config.json: rope_type {rope['rope_type']!r} is not supported (only default)")
+    return ModelConfig(
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=hf["num_attention_heads"],
+        intermediate_size=hf.get("intermediate_size") or 4 * hf["hidden_size"],
+        max_position_embeddings=hf.get("max_position_embeddings", 2048),
+        rotary_pct=rope.get("partial_rotary_factor", hf.get("rotary_pct", 0.25)),
+        rotary_base=rope.get("rope_theta", hf.get("rotary_emb_base", 10000.0)),
+        layer_norm_eps=hf.get("layer_norm_eps", 1e-5),
+        parallel_residual=hf.get("use_parallel_residual", True),
+        tied_embeddings=hf.get("tie_word_embeddings", False),
+        activation=_HF_ACT[act],
+    )
+
+
+def config_to_hf(cfg: ModelConfig, dtype: torch.dtype) -> dict:
+    return {
+        "architectures": ["GPTNeoXForCausalLM"],
+        "model_type": "gpt_neox",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "intermediate_size": cfg.intermediate_size,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        # both spellings: older transformers read rotary_*, newer rope_parameters
+        "rotary_pct": cfg.rotary_pct,
+        "rotary_emb_base": cfg.rotary_base,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": cfg.rotary_base,
+            "partial_rotary_factor": cfg.rotary_pct,
+        },
+        "layer_norm_eps": cfg.layer_norm_eps,
+        "use_parallel_residual": cfg.parallel_residual,
+        "tie_word_embeddings": cfg.tied_embeddings,
+        "hidden_act": "gelu_fast" if cfg.activation == "gelu_tanh" else "gelu",
+        "attention_bias": True,
+        "hidden_dropout": 0.0,
+        "attention_dropout": 0.0,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+        "use_cache": True,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> GPTNeoX:
+    """A model holding exactly `state` (our names); no random init, so 20B does not pay for one."""
+    with torch.device("meta"):
+        model = GPTNeoX(cfg)
+    check_state(model, state)
+    if dtype is not None:
+        state = {k: v.to(dtype) for k, v in state.items()}
+    model.load_state_dict(state, assign=True, strict=True)
+    model.rotary = Rotary(cfg.rot_dim, cfg.max_position_embeddings, cfg.rotary_base)  # was on meta
+    return model
+
+
+def check_state(model: GPTNeoX, state: dict[str, torch.Tensor], source: str = "weights") -> None:
+    """One line naming the first missing, unexpected or mis-shaped tensor."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for name, shape in expected.items():
+        if name not in state:
+            raise JobError(f"{source}: tensor {name} {list(shape)} is missing")
+        if tuple(state[name].shape) != shape:
+            raise JobError(
+                f"{source}: tensor {name} has shape {list(state[name].shape)}, the config expects {list(shape)}"
+            )
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        raise JobError(f"{source}: unexpected tensor {extra[0]} {list(state[extra[0]].shape)} ({len(extra)} in all)")
+
+
+# ---- Hugging Face ----------------------------------------------------------------------------
+
+_HF_BUFFERS = re.compile(r"attention\.(rotary_emb\.inv_freq|bias|masked_bias)$")
+
+
+def _from_hf_name(name: str) -> str | None:
+    if _HF_BUFFERS.search(name):
+        return None
+    if name in ("embed_out.weight", "lm_head.weight"):
+        return "embed_out.weight"
+    return name.removeprefix("gpt_neox.")
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+def _hf_weight_files(folder: Path) -> list[Path]:
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = folder / index_name
+        if index.exists():
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            return [folder / f for f in files]
+    for single in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / single).exists():
+            return [folder / single]
+    raise JobError(f"{folder}: no model.safetensors, pytorch_model.bin or shard index found")
+
+
+def load_hf_state(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    folder = Path(path)
+    if not (folder / "config.json").exists():
+        raise JobError(f"{folder}: not a Hugging Face model folder (no config.json)")
+    cfg = config_from_hf(json.loads((folder / "config.json").read_text()))
+    state: dict[str, torch.Tensor] = {}
+    for f in _hf_weight_files(folder):
+        if not f.exists():
+            raise JobError(f"{f}: weight shard named in the index is missing")
+        for name, tensor in _read_tensors(f).items():
+            ours = _from_hf_name(name)
+            if ours is not None:
+                state[ours] = tensor
+    if cfg.tied_embeddings:
+        state.pop("embed_out.weight", None)  # transformers may store the tied copy too
+    return cfg, state
+
+
+def load_hf(path: str | os.PathLike, dtype: torch.dtype | None = None) -> GPTNeoX:
+    """Our model with the weights of a Hugging Face GPT-NeoX folder; `model(input_ids)` gives logits."""
+    cfg, state = load_hf_state(path)
+    return build_model(cfg, state, dtype)
+
+
+def save_hf(
+    model: GPTNeoX,
+    out: str | os.PathLike,
+    dtype: torch.dtype = torch.float32,
+    max_shard_bytes: int = 5 * 1024**3,
+    tokenizer: str | os.PathLike | None = None,
+) -> Path:
+    """Write a Hugging Face folder (safetensors shards, index, config.json) via a temp dir + rename."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        state = {}
+        for name, tensor in model.state_dict().items():
+            hf_name = "embed_out.weight" if name == "embed_out.weight" else f"gpt_neox.{name}"
+            state[hf_name] = tensor.detach().to(dtype).contiguous()
+        shards: list[dict[str, torch.Tensor]] = [{}]
+        size = 0
+        for name, tensor in state.items():
+            nbytes = tensor.numel() * tensor.element_size()
+            if shards[-1] and size + nbytes > max_shard_bytes:
+                shards.append({})
+                size = 0
+            shards[-1][name] = tensor
+            size += nbytes
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, str(tmp / fname), metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(shard, fname))
+        if len(shards) > 1:
+            total = sum(t.numel() * t.element_size() for t in state.values())
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        (tmp / "config.json").write_text(json.dumps(config_to_hf(model.cfg, dtype), indent=2) + "\n")
+        if tokenizer is not None and Path(tokenizer).is_file():
+            shutil.copyfile(tokenizer, tmp / "tokenizer.json")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+# ---- GPT-NeoX slim layout ----------------------------------------------------------------------
+
+# how each per-layer key's tensor-parallel shards combine (FORMATS.md section 2)
+_CONCAT0 = ("attention.query_key_value.weight", "attention.query_key_value.bias",
+            "mlp.dense_h_to_4h.weight", "mlp.dense_h_to_4h.bias")
+_CONCAT1 = ("attention.dense.weight", "mlp.dense_4h_to_h.weight")
+_SUM = ("attention.dense.bias", "mlp.dense_4h_to_h.bias")
+_AVERAGE = ("input_layernorm.weight", "input_layernorm.bias",
+            "post_attention_layernorm.weight", "post_attention_layernorm.bias")
+_SLIM_FILE = re.compile(r"layer_(\d+)-model_(\d+)-model_states\.pt$")
+
+
+def merge_tp(key: str, shards: list[torch.Tensor], where: str) -> torch.Tensor:
+    """Combine one tensor's tensor-parallel shards into the unsplit tensor."""
+    if key in _CONCAT0:
+        return torch.cat(shards, dim=0)
+    if key in _CONCAT1:
+        return torch.cat(shards, dim=1)
+    if key in _SUM:
+        return torch.stack([s.float() for s in shards]).sum(0).to(shards[0].dtype)
+    if key in _AVERAGE:
+        return torch.stack([s.float() for s in shards]).mean(0).to(shards[0].dtype)
+    raise JobError(f"{where}: tensor {key} has no tensor-parallel merge rule")
+
+
+def slim_tag_dir(path: str | os.PathLike) -> Path | None:
+    """The tag folder of a slim checkpoint at `path` (via `latest`), or None if it is not one."""
+    path = Path(path)
+    latest = path / "latest"
+    if not latest.is_file():
+        return None
+    tag_dir = path / latest.read_text().strip()
+    return tag_dir if (tag_dir / "layer_00-model_00-model_states.pt").exists() else None
+
+
+def load_slim_state(path: str | os.PathLike, num_layers: int) -> dict[str, torch.Tensor]:
+    """Merge a slim checkpoint's pipeline layers and tensor-parallel shards into our names."""
+    tag_dir = slim_tag_dir(path)
+    if tag_dir is None:
+        raise JobError(f"{path}: not a slim GPT-NeoX checkpoint (no latest -> TAG/layer_00-model_00-model_states.pt)")
+    files: dict[int, dict[int, Path]] = {}
+    for f in tag_dir.iterdir():
+        m = _SLIM_FILE.search(f.name)
+        if m:
+            files.setdefault(int(m[1]), {})[int(m[2])] = f
+    tp = len(files[0])
+
+    def merged_layer(idx: int) -> dict[str, torch.Tensor]:
+        if idx not in files:
+            raise JobError(f"{tag_dir}: layer_{idx:02d}-model_*-model_states.pt is missing ({num_layers} layers expected)")
+        if sorted(files[idx]) != list(range(tp)):
+            raise JobError(f"{tag_dir}: layer_{idx:02d} has shards {sorted(files[idx])}, expected 0..{tp - 1}")
+        parts = [torch.load(files[idx][r], map_location="cpu", weights_only=True, mmap=True) for r in range(tp)]
+        out = {}
+        for key in parts[0]:
+            if key.endswith("rotary_emb.inv_freq"):
+                continue  # a buffer, recomputed from the config
+            where = f"{tag_dir.name}/layer_{idx:02d}"
+            out[key] = parts[0][key] if tp == 1 else merge_tp(key, [p[key] for p in parts], where)
+        return out
+
+    state: dict[str, torch.Tensor] = {}
+    # layer 0: the vocab-parallel embedding; 1: a parameter-free stage; 2..n+1: blocks;
+    # n+2: parameter-free; n+3: final norm; n+4: the output layer (absent when tied)
+    emb = [torch.load(files[0][r], map_location="cpu", weights_only=True, mmap=True) for r in range(tp)]
+    state["embed_in.weight"] = torch.cat([e["word_embeddings.weight"] for e in emb], dim=0)
+    for i in range(num_layers):
+        for key, tensor in merged_layer(i + 2).items():
+            state[f"layers.{i}.{key}"] = tensor
+    for key, tensor in merged_layer(num_layers + 3).items():
+        state[f"final_layer_norm.{key.removeprefix('norm.')}"] = tensor
+    out_idx = num_layers + 4
+    if out_idx in files:
+        parts = [torch.load(files[out_idx][r], map_location="cpu", weights_only=True, mmap=True) for r in range(tp)]
+        state["embed_out.weight"] = torch.cat([p["final_linear.weight"] for p in parts], dim=0)
+    return state
+
+
+def load_slim(path: str | os.PathLike, cfg: ModelConfig, dtype: torch.dtype | None = None) -> GPTNeoX:
+    return build_model(cfg, load_slim_state(path, cfg.num_layers), dtype)
