@@ -55,7 +55,6 @@ def main(argv: list[str] | None = None) -> int:
         _parser().error("--workers must be at least 1")
 
     def body() -> int:
-        signal.signal(signal.SIGTERM, _terminate)
         s = preprocess(
             args.input,
             args.tokenizer,
@@ -74,7 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
 
-    return run_main(PROG, body)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return run_main(PROG, body)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

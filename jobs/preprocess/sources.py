@@ -213,16 +213,16 @@ def read_jsonl(
             continue
         where = f"{name}:{lineno}"
         try:
-            text = line.decode("utf-8")
+            text = line.rstrip(b"\r\n").decode("utf-8")
         except UnicodeDecodeError as exc:
             raise _utf8_error(where, exc) from None
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
             if skip_bad:
-                on_bad(where, str(exc))
+                on_bad(where, f"invalid JSON: {exc.msg} (column {exc.colno})")
                 continue
-            raise JobError(f"{where}: invalid JSON: {exc}") from None
+            raise JobError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from None
         if not isinstance(obj, dict):
             if skip_bad:
                 on_bad(where, "not a JSON object")
