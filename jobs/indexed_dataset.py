@@ -5,6 +5,7 @@ preprocessor image needs no torch; the trainer reads the same files through `Ind
 from __future__ import annotations
 
 import os
+import socket
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
+TEMP_MARK = ".tmp."  # PREFIX.bin.tmp.HOST.PID while being written
 HEADER = struct.Struct("<9sQBQQ")  # magic, version, dtype code, N sequences, D doc_idx entries
 
 DTYPE_CODES: dict[int, np.dtype] = {
@@ -56,7 +58,7 @@ class IndexedDatasetWriter:
         self.idx_path = index_path(prefix)
         self.bin_path.parent.mkdir(parents=True, exist_ok=True)
         # Per-process temp names: two writers of one prefix never share a partial file.
-        suffix = f".tmp.{os.getpid()}"
+        suffix = f"{TEMP_MARK}{socket.gethostname()}.{os.getpid()}"
         self._bin_tmp = self.bin_path.with_name(self.bin_path.name + suffix)
         self._idx_tmp = self.idx_path.with_name(self.idx_path.name + suffix)
         self._bin = open(self._bin_tmp, "wb")  # closed in finalize/abort

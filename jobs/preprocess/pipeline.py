@@ -8,6 +8,7 @@ from __future__ import annotations
 import glob
 import os
 import queue
+import socket
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from jobs.cli import JobError, Progress, human_bytes, human_duration, write_json_atomic
-from jobs.indexed_dataset import IndexedDatasetWriter, data_path, dtype_for_vocab, index_path
+from jobs.indexed_dataset import TEMP_MARK, IndexedDatasetWriter, data_path, dtype_for_vocab, index_path
 from jobs.preprocess.sources import Source, expand_inputs, read_source
 
 PROG = "preprocess"
@@ -186,15 +187,31 @@ def _write_batches(writer: IndexedDatasetWriter, eod: int | None, stats: Stats, 
 
 
 def _remove_stale_temps(prefix: str) -> None:
-    """A run killed outright (SIGKILL, node loss) leaves its per-process temp files; clear old ones."""
-    now = time.time()
+    """A run killed outright (SIGKILL, node loss) leaves its per-process temp files. Remove those of
+    dead processes on this host, and those of other hosts once untouched for a while."""
+    now, host = time.time(), socket.gethostname()
     for final in (data_path(prefix), index_path(prefix)):
-        for tmp in glob.glob(glob.escape(str(final)) + ".tmp.*"):
+        for tmp in glob.glob(glob.escape(str(final)) + TEMP_MARK + "*"):
+            owner_host, _, pid = tmp[len(str(final)) + len(TEMP_MARK) :].rpartition(".")
             try:
-                if now - os.path.getmtime(tmp) > STALE_TEMP_SECONDS:
-                    os.unlink(tmp)
+                if owner_host == host and pid.isdigit():
+                    if _pid_alive(int(pid)):
+                        continue
+                elif now - os.path.getmtime(tmp) < STALE_TEMP_SECONDS:
+                    continue
+                os.unlink(tmp)
             except OSError:
                 pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def preprocess(
