@@ -1,0 +1,85 @@
+"""`invoke export`: fetch a finished checkpoint from the bucket (boto3) and turn it into a Hugging Face
+model folder with the trainer's `python -m trainer.export`, for inference elsewhere."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import TextIO
+from urllib.parse import urlparse
+
+import botocore.exceptions
+
+from jobs.cli import JobError, human_bytes
+from k8s.config import PipelineConfig
+from k8s.determined_api import Master
+from k8s.preflight import s3_client
+
+EXPORT_CMD = (sys.executable, "-m", "trainer.export")
+
+
+def checkpoint_url(cfg: PipelineConfig, master: Master, experiment_id: int) -> str:
+    """Determined stores a checkpoint under s3://BUCKET/PREFIX/UUID/."""
+    master.login()
+    ck = master.latest_checkpoint(experiment_id)
+    prefix = (cfg["checkpoints"].get("prefix") or "").strip("/")
+    return f"s3://{cfg['checkpoints']['bucket']}/{prefix + '/' if prefix else ''}{ck['uuid']}"
+
+
+def download(url: str, dest: Path, endpoint_url: str | None) -> tuple[int, int]:
+    """Every object under the s3:// prefix into `dest`, via a temporary folder renamed at the end."""
+    parsed = urlparse(url)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise JobError(f"checkpoint {url}: expected s3://BUCKET/PREFIX")
+    bucket, prefix = parsed.netloc, parsed.path.strip("/")
+    prefix = f"{prefix}/" if prefix else ""
+    s3 = s3_client(endpoint_url)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    files = total = 0
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                rel = obj["Key"][len(prefix):]
+                if not rel or rel.endswith("/") or ".." in Path(rel).parts:
+                    continue
+                target = tmp / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                s3.download_file(bucket, obj["Key"], str(target))
+                files += 1
+                total += obj["Size"]
+        if not files:
+            raise JobError(f"checkpoint {url}: no objects under that prefix")
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except botocore.exceptions.ClientError as exc:
+        raise JobError(f"checkpoint {url}: {exc.response.get('Error', {}).get('Code', 'S3 error')}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return files, total
+
+
+def export(cfg: PipelineConfig, out: str | os.PathLike, experiment_id: int | None = None,
+           checkpoint: str | None = None, master: Master | None = None,
+           command: tuple[str, ...] = EXPORT_CMD, stream: TextIO | None = None) -> Path:
+    stream = stream or sys.stderr
+    if (experiment_id is None) == (checkpoint is None):
+        raise JobError("export: give exactly one of --experiment ID or --checkpoint s3://...")
+    if checkpoint is None:
+        checkpoint = checkpoint_url(cfg, master or Master(cfg["determined_master"]), experiment_id)
+    out = Path(out)
+    raw = out / "checkpoint"
+    files, total = download(checkpoint, raw, cfg["checkpoints"].get("endpoint_url"))
+    print(f"export: downloaded {files} files ({human_bytes(total)}) from {checkpoint}", file=stream)
+    hf = out / "hf"
+    proc = subprocess.run([*command, "--checkpoint", str(raw), "--out", str(hf)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise JobError(f"export: {' '.join(command[1:])} failed ({tail[0]})")
+    print(f"export: Hugging Face model folder at {hf}", file=stream)
+    return hf
