@@ -298,3 +298,64 @@ def load_slim_state(path: str | os.PathLike, num_layers: int) -> dict[str, torch
 
 def load_slim(path: str | os.PathLike, cfg: ModelConfig, dtype: torch.dtype | None = None) -> GPTNeoX:
     return build_model(cfg, load_slim_state(path, cfg.num_layers), dtype)
+
+
+# ---- starting points and our own checkpoints -----------------------------------------------------
+
+
+def empty_model(cfg: ModelConfig) -> GPTNeoX:
+    """A model with uninitialised storage, for weights that a checkpoint load will overwrite."""
+    with torch.device("meta"):
+        model = GPTNeoX(cfg)
+    model.to_empty(device="cpu")
+    model.rotary = Rotary(cfg.rot_dim, cfg.max_position_embeddings, cfg.rotary_base)
+    return model
+
+
+def ds_checkpoint_tag(path: str | os.PathLike | None) -> str | None:
+    """The tag of a DeepSpeed checkpoint written by our trainer at `path`, or None.
+
+    Ours: `latest` names TAG and TAG/model_config.json exists (the slim layout has layer files instead).
+    """
+    if not path:
+        return None
+    latest = Path(path) / "latest"
+    if not latest.is_file():
+        return None
+    tag = latest.read_text().strip()
+    return tag if (Path(path) / tag / MODEL_CONFIG).is_file() else None
+
+
+MODEL_CONFIG = "model_config.json"
+
+
+def write_model_config(tag_dir: str | os.PathLike, cfg: ModelConfig, neox: dict) -> None:
+    from dataclasses import asdict
+
+    from jobs.cli import write_json_atomic
+
+    write_json_atomic(Path(tag_dir) / MODEL_CONFIG, {"model": asdict(cfg), "neox": neox})
+
+
+def read_model_config(tag_dir: str | os.PathLike) -> tuple[ModelConfig, dict]:
+    data = json.loads((Path(tag_dir) / MODEL_CONFIG).read_text())
+    return ModelConfig(**data["model"]), data.get("neox", {})
+
+
+def load_pretrained(path: str | os.PathLike, yaml_cfg: ModelConfig | None) -> tuple[GPTNeoX, str]:
+    """Weights to fine-tune from: a Hugging Face folder (config.json decides the architecture) or a
+    slim layout (the NeoX YAML decides it, the embedding's rows the padded vocabulary)."""
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return load_hf(path), "Hugging Face folder"
+    if slim_tag_dir(path) is not None:
+        if yaml_cfg is None:
+            raise JobError(f"{path}: a slim checkpoint needs the NeoX config for its architecture")
+        state = load_slim_state(path, yaml_cfg.num_layers)
+        from dataclasses import replace
+
+        cfg = replace(yaml_cfg, vocab_size=state["embed_in.weight"].shape[0])
+        return build_model(cfg, state), "GPT-NeoX slim checkpoint"
+    if not path.exists():
+        raise JobError(f"load {path}: does not exist")
+    raise JobError(f"load {path}: neither a Hugging Face folder (config.json), a slim checkpoint nor ours")

@@ -1,0 +1,270 @@
+"""Fine-tune GPT-NeoX under DeepSpeed: `python -m trainer.train --config FILE [FILE...] [--override k=v ...]`.
+
+Runs under `deepspeed`, `torchrun` or alone (a world of one). Reads top to bottom: config, checks
+(data, weights: before any GPU memory is touched), distributed init, engine, loop, summary.
+
+Where training starts (first match wins):
+1. `save` (then `load`) holds a checkpoint of ours: resume model, optimizer, schedule and data
+   position (with `finetune: true`, only the model weights of a `load` checkpoint are taken);
+2. `load` is a Hugging Face folder (has config.json) or the slim GPT-NeoX layout (`latest` ->
+   TAG/layer_XX-model_YY-model_states.pt): fine-tune from those weights with a fresh optimizer;
+3. no `load`: random initialisation (announced).
+
+Outputs: checkpoints `save/global_stepN` (+ `latest`), `metrics.jsonl` (one line per logged
+iteration and evaluation) and `train-stats.json` in `log-dir` (else `save`), TensorBoard scalars in
+`tensorboard-dir`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from jobs.cli import JobError, human_duration, run_main, write_json_atomic
+from trainer import checkpoint
+from trainer.config import NeoXConfig, load_config
+from trainer.data import MicroBatches, PackedSamples, build_splits, eval_batches
+from trainer.model import GPTNeoX, ModelConfig, cross_entropy
+
+PROG = "trainer.train"
+
+
+def log(msg: str) -> None:
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{PROG}: {msg}", flush=True)
+
+
+# ---- setup helpers ---------------------------------------------------------------------------------
+
+
+def resume_point(cfg: NeoXConfig) -> tuple[str, str, bool] | None:
+    """(dir, tag, module_only) of a checkpoint of ours to continue from, or None."""
+    if not cfg.train.finetune:
+        for where in (cfg.train.save, cfg.train.load):
+            tag = checkpoint.ds_checkpoint_tag(where)
+            if tag:
+                return where, tag, False
+    tag = checkpoint.ds_checkpoint_tag(cfg.train.load)
+    return (cfg.train.load, tag, True) if tag else None
+
+
+def build_model(cfg: NeoXConfig, resume: tuple[str, str, bool] | None) -> tuple[GPTNeoX, str]:
+    """The model to hand to DeepSpeed, and a line saying where its weights come from."""
+    if resume:
+        mcfg, _ = checkpoint.read_model_config(Path(resume[0]) / resume[1])
+        mcfg = replace(mcfg, checkpoint_activations=cfg.model.checkpoint_activations,
+                       hidden_dropout=cfg.model.hidden_dropout, attention_dropout=cfg.model.attention_dropout)
+        return checkpoint.empty_model(mcfg), f"checkpoint {resume[0]}/{resume[1]}"
+    if cfg.train.load:
+        slim_cfg = None
+        if not (Path(cfg.train.load) / "config.json").is_file():
+            slim_cfg = cfg.model_config(vocab_size=1)  # vocab taken from the embedding's rows
+        model, kind = checkpoint.load_pretrained(cfg.train.load, slim_cfg)
+        # the run's own settings, not architecture, come from the NeoX config
+        model.cfg.checkpoint_activations = cfg.model.checkpoint_activations
+        model.cfg.hidden_dropout = cfg.model.hidden_dropout
+        model.cfg.attention_dropout = cfg.model.attention_dropout
+        for block in model.layers:
+            block.dropout.p = cfg.model.hidden_dropout
+            block.attention.dropout = cfg.model.attention_dropout
+        return model, f"{kind} {cfg.train.load}"
+    torch.manual_seed(cfg.data.seed)
+    return GPTNeoX(cfg.model_config()), "random initialisation (no 'load' given)"
+
+
+def check_model_fits(cfg: NeoXConfig, mcfg: ModelConfig) -> None:
+    if cfg.model.seq_length > mcfg.max_position_embeddings:
+        raise JobError(
+            f"config key 'seq-length' {cfg.model.seq_length} exceeds the weights' max_position_embeddings "
+            f"{mcfg.max_position_embeddings}"
+        )
+    for key, ours, theirs in (("num-layers", cfg.model.num_layers, mcfg.num_layers),
+                              ("hidden-size", cfg.model.hidden_size, mcfg.hidden_size),
+                              ("num-attention-heads", cfg.model.num_attention_heads, mcfg.num_heads)):
+        if ours != theirs:
+            log(f"note: config key '{key}' is {ours} but the weights have {theirs}; using the weights'")
+
+
+class Metrics:
+    """metrics.jsonl + TensorBoard on rank 0; every value also goes to the log line."""
+
+    def __init__(self, cfg: NeoXConfig, rank: int) -> None:
+        self.enabled = rank == 0
+        out_dir = cfg.train.log_dir or cfg.train.save
+        self.path = Path(out_dir) / "metrics.jsonl" if out_dir and self.enabled else None
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tb = None
+        if cfg.train.tensorboard_dir and self.enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(cfg.train.tensorboard_dir)
+
+    def write(self, kind: str, iteration: int, values: dict) -> None:
+        if not self.enabled:
+            return
+        if self.path:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"kind": kind, "iteration": iteration, **values}) + "\n")
+        if self.tb:
+            for k, v in values.items():
+                if isinstance(v, int | float) and v is not None:
+                    self.tb.add_scalar(f"{kind}/{k}", v, iteration)
+
+    def close(self) -> None:
+        if self.tb:
+            self.tb.close()
+
+
+def mean_over_ranks(value: float, device) -> float:
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.item() / dist.get_world_size()
+
+
+def lm_loss(engine, tokens: torch.Tensor) -> torch.Tensor:
+    tokens = tokens.to(engine.device)
+    return cross_entropy(engine(tokens[:, :-1]), tokens[:, 1:])  # (b, s) inputs -> next-token targets
+
+
+def evaluate(engine, samples: PackedSamples, cfg: NeoXConfig, rank: int, world: int) -> dict:
+    engine.eval()
+    total = 0.0
+    with torch.no_grad():
+        for tokens in eval_batches(samples, cfg.batch.train_micro_batch_size_per_gpu, cfg.train.eval_iters, rank, world):
+            total += lm_loss(engine, tokens).item()
+    engine.train()
+    loss = mean_over_ranks(total / cfg.train.eval_iters, engine.device)
+    return {"lm_loss": loss, "lm_loss_ppl": math.exp(min(loss, 50))}
+
+
+def save(engine, cfg: NeoXConfig, mcfg: ModelConfig, iteration: int, loader: MicroBatches) -> None:
+    tag = f"global_step{iteration}"
+    client = {"iteration": iteration, "data": loader.state_dict()}
+    engine.save_checkpoint(cfg.train.save, tag=tag, client_state=client)  # writes `latest` too
+    if int(os.environ.get("RANK", "0")) == 0:
+        checkpoint.write_model_config(Path(cfg.train.save) / tag, mcfg, cfg.to_dict())
+    log(f"saved checkpoint {cfg.train.save}/{tag}")
+
+
+# ---- the run -----------------------------------------------------------------------------------------
+
+
+def train(cfg: NeoXConfig) -> dict:
+    for line in cfg.report():
+        log(line)
+    # checks that need neither the process group nor a device
+    if not cfg.data.data_path:
+        raise JobError("config key 'data-path' is not set")
+    seq = cfg.model.seq_length
+    splits = build_splits(cfg.data.data_path, cfg.data.split_weights(), seq, cfg.data.seed)
+    resume = resume_point(cfg)
+    model, source = build_model(cfg, resume)
+    mcfg = model.cfg
+    check_model_fits(cfg, mcfg)
+    log(f"model: {mcfg.num_layers} layers, hidden {mcfg.hidden_size}, {mcfg.num_params() / 1e6:.1f}M parameters, "
+        f"weights from {source}")
+
+    from trainer.engine import init_distributed, parallelize
+
+    init_distributed()
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    engine = parallelize(model, cfg)
+    log(f"DeepSpeed: ZeRO stage {cfg.zero_stage}, {cfg.precision.name}, {world} data-parallel ranks, "
+        f"device {engine.device}")
+    loader = MicroBatches(splits["train"], cfg.batch.train_micro_batch_size_per_gpu, rank, world)
+    iteration = 0
+    if resume:
+        where, tag, module_only = resume
+        _, client = engine.load_checkpoint(where, tag=tag, load_module_only=module_only,
+                                           load_optimizer_states=not module_only,
+                                           load_lr_scheduler_states=not module_only)
+        if not module_only:
+            iteration = client["iteration"]
+            loader.load_state_dict(client["data"])
+        log(f"resumed from {where}/{tag} at iteration {iteration}" + (" (weights only)" if module_only else ""))
+
+    metrics = Metrics(cfg, rank)
+    gas = cfg.batch.gradient_accumulation_steps
+    tokens_per_iter = cfg.batch.train_micro_batch_size_per_gpu * gas * world * seq
+    flops_per_token = mcfg.flops_per_token(seq)
+    t = cfg.train
+    stop = t.train_iters if t.exit_interval is None else min(t.train_iters, iteration + t.exit_interval)
+    started, window_start, window_iters = time.monotonic(), time.monotonic(), 0
+    last: dict = {}
+    engine.train()
+    while iteration < stop:
+        loss_sum = 0.0
+        for _ in range(gas):
+            loss = lm_loss(engine, next(loader))
+            engine.backward(loss)
+            engine.step()
+            loss_sum += loss.item()
+        iteration += 1
+        window_iters += 1
+        if iteration % t.log_interval == 0 or iteration == stop:
+            elapsed = time.monotonic() - window_start
+            tok_s = tokens_per_iter * window_iters / max(elapsed, 1e-9)
+            tflops = flops_per_token * tok_s / world / 1e12
+            last = {
+                "lm_loss": mean_over_ranks(loss_sum / gas, engine.device),
+                "lr": engine.get_lr()[0],
+                "loss_scale": getattr(engine.optimizer, "cur_scale", None),
+                "skipped_steps": engine.skipped_steps,
+                "tokens_per_s": tok_s,
+                "tflops_per_device": tflops,
+                "mfu": tflops / t.peak_tflops,
+            }
+            metrics.write("train", iteration, last)
+            log(f"iter {iteration}/{t.train_iters} lm_loss {last['lm_loss']:.4f} lr {last['lr']:.3g} "
+                f"{tok_s:,.0f} tokens/s {tflops:.1f} TFLOP/s/device MFU {100 * last['mfu']:.1f}%")
+            window_start, window_iters = time.monotonic(), 0
+        if splits["valid"] is not None and t.eval_interval and iteration % t.eval_interval == 0:
+            ev = evaluate(engine, splits["valid"], cfg, rank, world)
+            metrics.write("valid", iteration, ev)
+            log(f"iter {iteration} validation lm_loss {ev['lm_loss']:.4f} ppl {ev['lm_loss_ppl']:.2f}")
+        if t.save and (iteration == stop or (t.save_interval and iteration % t.save_interval == 0)):
+            save(engine, cfg, mcfg, iteration, loader)
+    metrics.close()
+    stats = {"iterations": iteration, "stopped_early": iteration < t.train_iters, "world_size": world,
+             "seconds": time.monotonic() - started, "last": last, "model": asdict(mcfg),
+             "zero_stage": cfg.zero_stage, "precision": cfg.precision.name}
+    out_dir = t.log_dir or t.save
+    if rank == 0 and out_dir:
+        write_json_atomic(Path(out_dir) / "train-stats.json", stats)
+    return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    parser.add_argument("--config", nargs="+", required=True, help="NeoX YAML files, merged in order")
+    parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="set a config key after the files (dotted keys reach into sections)")
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        cfg = load_config(args.config, args.override)
+        stats = train(cfg)
+        loss = stats["last"].get("lm_loss")
+        log(f"done: {stats['iterations']} iterations in {human_duration(stats['seconds'])}, "
+            f"lm_loss {loss:.4f}" if loss is not None else "done: nothing to train")
+        return 0
+
+    return run_main(PROG, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
