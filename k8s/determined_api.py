@@ -47,7 +47,7 @@ def read_context(root: str | os.PathLike, limit: int = MAX_CONTEXT_SIZE) -> list
     lines = list(DEFAULT_DETIGNORE)
     if (root / ".detignore").is_file():
         lines += (root / ".detignore").read_text().splitlines()
-    spec = pathspec.PathSpec.from_lines("gitwildmatch", lines)
+    spec = pathspec.GitIgnoreSpec.from_lines(lines)
     files, size = [], 0
     for parent, dirs, names in os.walk(root):
         keep = []

@@ -203,7 +203,7 @@ class FakeKube(_Server):
         self._polls[name] = self._polls.get(name, 0) + 1
         if self._polls[name] < self.job_polls:
             return
-        component = job["metadata"]["labels"].get("app.kubernetes.io/component", "")
+        component = job["metadata"].get("labels", {}).get("app.kubernetes.io/component", "")
         outcome, log = self.outcomes.get(component, ("Complete", f"{component}: done\n"))
         pod = f"{name}-x1"
         self.logs[pod] = log
