@@ -1,9 +1,9 @@
 """neox-pipeline's invoke collection: thin tasks over `images/`, `k8s/` and the local pipeline.
 
-    invoke base                      # a Debian base image from the host's apt mirror (no registry needed)
-    invoke build [NAME,NAME...]      # build images in dependency order (content-addressed, skipped when unchanged)
-    invoke push --registry HOST/NS   # push, read digests back, write images.lock.json
-    invoke deploy --config FILE      # Kubernetes Jobs + Determined experiment (see k8s/)
+invoke base                      # a Debian base image from the host's apt mirror (no registry needed)
+invoke build [NAME,NAME...]      # build images in dependency order (content-addressed, skipped when unchanged)
+invoke push --registry HOST/NS   # push, read digests back, write images.lock.json
+invoke deploy --config FILE      # Kubernetes Jobs + Determined experiment (see k8s/)
 """
 
 from __future__ import annotations
@@ -33,7 +33,12 @@ def _base_image(c, base_image: str | None) -> str:
     return base_image or c.config.get("neox", {}).get("base_image") or DEFAULT_BASE_IMAGE
 
 
-@task(help={"mirror": "Debian mirror URL (default: the first one in the host's apt sources)", "tag": "image tag"})
+@task(
+    help={
+        "mirror": "Debian mirror URL (default: the first one in the host's apt sources)",
+        "tag": "image tag",
+    }
+)
 def base(c, mirror=None, tag=LOCAL_BASE_IMAGE):
     """Make a Debian bookworm base image from the package mirror (debootstrap + docker import)."""
     from images.base import make_base_image
@@ -48,19 +53,34 @@ def _names(names: str | None) -> list[str] | None:
     return [n.strip() for n in names.split(",") if n.strip()] if names else None
 
 
+def _build_args(pairs: list[str] | None) -> dict[str, str]:
+    args = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise Exit(f"error: --build-arg {pair!r} must be KEY=VALUE", code=1)
+        args[key] = value
+    return args
+
+
 @task(
     positional=["names"],
+    iterable=["build_arg"],
     help={
         "names": "comma-separated images to build, e.g. trainer,fetcher (default: all shipped images)",
         "base-image": f"base image reference (default {DEFAULT_BASE_IMAGE}; `invoke base` makes {LOCAL_BASE_IMAGE})",
         "force": "rebuild even when the content tag exists",
+        "build-arg": "KEY=VALUE for an ARG an image's Dockerfile declares (repeatable), e.g. TORCH_VERSION=2.11.0",
+        "cache-from": "registry prefix whose <name>:main images seed the layer cache",
     },
 )
-def build(c, names=None, base_image=None, force=False):
+def build(c, names=None, base_image=None, force=False, build_arg=None, cache_from=None):
     """Build images in dependency order; unchanged images are found by content tag and not rebuilt."""
     try:
         client = docker_client()
-        built = build_images(ROOT, _names(names), base_image=_base_image(c, base_image), client=client, log=_log, force=force)
+        built = build_images(
+            ROOT, _names(names), base_image=_base_image(c, base_image), client=client, log=_log, force=force
+        )
     except ImageError as exc:
         raise _fail(exc) from exc
     for image in built.values():
@@ -69,26 +89,32 @@ def build(c, names=None, base_image=None, force=False):
 
 
 @task(
+    iterable=["tag"],
     help={
         "registry": "HOST[:PORT]/NAMESPACE to push to",
+        "tag": "extra tag to push besides the content tag and git-<revision> (repeatable), e.g. 1.2.0",
         "names": "comma-separated images to push (default: all shipped images)",
         "lock": f"lock file to write (default {DEFAULT_LOCK.name})",
         "base-image": "base image reference the images were built on",
     },
 )
-def push(c, registry, names=None, lock=None, base_image=None):
+def push(c, registry, names=None, lock=None, base_image=None, tag=None):
     """Push built images, read each manifest back and record name -> registry/ns/name@sha256 in the lock file."""
     lock_path = Path(lock) if lock else DEFAULT_LOCK
     try:
         registry = check_registry(registry)
         client = docker_client()
-        built = build_images(ROOT, _names(names), base_image=_base_image(c, base_image), client=client, log=_log)
+        built = build_images(
+            ROOT, _names(names), base_image=_base_image(c, base_image), client=client, log=_log
+        )
         revision = git_revision(ROOT)
         refs = {}
         for image in built.values():
             if not _is_shipped(image.name):
                 continue
-            refs[image.name] = push_image(client, image, registry, extra_tags=[f"git-{revision}"], log=_log)
+            refs[image.name] = push_image(
+                client, image, registry, extra_tags=[f"git-{revision}", *(tag or [])], log=_log
+            )
             _log(f"{image.name}: {refs[image.name]}")
         write_lock(lock_path, refs)
     except ImageError as exc:

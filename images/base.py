@@ -21,7 +21,14 @@ from images.catalog import LOCAL_BASE_IMAGE
 SUITE = "bookworm"
 _APT_SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
 # What the slim images drop: documentation, man pages, locales other than C, apt lists.
-_TRIM = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "var/lib/apt/lists", "var/cache/apt")
+_TRIM = (
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/info",
+    "usr/share/locale",
+    "var/lib/apt/lists",
+    "var/cache/apt",
+)
 
 
 def host_mirror(sources: tuple[Path, ...] = _APT_SOURCES) -> str:

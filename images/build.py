@@ -4,6 +4,7 @@ Docker SDK, streaming the engine's output, skipping images whose content tag alr
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -40,7 +41,9 @@ class BuiltImage:
         return f"{self.repository}:{self.tag}"
 
 
-def build_order(names: Iterable[str] | None = None, catalog: tuple[ImageSpec, ...] = CATALOG) -> list[ImageSpec]:
+def build_order(
+    names: Iterable[str] | None = None, catalog: tuple[ImageSpec, ...] = CATALOG
+) -> list[ImageSpec]:
     """The requested images and their parents, parents first (catalog order among equals)."""
     specs = by_name(catalog)
     wanted = list(names) if names else [s.name for s in catalog if s.shipped]
@@ -73,7 +76,10 @@ def git_revision(root: Path) -> str:
     """The checkout's revision, with `-dirty` when it has uncommitted changes; `unknown` outside git."""
     try:
         rev = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
@@ -95,7 +101,9 @@ def docker_client():
         client = docker.from_env(timeout=600)
         client.ping()
     except DockerException as exc:
-        raise ImageError(f"Docker engine unreachable ({_first_line(exc)}); start dockerd or set DOCKER_HOST") from exc
+        raise ImageError(
+            f"Docker engine unreachable ({_first_line(exc)}); start dockerd or set DOCKER_HOST"
+        ) from exc
     return client
 
 
@@ -145,13 +153,19 @@ def build_images(
     log: Callable[[str], None] = print,
     catalog: tuple[ImageSpec, ...] = CATALOG,
     force: bool = False,
+    build_args: dict[str, str] | None = None,
+    cache_from: str | None = None,
 ) -> dict[str, BuiltImage]:
     """Build the requested images (and their parents) in dependency order.
 
     An image is rebuilt only when its content tag is missing locally (or `force`). Stops at the
-    first failure with ImageError naming the image and failing step.
+    first failure with ImageError naming the image and failing step. `build_args` override the
+    catalog's (each key must be declared by some image's Dockerfile as an ARG); `cache_from` is a
+    registry prefix whose `<name>:main` images seed the layer cache (pulled when reachable).
     """
     order = build_order(names, catalog)
+    overrides = dict(build_args or {})
+    _check_overrides(root, order, overrides)
     client = client or docker_client()
     revision = git_revision(root)
     ca_bundle = host_ca_bundle()
@@ -168,7 +182,12 @@ def build_images(
         else:
             parent = built[spec.parent]
             parent_ref, parent_id = parent.ref, parent.image_id
-        build_args = {**spec.build_args, "BASE_IMAGE": parent_ref}
+        declared = _declared_args(root / spec.dockerfile)
+        build_args = {
+            **spec.build_args,
+            **{k: v for k, v in overrides.items() if k in declared},
+            "BASE_IMAGE": parent_ref,
+        }
         try:
             context = make_context(root, spec, ca_bundle)
         except ContextError as exc:
@@ -178,7 +197,9 @@ def build_images(
         existing = None if force else _find_image(client, f"{repository}:{tag}")
         if existing is not None:
             client.api.tag(existing.id, repository, f"git-{revision}")
-            built[spec.name] = BuiltImage(spec.name, repository, tag, existing.id, True, time.monotonic() - start)
+            built[spec.name] = BuiltImage(
+                spec.name, repository, tag, existing.id, True, time.monotonic() - start
+            )
             log(f"[{spec.name}] up to date: {repository}:{tag}")
             continue
         log(f"[{spec.name}] building {repository}:{tag} on {parent_ref}")
@@ -191,7 +212,9 @@ def build_images(
             "org.opencontainers.image.base.name": parent_ref,
             "neox-pipeline.content-tag": tag,
         }
+        cache = _pull_cache(client, f"{cache_from}/{spec.name}:main", log) if cache_from else []
         events = client.api.build(
+            cache_from=cache,
             fileobj=_as_file(context.to_tar()),
             custom_context=True,
             dockerfile=context.dockerfile,
@@ -211,6 +234,31 @@ def build_images(
         built[spec.name] = BuiltImage(spec.name, repository, tag, image_id, False, time.monotonic() - start)
         log(f"[{spec.name}] built {repository}:{tag} in {time.monotonic() - start:.1f}s")
     return built
+
+
+def _declared_args(dockerfile: Path) -> set[str]:
+    if not dockerfile.is_file():
+        return set()
+    return set(re.findall(r"^\s*ARG\s+([A-Za-z_][A-Za-z0-9_]*)", dockerfile.read_text(), re.M))
+
+
+def _check_overrides(root: Path, order: list[ImageSpec], overrides: dict[str, str]) -> None:
+    declared = set().union(*(_declared_args(root / spec.dockerfile) for spec in order)) if order else set()
+    unknown = sorted(set(overrides) - declared - {"BASE_IMAGE"})
+    if unknown:
+        raise ImageError(f"build arg {unknown[0]!r} is not declared by any image being built")
+    if "BASE_IMAGE" in overrides:
+        raise ImageError("BASE_IMAGE is set with --base-image, not as a build arg")
+
+
+def _pull_cache(client, ref: str, log: Callable[[str], None]) -> list[str]:
+    """Pull a previous image to seed the classic builder's cache; a miss only costs a cold build."""
+    try:
+        client.images.pull(ref)
+    except Exception as exc:
+        log(f"no cache image {ref} ({_first_line(exc)}); building cold")
+        return []
+    return [ref]
 
 
 def _as_file(data: bytes) -> io.BytesIO:

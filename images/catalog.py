@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 # The public base every chain starts from, pinned by digest. `invoke base` builds an
 # equivalent one (Debian bookworm, minbase) from the host's package mirror for hosts that
 # cannot reach a container registry; pass it with `invoke build --base-image`.
-DEFAULT_BASE_IMAGE = "debian:bookworm-slim@sha256:b55e2651b71408015f8068dd74e1d04404a8fa607dd2cfe284b4824c11f4d9bd"
+DEFAULT_BASE_IMAGE = (
+    "debian:bookworm-slim@sha256:b55e2651b71408015f8068dd74e1d04404a8fa607dd2cfe284b4824c11f4d9bd"
+)
 LOCAL_BASE_IMAGE = "neox-pipeline/base:bookworm"
 
 # Local repository prefix for built images: neox-pipeline/<name>:<content-hash>.

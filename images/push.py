@@ -81,19 +81,23 @@ def push_image(
     for tag in tags:
         for attempt in range(1, attempts + 1):
             try:
-                events = client.api.push(repository, tag=tag, stream=True, decode=True, auth_config=auth_config)
+                events = client.api.push(
+                    repository, tag=tag, stream=True, decode=True, auth_config=auth_config
+                )
                 stream_push(events, lambda line: log(f"[{image.name}] {line}"))
                 break
             except PushError as exc:
                 if not exc.transient or attempt == attempts:
                     raise PushError(f"push of {repository}:{tag} failed: {exc}", exc.transient) from exc
-                delay = min(30.0, 2 ** attempt) * (0.5 + random.random() / 2)
-                log(f"[{image.name}] transient push error ({exc}); retry {attempt}/{attempts - 1} in {delay:.1f}s")
+                delay = min(30.0, 2**attempt) * (0.5 + random.random() / 2)
+                log(
+                    f"[{image.name}] transient push error ({exc}); retry {attempt}/{attempts - 1} in {delay:.1f}s"
+                )
                 time.sleep(delay)
             except Exception as exc:  # requests/docker transport errors: engine or registry unreachable
                 if attempt == attempts:
                     raise ImageError(f"push of {repository}:{tag} failed: {exc}") from exc
-                time.sleep(min(30.0, 2 ** attempt))
+                time.sleep(min(30.0, 2**attempt))
     return f"{repository}@{registry_digest(client, f'{repository}:{image.tag}', auth_config)}"
 
 

@@ -1,0 +1,188 @@
+"""Integration tests of the three shipped images on a real Docker engine and a real registry.
+
+Builds run through the project's own builder on the local base image (`invoke base`), the
+same Dockerfiles CI and users build. Containers run through testcontainers (Ryuk disabled:
+its image cannot be pulled here; each test removes its containers)."""
+
+from __future__ import annotations
+
+import json
+import re
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from images.build import ImageError, build_images
+from images.catalog import CATALOG, by_name
+from images.context import host_ca_bundle
+from images.push import push_image, write_lock
+
+pytestmark = pytest.mark.integration
+
+SHIPPED = [s.name for s in CATALOG if s.shipped]
+HELP_COMMAND = {
+    "fetcher": ["--help"],
+    "preprocessor": ["--help"],
+    "trainer": ["python", "-m", "trainer.train", "--help"],
+}
+
+
+def run_container(image: str, command: list[str], entrypoint: str | None = None, **kwargs) -> tuple[int, str]:
+    """Run a container to completion with testcontainers; return (exit code, logs)."""
+    from testcontainers.core.container import DockerContainer
+
+    container = DockerContainer(image).with_command(command)
+    if entrypoint is not None:
+        container = container.with_kwargs(entrypoint=entrypoint, **kwargs)
+    elif kwargs:
+        container = container.with_kwargs(**kwargs)
+    container.start()
+    try:
+        wrapped = container.get_wrapped_container()
+        code = wrapped.wait(timeout=300)["StatusCode"]
+        logs = wrapped.logs().decode(errors="replace")
+    finally:
+        container.stop()
+    return code, logs
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_entrypoint_help_runs_as_non_root(built_images, name):
+    ref = built_images[name].ref
+    code, logs = run_container(ref, HELP_COMMAND[name])
+    assert code == 0, logs[-2000:]
+    assert "usage" in logs.lower()
+    code, uid = run_container(ref, ["-c", "import os; print(os.getuid(), os.getgid())"], entrypoint="python")
+    assert (code, uid.split()) == (0, ["1000", "1000"])
+
+
+def test_images_carry_oci_labels(built_images, docker_engine):
+    for name in SHIPPED:
+        labels = docker_engine.images.get(built_images[name].ref).labels
+        for key in ("source", "revision", "created"):
+            assert labels.get(f"org.opencontainers.image.{key}"), (name, key)
+
+
+def test_unchanged_images_are_not_rebuilt(built_images, docker_engine, base_image):
+    root = Path(__file__).resolve().parents[2]
+    again = build_images(root, None, base_image=base_image, client=docker_engine, log=lambda line: None)
+    assert all(image.reused for image in again.values())
+    assert {n: i.image_id for n, i in again.items()} == {n: i.image_id for n, i in built_images.items()}
+
+
+def test_build_failure_names_image_and_step(tmp_path, docker_engine, base_image):
+    from images.catalog import ImageSpec
+
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\ndependencies = []\n')
+    (tmp_path / "Dockerfile").write_text(
+        "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN echo building\nRUN exit 3\n"
+    )
+    broken = (ImageSpec("broken", "Dockerfile", ()),)
+    with pytest.raises(
+        ImageError, match=r"image 'broken' failed at Step 3/4 : RUN exit 3: .*returned a non-zero code: 3"
+    ):
+        build_images(
+            tmp_path,
+            ["broken"],
+            base_image=base_image,
+            client=docker_engine,
+            log=lambda line: None,
+            catalog=broken,
+            force=True,
+        )
+
+
+def test_push_pins_digests_that_pull_back_identical(built_images, docker_engine, registry, tmp_path):
+    lock = tmp_path / "images.lock.json"
+    refs = {
+        name: push_image(docker_engine, built_images[name], f"{registry}/neox", log=lambda line: None)
+        for name in ("fetcher", "preprocessor")
+    }
+    write_lock(lock, refs)
+    pinned = json.loads(lock.read_text())["images"]
+    for name, ref in pinned.items():
+        assert re.fullmatch(rf"{re.escape(registry)}/neox/{name}@sha256:[0-9a-f]{{64}}", ref)
+        docker_engine.images.remove(f"{registry}/neox/{name}:{built_images[name].tag}")
+        pulled = docker_engine.images.pull(ref)
+        assert pulled.id == built_images[name].image_id
+
+
+def test_push_to_registry_refusing_credentials_fails_clearly(
+    built_images, docker_engine, auth_registry, tmp_path
+):
+    lock = tmp_path / "images.lock.json"
+    lock.write_text('{"images": {}}\n')
+    with pytest.raises(
+        ImageError, match=r"push of .*fetcher.* failed: .*(no basic auth credentials|unauthorized)"
+    ):
+        push_image(docker_engine, built_images["fetcher"], f"{auth_registry}/neox", log=lambda line: None)
+    assert lock.read_text() == '{"images": {}}\n'
+
+
+def test_push_to_unreachable_registry_fails_clearly(built_images, docker_engine, unused_port):
+    with pytest.raises(
+        ImageError, match=r"push of 127\.0\.0\.1:\d+/neox/fetcher:.* failed: .*connection refused"
+    ):
+        push_image(
+            docker_engine,
+            built_images["fetcher"],
+            f"127.0.0.1:{unused_port}/neox",
+            log=lambda line: None,
+            attempts=2,
+        )
+
+
+def _extra_ca_blocks(image_bundle: bytes) -> list[bytes]:
+    """PEM blocks the host trusts beyond the distribution's own bundle: what must never ship."""
+    host = host_ca_bundle()
+    if host is None:
+        return []
+    blocks = re.findall(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", host.read_bytes(), re.S)
+    return [b for b in blocks if b not in image_bundle]
+
+
+def _layer_files(image, tmp_path: Path) -> list[tuple[str, bytes | None]]:
+    """(path, content for small files) of every file in every layer of a saved image."""
+    out = []
+    archive = tmp_path / "image.tar"
+    with open(archive, "wb") as f:
+        for chunk in image.save(named=False):
+            f.write(chunk)
+    with tarfile.open(archive, mode="r|*") as saved:
+        for member in saved:
+            if not member.name.endswith("layer.tar") and not member.name.startswith("blobs/"):
+                continue
+            data = saved.extractfile(member)
+            if data is None:
+                continue
+            try:
+                with tarfile.open(fileobj=data, mode="r|*") as layer:
+                    for f in layer:
+                        content = layer.extractfile(f).read() if f.isfile() and f.size < 4_000_000 else None
+                        out.append((f.name, content))
+            except tarfile.ReadError:
+                continue  # a config or manifest blob, not a layer
+    return out
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_no_ca_bundle_or_credential_in_any_layer(built_images, docker_engine, name, tmp_path):
+    image = docker_engine.images.get(built_images[name].ref)
+    files = _layer_files(image, tmp_path)
+    names = {path for path, _ in files}
+    assert not any(path.endswith("ca-bundle.crt") or path.startswith(".build") for path in names)
+    image_bundle = next((c for p, c in files if p.endswith("etc/ssl/certs/ca-certificates.crt") and c), b"")
+    extra = _extra_ca_blocks(image_bundle)
+    for path, content in files:
+        if content:
+            assert not any(block in content for block in extra), f"{path} holds the host's extra CA"
+    history = json.dumps(image.history())
+    config = json.dumps(image.attrs["Config"])
+    for text in (history, config):
+        assert "ca-bundle" not in text
+        assert not re.search(r"(AWS_SECRET_ACCESS_KEY|HF_TOKEN|PASSWORD)=\S", text)
+
+
+def test_catalog_names_match_images(built_images):
+    assert set(built_images) == set(by_name()) and all(built_images[n].ref for n in SHIPPED)
