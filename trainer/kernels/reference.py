@@ -13,6 +13,11 @@ IGNORE_INDEX = -100
 GELU_C = math.sqrt(2.0 / math.pi)  # 0.79788456...
 
 
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """fp32 for half types; float64 stays float64 (the ground truth of tests and benchmarks)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """tanh-approximated GELU of x + bias (bias broadcast over the last dim)."""
     y = x + bias
@@ -40,12 +45,12 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean token cross-entropy over targets != -100; logits [..., vocab], targets [...]."""
     flat = logits.reshape(-1, logits.shape[-1])
-    return F.cross_entropy(flat.float(), targets.reshape(-1), ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(_at_least_fp32(flat), targets.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
 def causal_softmax(x: torch.Tensor, scale: float) -> torch.Tensor:
     """softmax(scale * x) over the last dim with j > i masked out (zero); x [..., s, s]."""
     s_q, s_k = x.shape[-2], x.shape[-1]
     mask = torch.ones(s_q, s_k, dtype=torch.bool, device=x.device).triu(1)
-    y = (x.float() * scale).masked_fill(mask, float("-inf"))
+    y = (_at_least_fp32(x) * scale).masked_fill(mask, float("-inf"))
     return torch.softmax(y, dim=-1).to(x.dtype)

@@ -1,0 +1,89 @@
+// Partial rotary embedding, rotate-half convention (FORMATS.md section 4).
+// t: [B, Hh, S, D] with any strides but a unit last stride; cos/sin: fp32 [S, rot]; out: contiguous.
+// The backward pass is the transpose: the same kernel with the sine terms swapped and negated.
+#include "common.h"
+
+namespace neox {
+namespace {
+
+template <typename T, int V>
+__global__ void rotary_kernel(const T* __restrict__ t, const float* __restrict__ cosv,
+                              const float* __restrict__ sinv, T* __restrict__ out, int64_t B, int64_t Hh,
+                              int64_t S, int D, int rot, int64_t sb, int64_t sh, int64_t ss, bool backward) {
+  const int half = rot / 2;
+  const int u_rot = half / V, U = u_rot + (D - rot) / V;
+  const int64_t total = B * Hh * S * U;
+  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += stride) {
+    const int u = (int)(idx % U);
+    const int64_t row = idx / U;  // over [B, Hh, S]
+    const int64_t s = row % S, bh = row / S;
+    const T* src = t + (bh / Hh) * sb + (bh % Hh) * sh + s * ss;
+    T* dst = out + row * D;
+    if (u < u_rot) {
+      const int j = u * V;
+      const float* c = cosv + s * rot + j;
+      const float* sn = sinv + s * rot + j;
+      float lo[V], hi[V], o_lo[V], o_hi[V];
+      load_vec<T, V>(src + j, lo);
+      load_vec<T, V>(src + j + half, hi);
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        // forward: lo' = lo*c_lo - hi*s_lo, hi' = hi*c_hi + lo*s_hi; backward swaps and negates the sines
+        const float s_lo = backward ? -sn[k + half] : sn[k];
+        const float s_hi = backward ? -sn[k] : sn[k + half];
+        o_lo[k] = lo[k] * c[k] - hi[k] * s_lo;
+        o_hi[k] = hi[k] * c[k + half] + lo[k] * s_hi;
+      }
+      store_vec<T, V>(dst + j, o_lo);
+      store_vec<T, V>(dst + j + half, o_hi);
+    } else {
+      const int j = rot + (u - u_rot) * V;
+      *reinterpret_cast<Vec<T, V>*>(dst + j) = *reinterpret_cast<const Vec<T, V>*>(src + j);
+    }
+  }
+}
+
+}  // namespace
+
+at::Tensor rotary_fwd(const at::Tensor& t, const at::Tensor& cos, const at::Tensor& sin, int64_t rot,
+                      bool backward) {
+  TORCH_CHECK(t.is_cuda() && t.dim() == 4 && t.stride(3) == 1, "rotary: t must be CUDA [b, heads, s, d], unit last stride");
+  TORCH_CHECK(cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat && cos.is_contiguous() &&
+                  sin.is_contiguous(), "rotary: cos/sin must be contiguous fp32");
+  const int64_t B = t.size(0), Hh = t.size(1), S = t.size(2), D = t.size(3);
+  TORCH_CHECK(rot % 2 == 0 && rot > 0 && rot <= D, "rotary: rot_dim must be even and <= head_dim");
+  TORCH_CHECK(cos.numel() == S * rot && sin.numel() == S * rot, "rotary: cos/sin must be [s, rot_dim]");
+  const c10::cuda::CUDAGuard guard(t.device());
+  auto out = at::empty(t.sizes(), t.options());
+  if (t.numel() == 0) return out;
+  NEOX_DISPATCH(t.scalar_type(), "rotary", [&] {
+    // widest V (elements, <= 16 bytes) dividing the halves, the pass-through part, the strides and pointers
+    int V = max_vec<scalar_t>();
+    auto ok = [&](int v) {
+      const int bytes = v * (int)sizeof(scalar_t);
+      return (rot / 2) % v == 0 && (D - rot) % v == 0 && t.stride(0) % v == 0 && t.stride(1) % v == 0 &&
+             t.stride(2) % v == 0 && aligned(t.data_ptr(), bytes) && aligned(out.data_ptr(), bytes);
+    };
+    while (V > 1 && !ok(V)) V /= 2;
+    auto launch = [&](auto vc) {
+      constexpr int VV = decltype(vc)::value;
+      const int64_t total = B * Hh * S * ((rot / 2) / VV + (D - rot) / VV);
+      const int threads = 256;
+      const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, (int64_t)num_sms() * 16);
+      rotary_kernel<scalar_t, VV><<<(unsigned)blocks, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          t.data_ptr<scalar_t>(), cos.data_ptr<float>(), sin.data_ptr<float>(), out.data_ptr<scalar_t>(), B, Hh, S,
+          (int)D, (int)rot, t.stride(0), t.stride(1), t.stride(2), backward);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    switch (V) {
+      case 8: if constexpr (max_vec<scalar_t>() >= 8) launch(std::integral_constant<int, 8>{}); break;
+      case 4: launch(std::integral_constant<int, 4>{}); break;
+      case 2: launch(std::integral_constant<int, 2>{}); break;
+      default: launch(std::integral_constant<int, 1>{}); break;
+    }
+  });
+  return out;
+}
+
+}  // namespace neox
