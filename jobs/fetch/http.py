@@ -1,0 +1,182 @@
+"""HTTP(S) sources: a single file, or a directory listing crawled below the given path (like
+`wget -r --no-parent`, index pages never saved); ranged reads over one pooled Session per thread."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from html.parser import HTMLParser
+from urllib.parse import unquote, urldefrag, urljoin, urlsplit
+
+import requests
+
+from jobs.cli import JobError
+
+from .plan import RemoteFile, safe_relpath
+from .retry import Backoff, TransientError
+
+BLOCK = 1 << 20
+TIMEOUT = (15, 60)  # connect, read (between bytes)
+FATAL = {401: "unauthorized", 403: "forbidden", 404: "not found", 410: "gone"}
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "a":
+            self.hrefs.extend(v for k, v in attrs if k == "href" and v)
+
+
+def _check(r: requests.Response, url: str) -> None:
+    """Map an HTTP status to fatal (JobError naming the URL) or transient (retry)."""
+    if r.status_code in FATAL:
+        raise JobError(f"{url}: HTTP {r.status_code} ({FATAL[r.status_code]})")
+    if r.status_code >= 500 or r.status_code in (408, 429):
+        raise TransientError(f"{url}: HTTP {r.status_code}")
+    if r.status_code >= 400:
+        raise JobError(f"{url}: HTTP {r.status_code}")
+
+
+class HttpSource:
+    def __init__(self, url: str, headers: dict[str, str] | None = None, connections: int = 16,
+                 if_range: bool = True) -> None:
+        self.url = url
+        self.if_range = if_range  # off where identity is not an HTTP validator (hub blob ids)
+        self.description = url
+        self.headers = dict(headers or {})
+        self.connections = connections
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self.retries = 0
+
+    def session(self) -> requests.Session:
+        s = getattr(self._local, "session", None)
+        if s is None:
+            s = self._local.session = requests.Session()
+            s.headers.update(self.headers)
+        return s
+
+    def _retrying(self, what: str, fn):
+        """Listing and HEAD requests: retried like transfers, counted in `retries`."""
+        backoff = Backoff()
+        while True:
+            try:
+                return fn()
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                err: Exception = TransientError(f"{what}: {type(exc).__name__}")
+            except TransientError as exc:
+                err = exc
+            with self._lock:
+                self.retries += 1
+            if not backoff.wait():
+                raise JobError(f"giving up after {backoff.attempts} tries: {err}")
+
+    # --- listing -------------------------------------------------------------------------------
+    def list_files(self) -> list[RemoteFile]:
+        first = self._retrying(self.url, lambda: self._get_page(self.url))
+        if first is None:  # not a listing: a single file
+            name = unquote(urlsplit(self.url).path.rstrip("/").rsplit("/", 1)[-1])
+            urls = {safe_relpath(name, self.url): self.url}
+        else:
+            urls = self._crawl(*first)
+            if not urls:
+                raise JobError(f"{self.url}: the listing has no files")
+        with ThreadPoolExecutor(self.connections) as pool:
+            return list(pool.map(lambda kv: self._head(kv[1], kv[0]), sorted(urls.items())))
+
+    def _get_page(self, url: str) -> tuple[str, str] | None:
+        """(final URL, HTML) when `url` is a directory listing, None when it is a file."""
+        r = self.session().head(url, allow_redirects=True, timeout=TIMEOUT)
+        if r.status_code not in (405, 501):  # servers without HEAD: decide on the GET below
+            _check(r, url)
+            if not (r.url.endswith("/") and "html" in r.headers.get("Content-Type", "")):
+                return None
+        with self.session().get(url, stream=True, timeout=TIMEOUT) as r:
+            _check(r, url)
+            if not (r.url.endswith("/") and "html" in r.headers.get("Content-Type", "")):
+                return None
+            return r.url, r.text
+
+    def _crawl(self, base: str, html: str) -> dict[str, str]:
+        files: dict[str, str] = {}
+        seen = {base}
+        todo = [(base, html)]
+        while todo:
+            page, text = todo.pop()
+            parser = _Links()
+            parser.feed(text)
+            for href in parser.hrefs:
+                link = urldefrag(urljoin(page, href))[0]
+                if "?" in link or not link.startswith(base) or link in seen:
+                    continue  # sort links, parents and other hosts: like --no-parent
+                seen.add(link)
+                rel = unquote(link[len(base):])
+                if link.endswith("/"):
+                    sub = self._retrying(link, lambda u=link: self._get_page(u))
+                    if sub is not None:
+                        todo.append(sub)
+                else:
+                    files[safe_relpath(rel, link)] = link
+        return files
+
+    def _head(self, url: str, rel: str) -> RemoteFile:
+        def once():
+            r = self.session().head(url, allow_redirects=True, timeout=TIMEOUT,
+                                    headers={"Accept-Encoding": "identity"})
+            if r.status_code in (405, 501):  # no HEAD: ask for one byte instead
+                r = self.session().get(url, timeout=TIMEOUT, stream=True,
+                                       headers={"Range": "bytes=0-0", "Accept-Encoding": "identity"})
+                r.close()
+            _check(r, url)
+            return r
+
+        r = self._retrying(url, once)
+        size = None
+        if r.status_code == 206 and "/" in r.headers.get("Content-Range", ""):
+            tail = r.headers["Content-Range"].rsplit("/", 1)[1]
+            size = int(tail) if tail.isdigit() else None
+        elif r.headers.get("Content-Length", "").isdigit():
+            size = int(r.headers["Content-Length"])
+        etag = r.headers.get("ETag")
+        identity = etag if etag and not etag.startswith("W/") else r.headers.get("Last-Modified")
+        ranges = r.status_code == 206 or r.headers.get("Accept-Ranges", "").lower() == "bytes"
+        return RemoteFile(rel, url, size, identity, ranges)
+
+    # --- reading -------------------------------------------------------------------------------
+    def read(self, file: RemoteFile, start: int, end: int | None) -> tuple[int, Iterator[bytes]]:
+        headers = {"Accept-Encoding": "identity"}
+        if start > 0 or (end is not None and file.size is not None and end < file.size):
+            headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+            if file.identity and self.if_range:  # a changed file answers 200: restart it
+                headers["If-Range"] = file.identity
+        try:
+            r = self.session().get(file.url, headers=headers, stream=True, timeout=TIMEOUT)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise TransientError(f"{file.url}: {type(exc).__name__}") from None
+        try:
+            _check(r, file.url)
+        except BaseException:
+            r.close()
+            raise
+        real = 0
+        if r.status_code == 206:
+            cr = r.headers.get("Content-Range", "")
+            try:
+                real = int(cr.split()[1].split("-")[0])
+            except (IndexError, ValueError):
+                r.close()
+                raise TransientError(f"{file.url}: bad Content-Range {cr!r}") from None
+        return real, self._blocks(r, file.url)
+
+    @staticmethod
+    def _blocks(r: requests.Response, url: str) -> Iterator[bytes]:
+        try:
+            yield from r.iter_content(BLOCK)
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+            raise TransientError(f"{url}: {type(exc).__name__} mid-transfer") from None
+        finally:
+            r.close()

@@ -1,0 +1,142 @@
+"""The staging area under DEST/.fetch-staging: partial files, their sidecars, and who owns them.
+
+A Kubernetes shared volume is NFS-like and `flock` there may silently not lock, so ownership is a
+lease file created with O_EXCL and kept fresh by a heartbeat; a second fetcher into the same DEST
+fails (or waits for a dead owner's lease to go stale) instead of writing the same partial files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from jobs.cli import JobError, write_json_atomic
+
+STAGING = ".fetch-staging"
+HEARTBEAT_S = 5.0
+STALE_AFTER_S = 30.0
+
+
+def staging_dir(dest: Path) -> Path:
+    return dest / STAGING
+
+
+@dataclass
+class PartState:
+    """What the sidecar records: enough to resume after kill -9 with only the missing bytes."""
+
+    url: str
+    size: int | None
+    identity: str | None
+    ranges: bool
+    chunks: list[list[int]]  # [start, end, done]: bytes [start, start+done) are on disk; end -1 = unknown size
+
+    def matches(self, url: str, size: int | None, identity: str | None) -> bool:
+        return self.url == url and self.size == size and self.identity == identity
+
+    def save(self, path: Path) -> None:
+        write_json_atomic(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: Path) -> PartState | None:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None  # missing or torn: start that file afresh
+
+
+def plan_chunks(size: int | None, ranges: bool, connections: int, min_chunk: int = 4 << 20,
+                max_chunk: int = 64 << 20) -> list[list[int]]:
+    """Split a file so that all connections share a large file and the tail stays short."""
+    if size is None:
+        return [[0, -1, 0]]
+    if not ranges or size <= min_chunk:
+        return [[0, size, 0]]
+    chunk = min(max(size // (connections * 4), min_chunk), max_chunk)
+    return [[s, min(s + chunk, size), 0] for s in range(0, size, chunk)]
+
+
+def part_paths(dest: Path, rel: str) -> tuple[Path, Path]:
+    part = staging_dir(dest) / f"{rel}.part"
+    return part, part.with_name(part.name + ".json")
+
+
+class Lease:
+    """One fetcher per DEST at a time, safe on NFS-like volumes (no flock)."""
+
+    def __init__(self, dest: Path) -> None:
+        self.path = staging_dir(dest) / "owner.json"
+        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _record(self) -> dict:
+        return {**self.me, "heartbeat": time.time()}
+
+    def _read(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _dead(self, other: dict) -> bool:
+        """True when the holder is provably gone: same host and its pid is not running (or is us,
+        which means a restarted container with the same pid)."""
+        if other.get("host") != self.me["host"]:
+            return False
+        pid = other.get("pid")
+        if pid == os.getpid():
+            return True
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, TypeError, ValueError):
+            return False
+        return False
+
+    def acquire(self, wait_s: float = STALE_AFTER_S + HEARTBEAT_S) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                other = self._read()
+                age = time.time() - float(other.get("heartbeat", 0)) if other else STALE_AFTER_S + 1
+                if other is None or age > STALE_AFTER_S or self._dead(other):
+                    write_json_atomic(self.path, self._record())  # take over a dead owner's lease
+                    time.sleep(0.05)
+                    if (self._read() or {}).get("token") == self.me["token"]:
+                        break
+                    continue
+                if time.monotonic() > deadline:
+                    raise JobError(
+                        f"{self.path.parent.parent} is being fetched by pid {other.get('pid')} on "
+                        f"{other.get('host')} (heartbeat {age:.0f}s ago); wait for it or remove {self.path}"
+                    ) from None
+                time.sleep(1.0)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(self._record(), f)
+            break
+        self._thread = threading.Thread(target=self._beat, name="fetch-lease", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            if (self._read() or {}).get("token") == self.me["token"]:
+                write_json_atomic(self.path, self._record())
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        if (self._read() or {}).get("token") == self.me["token"]:
+            self.path.unlink(missing_ok=True)

@@ -1,0 +1,371 @@
+"""The transfer engine: a pool of worker threads pulling (file, chunk) tasks, writing ranges into
+staged partial files, hashing each file's contiguous prefix as it grows, and renaming a file into
+place only when it is complete and verified."""
+
+from __future__ import annotations
+
+import errno
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jobs.cli import JobError
+
+from .plan import RemoteFile, Source
+from .retry import Backoff, RestartFile, TransientError
+from .staging import PartState, part_paths, plan_chunks
+from .verify import Hashers, mismatch
+
+FLUSH_S = 0.2  # sidecar refresh interval: bounds what a kill -9 makes us fetch twice
+HASH_READ = 8 << 20
+
+
+@dataclass
+class Stats:
+    bytes_moved: int = 0  # bytes received from the source in this run
+    bytes_resumed: int = 0  # bytes already staged by an earlier run and kept
+    retries: int = 0
+    restarts: int = 0  # files restarted from zero (Range ignored, or the file changed)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **kw: int) -> None:
+        with self._lock:
+            for k, v in kw.items():
+                setattr(self, k, getattr(self, k) + v)
+
+
+@dataclass
+class Done:
+    file: RemoteFile
+    sha256: str
+    size: int
+
+
+class FileJob:
+    """One file being staged: its partial file, its sidecar and its running hash."""
+
+    def __init__(self, file: RemoteFile, dest: Path, connections: int) -> None:
+        self.file = file
+        self.part, self.sidecar = part_paths(dest, file.path)
+        self.final = dest / file.path
+        self.lock = threading.Lock()
+        self.flush_lock = threading.Lock()
+        self.generation = 0
+        self.fd: int | None = None
+        state = PartState.load(self.sidecar)
+        if state and state.matches(file.url, file.size, file.identity) and self._part_covers(state):
+            self.state = state
+        else:
+            self.state = PartState(file.url, file.size, file.identity, file.ranges,
+                                   plan_chunks(file.size, file.ranges, connections))
+            self.part.unlink(missing_ok=True)
+        self.resumed = sum(c[2] for c in self.state.chunks)
+        self._reset_hash()
+        self.last_flush = 0.0
+
+    def _part_covers(self, state: PartState) -> bool:
+        try:
+            have = self.part.stat().st_size
+        except OSError:
+            return False
+        return all(c[0] + c[2] <= have for c in state.chunks if c[2])
+
+    def _reset_hash(self) -> None:
+        self.hashers = Hashers(self.file.expected, self.file.size)
+        self.hashed = 0
+        self.hash_idx = 0
+        self.hashing = False
+
+    def remaining(self) -> int:
+        if self.file.size is None:
+            return 0
+        return self.file.size - sum(c[2] for c in self.state.chunks)
+
+    def open(self) -> None:
+        with self.lock:
+            if self.fd is None:
+                self.part.parent.mkdir(parents=True, exist_ok=True)
+                self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
+
+    @staticmethod
+    def complete(c: list[int]) -> bool:
+        return c[1] >= 0 and c[0] + c[2] >= c[1]
+
+    def _frontier(self) -> int:
+        """End of the contiguous bytes written from offset 0 (caller holds the lock)."""
+        chunks = self.state.chunks
+        while self.hash_idx < len(chunks) and self.complete(chunks[self.hash_idx]):
+            self.hash_idx += 1
+        if self.hash_idx == len(chunks):
+            return chunks[-1][1]
+        c = chunks[self.hash_idx]
+        return c[0] + c[2]
+
+    def write(self, idx: int, gen: int, pos: int, block: bytes) -> bool:
+        """Write a received block; False when the file was restarted under us (drop the task)."""
+        view = memoryview(block)
+        off = pos
+        while view:
+            n = os.pwrite(self.fd, view, off)
+            view, off = view[n:], off + n
+        with self.lock:
+            if gen != self.generation:
+                return False
+            self.state.chunks[idx][2] += len(block)
+            inline = not self.hashing and pos == self.hashed
+            if inline:
+                self.hashing = True
+        if inline:  # the block is in memory and next in line: hash it without reading it back
+            self.hashers.update(block)
+            with self.lock:
+                self.hashed += len(block)
+                self.hashing = False
+        else:
+            self.catch_up(once=True)
+        self.maybe_flush()
+        return True
+
+    def catch_up(self, once: bool = False) -> None:
+        """Hash written bytes beyond the hashed prefix by reading them back (they are in page cache)."""
+        while True:
+            with self.lock:
+                if self.hashing:
+                    return
+                a, b = self.hashed, self._frontier()
+                if a >= b:
+                    return
+                b = min(b, a + HASH_READ)
+                self.hashing = True
+                gen = self.generation
+            try:
+                data = os.pread(self.fd, b - a, a)
+                if len(data) != b - a:
+                    raise JobError(f"staged file {self.part} is shorter than its sidecar says")
+                self.hashers.update(data)
+            finally:
+                with self.lock:
+                    if gen == self.generation:
+                        self.hashed = b
+                    self.hashing = False
+            if once:
+                return
+
+    def maybe_flush(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_flush < FLUSH_S:
+            return
+        if not self.flush_lock.acquire(blocking=force):
+            return
+        try:
+            self.last_flush = now
+            with self.lock:
+                snap = PartState(self.state.url, self.state.size, self.state.identity, self.state.ranges,
+                                 [list(c) for c in self.state.chunks])
+            snap.save(self.sidecar)
+        finally:
+            self.flush_lock.release()
+
+    def restart(self, gen: int) -> int | None:
+        """Start the file over as one stream from zero; returns the new generation (None if already done)."""
+        with self.lock:
+            if gen != self.generation:
+                return None
+            self.generation += 1
+            self.state.ranges = False
+            self.state.chunks = plan_chunks(self.file.size, False, 1)
+            self._reset_hash()
+            os.ftruncate(self.fd, 0)
+            return self.generation
+
+    def all_complete(self) -> bool:
+        with self.lock:
+            return all(self.complete(c) for c in self.state.chunks)
+
+    def finish(self) -> Done:
+        """Hash what is left, check size and checksums, then rename into place (or discard)."""
+        while True:
+            self.catch_up()
+            with self.lock:
+                if not self.hashing and self.hashed >= self._frontier():
+                    break
+            time.sleep(0.005)
+        os.fsync(self.fd)
+        size = os.fstat(self.fd).st_size
+        os.close(self.fd)
+        self.fd = None
+        f = self.file
+        if f.size is not None and size != f.size:
+            self._discard()
+            raise JobError(f"{f.url}: got {size} bytes, expected {f.size}")
+        digests = self.hashers.hexdigests()
+        if bad := mismatch(f.expected, digests):
+            self._discard()
+            raise VerifyError(f"checksum mismatch for {f.path} ({bad}; expected value from "
+                              f"{f.expected_from}); not moved into place, partial data discarded")
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.part, self.final)
+        self.sidecar.unlink(missing_ok=True)
+        return Done(f, digests["sha256"], size)
+
+    def _discard(self) -> None:
+        self.part.unlink(missing_ok=True)
+        self.sidecar.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            self.maybe_flush(force=True)
+            os.close(self.fd)
+            self.fd = None
+
+
+class VerifyError(JobError):
+    """A file arrived but its checksum disagrees; the others still complete."""
+
+
+class Engine:
+    def __init__(self, source: Source, jobs: list[FileJob], connections: int, stats: Stats,
+                 on_bytes: Callable[[int], None], on_done: Callable[[Done], None]) -> None:
+        self.source = source
+        self.jobs = jobs
+        self.connections = max(1, connections)
+        self.stats = stats
+        self.on_bytes = on_bytes
+        self.on_done = on_done
+        self.q: queue.Queue = queue.Queue()
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.pending = len(jobs)
+        self.all_done = threading.Event()
+        self.fatal: BaseException | None = None
+        self.verify_errors: list[str] = []
+
+    def run(self) -> None:
+        # Biggest files first so that the many small ones fill the tail.
+        for job in sorted(self.jobs, key=lambda j: -(j.file.size or 0)):
+            for idx in range(len(job.state.chunks)):
+                self.q.put((job, idx, 0))
+        if not self.jobs:
+            return
+        workers = [threading.Thread(target=self._worker, name=f"fetch-{i}", daemon=True)
+                   for i in range(min(self.connections, self.q.qsize()))]
+        for w in workers:
+            w.start()
+        try:
+            while not self.all_done.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            self.stop.set()
+            raise
+        finally:
+            self.stop.set()
+            for _ in workers:
+                self.q.put(None)
+            for w in workers:
+                w.join()
+            for job in self.jobs:
+                job.close()
+        if self.fatal:
+            raise self.fatal
+        if self.verify_errors:
+            more = f" (and {len(self.verify_errors) - 1} more)" if len(self.verify_errors) > 1 else ""
+            raise JobError(self.verify_errors[0] + more)
+
+    def _fail(self, exc: BaseException) -> None:
+        with self.lock:
+            if self.fatal is None:
+                self.fatal = exc
+        self.stop.set()
+        self.all_done.set()
+
+    def _worker(self) -> None:
+        while not self.stop.is_set():
+            task = self.q.get()
+            if task is None:
+                return
+            job, idx, gen = task
+            try:
+                job.open()
+                if self._run_chunk(job, idx, gen) and job.all_complete():
+                    self._finish(job)
+            except JobError as exc:
+                self._fail(exc)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    self._fail(JobError(
+                        f"out of disk space writing {job.part}; what was fetched is kept in "
+                        f"{job.part.parent} for the next run to resume"))
+                else:
+                    self._fail(JobError(f"cannot write {job.part}: {exc.strerror}"))
+            except BaseException as exc:  # a bug: stop everything rather than hang
+                self._fail(exc)
+
+    def _finish(self, job: FileJob) -> None:
+        with job.lock:  # exactly one thread finishes a file
+            if getattr(job, "finishing", False):
+                return
+            job.finishing = True
+        try:
+            self.on_done(job.finish())
+        except VerifyError as exc:
+            with self.lock:
+                self.verify_errors.append(str(exc))
+        with self.lock:
+            self.pending -= 1
+            if self.pending == 0:
+                self.all_done.set()
+
+    def _run_chunk(self, job: FileJob, idx: int, gen: int) -> bool:
+        """Fetch one chunk to its end; True when it is complete (False: dropped or stopped)."""
+        backoff = Backoff()
+        while not self.stop.is_set():
+            with job.lock:
+                if gen != job.generation:
+                    return False
+                start, end, done = job.state.chunks[idx]
+            pos = start + done
+            if end >= 0 and pos >= end:
+                return True
+            try:
+                real, blocks = self.source.read(job.file, pos, end if end >= 0 else None)
+                try:
+                    if real != pos:
+                        raise RestartFile(f"{job.file.url}: server ignored the Range request")
+                    for block in blocks:
+                        if self.stop.is_set():
+                            return False
+                        if end >= 0:
+                            block = block[: end - pos]
+                        if not block:
+                            break
+                        if not job.write(idx, gen, pos, block):
+                            return False
+                        pos += len(block)
+                        self.stats.add(bytes_moved=len(block))
+                        self.on_bytes(len(block))
+                        backoff.progressed()
+                        if end >= 0 and pos >= end:
+                            break
+                finally:
+                    getattr(blocks, "close", lambda: None)()  # release the connection early
+                if end < 0:  # unknown size: the stream's end is the file's end
+                    with job.lock:
+                        job.state.chunks[idx][1] = pos
+                    return True
+                if pos < end:
+                    raise TransientError(f"{job.file.url}: connection closed at byte {pos} of {end}")
+                return True
+            except RestartFile:
+                new = job.restart(gen)
+                if new is not None:
+                    self.stats.add(restarts=1)
+                    self.q.put((job, 0, new))
+                return False
+            except TransientError as exc:
+                self.stats.add(retries=1)
+                if not backoff.wait(self.stop):
+                    raise JobError(f"giving up after {backoff.attempts} tries without progress: {exc}") from None
+        return False
