@@ -97,3 +97,20 @@ def master(det):
     from k8s.determined_api import Master
 
     return Master(det.url, timeout=5)
+
+
+@pytest.fixture
+def s3(monkeypatch, secret_env):
+    """An S3-compatible server (moto's) on 127.0.0.1, emptied first: moto keeps state per process."""
+    import boto3
+    import requests
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    requests.post(f"{url}/moto-api/reset", timeout=10).raise_for_status()
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    yield url, boto3.client("s3", endpoint_url=url)
+    server.stop()
