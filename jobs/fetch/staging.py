@@ -101,9 +101,10 @@ class Lease:
             return False
         return False
 
-    def acquire(self, wait_s: float = STALE_AFTER_S + HEARTBEAT_S) -> None:
+    def acquire(self, wait_s: float | None = None) -> None:
+        """Take the lease; wait (up to about one stale period) for a silent owner's lease to expire."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + wait_s
+        deadline = time.monotonic() + (STALE_AFTER_S + HEARTBEAT_S if wait_s is None else wait_s)
         while True:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
