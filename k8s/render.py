@@ -145,7 +145,7 @@ def probe_job(cfg: PipelineConfig, images: dict[str, str]) -> dict:
     cm = probe_config_map(cfg)["metadata"]["name"]
     vol = ({"name": "probe", "configMap": {"name": cm}}, {"name": "probe", "mountPath": "/probe", "readOnly": True})
     return _job(cfg, "probe-weights", "probe", images["fetcher"],
-                ["/probe/weights_probe.py", cfg.on_volume(cfg["weights"]["dest"])], {},
+                ["/probe/weights_probe.py", cfg.on_volume(cfg["weights"]["dest"]), cfg["weights"]["source"]], {},
                 command=["python"], extra_volumes=(vol,))
 
 

@@ -1,10 +1,11 @@
 """Does DEST already hold the weights the fetcher verified? Runs inside the fetcher image (standard
 library only, mounted from a ConfigMap) and prints one JSON line that `invoke deploy` reads from the
-pod log: {"weights_verified": true|false, "reason": ..., "files": N, "bytes": N}. Always exits 0 when
+pod log: {"weights_verified": true|false, "reason": ..., "files": N, "bytes": N}. Usage: DEST [SOURCE]. Always exits 0 when
 it could look, so a "no" is an answer and not a failed Job.
 
-The fetcher writes DEST/fetch-manifest.json after every file was size- and hash-checked; here each
-listed file must still exist with its recorded size (re-hashing 39 GB would cost as much as a fetch)."""
+The fetcher (jobs/fetch/manifest.py) writes DEST/fetch-manifest.json with `complete: true` once every
+file was size- and hash-checked; here the manifest must be complete, from the configured SOURCE, and
+each listed file must still exist with its recorded size (re-hashing 39 GB would cost as much as a fetch)."""
 
 import json
 import os
@@ -20,7 +21,7 @@ def _entries(manifest):
     return None
 
 
-def probe(dest):
+def probe(dest, source=None):
     path = os.path.join(dest, "fetch-manifest.json")
     try:
         with open(path) as f:
@@ -29,8 +30,10 @@ def probe(dest):
         return {"weights_verified": False, "reason": "no fetch-manifest.json"}
     except (OSError, ValueError) as exc:
         return {"weights_verified": False, "reason": f"unreadable manifest: {exc}"}
-    if manifest.get("complete") is False or manifest.get("ok") is False:
+    if manifest.get("complete") is not True:
         return {"weights_verified": False, "reason": "the last fetch did not complete"}
+    if source and str(manifest.get("source", "")).rstrip("/") != source.rstrip("/"):
+        return {"weights_verified": False, "reason": f"fetched from another source ({manifest.get('source')})"}
     entries = _entries(manifest)
     if not entries:
         return {"weights_verified": False, "reason": "manifest lists no files"}
@@ -50,4 +53,4 @@ def probe(dest):
 
 
 if __name__ == "__main__":
-    print(json.dumps(probe(sys.argv[1])), flush=True)
+    print(json.dumps(probe(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)), flush=True)

@@ -215,18 +215,30 @@ def test_rendered_files_hold_no_secret_values(plan, tmp_path, secret_env):
 
 
 def test_probe_script(tmp_path):
-    """The probe runs inside the fetcher image with only the standard library: run it the same way."""
+    """The probe runs inside the fetcher image with only the standard library: run it the same way,
+    on a manifest written by the fetcher's own Manifest class."""
+    from jobs.fetch.manifest import Manifest
+
     dest = tmp_path / "w"
     dest.mkdir()
+    source = "https://host.example/slim_weights/"
 
-    def probe():
-        r = subprocess.run([sys.executable, str(render.PROBE_SCRIPT), str(dest)], capture_output=True, text=True)
+    def probe(src=source):
+        r = subprocess.run([sys.executable, str(render.PROBE_SCRIPT), str(dest), src], capture_output=True,
+                           text=True)
         assert r.returncode == 0
         return json.loads(r.stdout.strip().splitlines()[-1])
 
     assert probe() == {"weights_verified": False, "reason": "no fetch-manifest.json"}
     (dest / "latest").write_text("global_step150000")
-    (dest / "fetch-manifest.json").write_text(json.dumps({"files": [{"path": "latest", "size": 17}]}))
-    assert probe()["weights_verified"] is True
+    m = Manifest(dest, source)
+    m.record("latest", 17, "0" * 64, None, source + "latest")
+    m.save(complete=False)
+    assert probe()["reason"] == "the last fetch did not complete"
+    m.save(complete=True)
+    assert probe() == {"weights_verified": True, "reason": "all files present", "files": 1, "bytes": 17}
+    assert "another source" in probe("s3://other/bucket")["reason"]
     (dest / "latest").write_text("short")
     assert "manifest says 17" in probe()["reason"]
+    (dest / "latest").unlink()
+    assert probe()["reason"] == "missing latest"
