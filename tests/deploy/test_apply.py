@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -179,3 +180,37 @@ def test_apply_reports_immutable_job_change(config_file, kube, cluster):
     job["spec"]["template"]["spec"]["containers"][0]["image"] = "b"
     with pytest.raises(JobError, match="apply Job/j: Kubernetes API answered 422 .*immutable"):
         cluster.apply(job)
+
+
+def test_kubeconfig_token_ca_and_plugins(tmp_path, kube, monkeypatch):
+    import base64
+
+    import yaml
+
+    from k8s.cluster import credentials_from_kubeconfig, default_credentials
+
+    ca = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").decode()
+    kc = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "work",
+        "contexts": [{"name": "work", "context": {"cluster": "c1", "user": "u1", "namespace": "tenant"}},
+                     {"name": "plain", "context": {"cluster": "c2", "user": "u2"}},
+                     {"name": "sso", "context": {"cluster": "c2", "user": "u3"}}],
+        "clusters": [{"name": "c1", "cluster": {"server": "https://k8s.example:6443/",
+                                                 "certificate-authority-data": ca}},
+                     {"name": "c2", "cluster": {"server": kube.url, "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "u1", "user": {"token": "abc"}}, {"name": "u2", "user": {"token": kube.token}},
+                  {"name": "u3", "user": {"exec": {"command": "sso-login"}}}],
+    }
+    path = tmp_path / "config"
+    path.write_text(yaml.safe_dump(kc))
+    creds = credentials_from_kubeconfig(path)
+    assert creds.server == "https://k8s.example:6443" and creds.token == "abc"
+    assert Path(creds.verify).read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    plain = default_credentials(context="plain")
+    assert Cluster(plain, "tenant-finetune").version() == "v1.30.4"
+    with pytest.raises(JobError, match="exec/auth-provider plugin"):
+        credentials_from_kubeconfig(path, "sso")
+    with pytest.raises(JobError, match="no context 'nope'"):
+        credentials_from_kubeconfig(path, "nope")
