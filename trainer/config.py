@@ -366,7 +366,7 @@ class NeoXConfig:
         """The resolved configuration, saved with every checkpoint."""
         out = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
         out.update(zero_optimization=self.zero_optimization, unimplemented=self.unimplemented,
-                   notes=self.notes, files=self.files)
+                   notes=self.notes, files=self.files, precision_name=self.precision.name)
         return out
 
     def report(self) -> list[str]:

@@ -1,0 +1,86 @@
+"""Export a checkpoint of ours to a Hugging Face folder: `python -m trainer.export --checkpoint DIR --out DIR`.
+
+DIR is a `save` folder of trainer.train (`latest` + TAG/), a tag folder itself, or a Determined
+checkpoint directory holding one (NeoXTrial saves a DeepSpeed checkpoint into it). Weights come
+from the fp32 master copy for ZeRO stages 1-3 (DeepSpeed's zero_to_fp32) and from the module state
+at stage 0. The output loads with `transformers.GPTNeoXForCausalLM.from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from jobs.cli import JobError, human_bytes, run_main, write_json_atomic
+from trainer import checkpoint
+
+PROG = "trainer.export"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def find_checkpoint(path: str | Path) -> tuple[Path, str]:
+    """(folder with `latest`, tag) of our checkpoint at or directly under `path`."""
+    path = Path(path)
+    if not path.exists():
+        raise JobError(f"--checkpoint {path}: does not exist")
+    if (path / checkpoint.MODEL_CONFIG).is_file():
+        return path.parent, path.name
+    for candidate in (path, *sorted(p for p in path.iterdir() if p.is_dir())):
+        tag = checkpoint.ds_checkpoint_tag(candidate)
+        if tag:
+            return candidate, tag
+    raise JobError(f"--checkpoint {path}: no checkpoint of trainer.train here (no latest -> TAG/model_config.json)")
+
+
+def load_state(folder: Path, tag: str) -> dict[str, torch.Tensor]:
+    tag_dir = folder / tag
+    if any(tag_dir.glob("*_optim_states.pt")):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return dict(get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=tag))
+    files = sorted(tag_dir.glob("mp_rank_*_model_states.pt"))
+    if not files:
+        raise JobError(f"{tag_dir}: no mp_rank_00_model_states.pt")
+    return torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+
+
+def export(checkpoint_dir: str | Path, out: str | Path, dtype: str = "auto") -> dict:
+    folder, tag = find_checkpoint(checkpoint_dir)
+    mcfg, neox = checkpoint.read_model_config(folder / tag)
+    state = {k: v for k, v in load_state(folder, tag).items() if not k.startswith("rotary.")}
+    if mcfg.tied_embeddings:
+        state.pop("embed_out.weight", None)
+    if dtype == "auto":
+        dtype = {"fp16": "float16", "bf16": "bfloat16"}.get(neox.get("precision_name", ""), "float32")
+    model = checkpoint.build_model(mcfg, {k: v.float() for k, v in state.items()})
+    vocab_file = (neox.get("model") or {}).get("vocab_file")
+    checkpoint.save_hf(model, out, DTYPES[dtype], tokenizer=vocab_file)
+    size = sum(p.stat().st_size for p in Path(out).glob("*.safetensors"))
+    stats = {"checkpoint": str(folder / tag), "out": str(out), "dtype": dtype, "bytes": size,
+             "parameters": sum(t.numel() for t in model.state_dict().values())}
+    write_json_atomic(Path(out).parent / f"{Path(out).name}-export-stats.json", stats)
+    return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="save folder, tag folder or Determined checkpoint")
+    parser.add_argument("--out", required=True, help="Hugging Face folder to write (replaced if present)")
+    parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
+                        help="weights dtype (auto: the training precision)")
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        stats = export(args.checkpoint, args.out, args.dtype)
+        print(f"{PROG}: wrote {args.out} ({stats['parameters'] / 1e6:.1f}M parameters, {stats['dtype']}, "
+              f"{human_bytes(stats['bytes'])}) from {stats['checkpoint']}")
+        return 0
+
+    return run_main(PROG, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
