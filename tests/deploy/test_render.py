@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -242,3 +243,28 @@ def test_probe_script(tmp_path):
     assert "manifest says 17" in probe()["reason"]
     (dest / "latest").unlink()
     assert probe()["reason"] == "missing latest"
+
+
+def test_invoke_deploy_unreachable_cluster_and_master(make_config, lock_file, tmp_path, secret_env):
+    """`invoke deploy` with nothing answering: one line per failed check, one error line, exit 1."""
+    cfg = make_config(lambda r: (r["checkpoints"].update(endpoint_url="http://127.0.0.1:9"),
+                                 r.update(determined_master="http://127.0.0.1:9")))
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "current-context": "c", "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+        "clusters": [{"name": "k", "cluster": {"server": "http://127.0.0.1:9"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}]}))
+    script = ("import sys; from invoke import Collection, Program; import k8s.tasks as t; "
+              "Program(namespace=Collection(t.deploy)).run(['invoke', *sys.argv[1:]])")
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "AWS_DEFAULT_REGION": "us-east-1"}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    r = subprocess.run([sys.executable, "-c", script, "deploy", "--config", str(cfg)], capture_output=True,
+                       text=True, cwd=REPO, env=env, timeout=120)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    fails = [line for line in lines if line.startswith("preflight: FAIL")]
+    assert any("Kubernetes API http://127.0.0.1:9: unreachable" in line for line in fails)
+    assert any("Determined master http://127.0.0.1:9: unreachable" in line for line in fails)
+    assert any("bucket model-checkpoints" in line for line in fails)
+    assert lines[-1].startswith("deploy: error: preflight: 6 check(s) failed, nothing applied")
+    assert not any(v in r.stderr + r.stdout for v in secret_env.values())
