@@ -16,7 +16,7 @@ from jobs.cli import JobError, Progress, human_bytes, human_duration, write_json
 
 from .manifest import Manifest
 from .plan import RemoteFile, Source, select
-from .staging import Lease, staging_dir
+from .staging import Lease, PartState, part_paths, staging_dir
 from .transfer import Done, Engine, FileJob, Stats
 from .verify import hash_file, mismatch, read_checksums
 
@@ -63,7 +63,17 @@ def _up_to_date(f: RemoteFile, dest: Path, manifest: Manifest, verify: bool) -> 
         size = final.stat().st_size
     except OSError:
         return False
-    if entry is None or entry.get("size") != size or (f.size is not None and size != f.size):
+    if f.size is not None and size != f.size:
+        return False
+    if entry is None:  # renamed into place by a run killed before its manifest was saved?
+        side = PartState.load(part_paths(dest, f.path)[1])
+        if not (side and side.sha256 and side.size == size and side.matches(f.url, f.size, f.identity)):
+            return False
+        if f.expected.get("sha256") and side.sha256 != f.expected["sha256"]:
+            return False
+        manifest.record(f.path, size, side.sha256, f.identity, f.url)
+        entry = manifest.get(f.path)
+    if entry.get("size") != size:
         return False
     if f.identity and entry.get("identity") and entry["identity"] != f.identity:
         return False  # the source changed since

@@ -36,6 +36,7 @@ class PartState:
     identity: str | None
     ranges: bool
     chunks: list[list[int]]  # [start, end, done]: bytes [start, start+done) are on disk; end -1 = unknown size
+    sha256: str | None = None  # set once verified and renamed into place, until the manifest records it
 
     def matches(self, url: str, size: int | None, identity: str | None) -> bool:
         return self.url == url and self.size == size and self.identity == identity

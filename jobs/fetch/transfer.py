@@ -57,7 +57,8 @@ class FileJob:
         self.generation = 0
         self.fd: int | None = None
         state = PartState.load(self.sidecar)
-        if state and state.matches(file.url, file.size, file.identity) and self._part_covers(state):
+        if state and not state.sha256 and state.matches(file.url, file.size, file.identity) \
+                and self._part_covers(state):
             self.state = state
         else:
             self.state = PartState(file.url, file.size, file.identity, file.ranges,
@@ -208,7 +209,9 @@ class FileJob:
                               f"{f.expected_from}); not moved into place, partial data discarded")
         self.final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.part, self.final)
-        self.sidecar.unlink(missing_ok=True)
+        # The sidecar stays, marked done, so a kill before the manifest is saved loses nothing.
+        done = PartState(f.url, size, f.identity, self.state.ranges, [], digests["sha256"])
+        done.save(self.sidecar)
         return Done(f, digests["sha256"], size)
 
     def _discard(self) -> None:

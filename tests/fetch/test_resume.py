@@ -49,8 +49,8 @@ def test_kill_9_then_resume_moves_only_the_missing_bytes(nginx, weights, dest):
     stats = fetch(f"{nginx.url}/slow/", dest, Options(connections=4))  # the lease of a dead pid is taken over
     assert_same_tree(dest, files)
     assert stats["bytes_resumed"] >= kept
-    # only what was missing moves again (files renamed into place but not yet in the manifest may repeat)
-    assert stats["bytes_moved"] <= total - kept - in_place + sum(len(d) for d in files.values() if len(d) < 1e6)
+    # only what was missing moves again (slack: a file killed between its rename and its sidecar update)
+    assert stats["bytes_moved"] <= total - kept - in_place + 1_000_000
     assert stats["bytes_moved"] + kept <= 1.1 * total
 
 

@@ -1,0 +1,167 @@
+"""Fetcher benchmark: ~2 GB (one large file + many small) on loopback behind nginx limited to
+20 MB/s per connection; the fetcher vs `wget -r` (one stream) vs `aria2c -x16 -s16`, then the
+fetcher killed (SIGKILL) at 50% and resumed, counting every byte nginx sent.
+
+    python benchmarks/fetch_bench.py [--large-mb 1536] [--small 200 --small-mb 2.5] [--workdir DIR]
+
+Needs nginx, wget and aria2c (Debian packages nginx-light or nginx, wget, aria2). Prints a markdown
+table and writes JSON next to --out."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "fetch"))
+from servers import Nginx  # noqa: E402
+
+RATE = "19532k"  # nginx k = 1024 bytes: 20.0 MB/s per connection
+
+
+def make_data(root: Path, large_mb: float, small: int, small_mb: float) -> dict[str, int]:
+    sizes = {"global_step150000/layer_00-model_00-model_states.pt": int(large_mb * 1e6)}
+    sizes.update({f"global_step150000/layer_{i:02d}-small.pt": int(small_mb * 1e6) for i in range(small)})
+    for rel, size in sizes.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with open(p, "wb") as f:
+            left = size
+            while left:
+                n = min(left, 64 << 20)
+                f.write(os.urandom(n))
+                left -= n
+    return sizes
+
+
+def digest_tree(root: Path) -> dict[str, str]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not p.name.startswith("fetch-") and ".fetch-staging" not in p.parts:
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                while b := f.read(8 << 20):
+                    h.update(b)
+            out[p.relative_to(root).as_posix()] = h.hexdigest()
+    return out
+
+
+def timed(nginx: Nginx, cmd: list[str], **kw) -> tuple[float, int]:
+    before = nginx.bytes_sent("/slow/")
+    t = time.monotonic()
+    subprocess.run(cmd, check=True, **kw)
+    secs = time.monotonic() - t
+    time.sleep(0.2)  # let nginx write its access log
+    return secs, nginx.bytes_sent("/slow/") - before
+
+
+def staged(dest: Path, sizes: dict[str, int]) -> int:
+    """Bytes a killed fetch would keep: files in place plus sidecar-recorded partial bytes."""
+    total = sum(s for rel, s in sizes.items() if (dest / rel).exists())
+    for side in (dest / ".fetch-staging").rglob("*.part.json"):
+        try:
+            total += sum(c[2] for c in json.loads(side.read_text())["chunks"])
+        except (OSError, ValueError, KeyError):
+            pass
+    return total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--large-mb", type=float, default=1536)
+    ap.add_argument("--small", type=int, default=200)
+    ap.add_argument("--small-mb", type=float, default=2.5)
+    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--out", default="benchmarks/fetch_results.json")
+    ap.add_argument("--skip-wget", action="store_true")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="fetch-bench-", dir=args.workdir))
+    nginx = None
+    try:
+        data = work / "data"
+        sizes = make_data(data, args.large_mb, args.small, args.small_mb)
+        total = sum(sizes.values())
+        want = digest_tree(data)
+        nginx = Nginx(data, work / "nginx", rate=RATE).start()
+        base = f"{nginx.url}/slow/"
+        rows = {}
+
+        def check(dest: Path, name: str) -> None:
+            got = digest_tree(dest)
+            assert got == want, f"{name}: output differs ({len(got)} files vs {len(want)})"
+            shutil.rmtree(dest)
+
+        # the fetcher
+        dest = work / "fetcher"
+        secs, sent = timed(nginx, [sys.executable, "-m", "jobs.fetch", base, str(dest),
+                                   "--connections", str(args.connections)])
+        check(dest, "fetcher")
+        rows[f"jobs.fetch --connections {args.connections}"] = (secs, sent)
+
+        # aria2c: given the URL list (it cannot crawl a listing)
+        dest = work / "aria2"
+        urls = work / "urls.txt"
+        urls.write_text("".join(f"{base}{rel}\n  out={rel}\n" for rel in sizes))
+        secs, sent = timed(nginx, ["aria2c", "-x16", "-s16", "-i", str(urls), "-d", str(dest), "-q",
+                                   "--file-allocation=none", "--auto-file-renaming=false"])
+        check(dest, "aria2c")
+        rows["aria2c -x16 -s16 (URL list given)"] = (secs, sent)
+
+        if not args.skip_wget:
+            dest = work / "wget"
+            secs, sent = timed(nginx, ["wget", "-r", "-np", "-nH", "--cut-dirs=1", "-q", "-R", "index.html*",
+                                       "-P", str(dest), base])
+            check(dest, "wget")
+            rows["wget -r -np (one stream)"] = (secs, sent)
+
+        # resume: SIGKILL at 50%, then re-run; nginx counts every byte it sent for both runs
+        dest = work / "resume"
+        before = nginx.bytes_sent("/slow/")
+        t = time.monotonic()
+        proc = subprocess.Popen([sys.executable, "-m", "jobs.fetch", base, str(dest),
+                                 "--connections", str(args.connections)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while staged(dest, sizes) < total / 2 and proc.poll() is None:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kept = staged(dest, sizes)
+        subprocess.run([sys.executable, "-m", "jobs.fetch", base, str(dest), "--connections",
+                        str(args.connections)], check=True)
+        resume_secs = time.monotonic() - t
+        time.sleep(0.2)
+        resume_sent = nginx.bytes_sent("/slow/") - before
+        run2 = json.loads((dest / "fetch-stats.json").read_text())
+        check(dest, "resume")
+
+        result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(),
+                  "total_bytes": total, "files": len(sizes), "rate_per_connection": "20 MB/s",
+                  "runs": {k: {"seconds": round(s, 2), "MB_per_s": round(total / s / 1e6, 1),
+                               "bytes_sent_by_nginx": b} for k, (s, b) in rows.items()},
+                  "resume": {"kept_after_kill": kept, "second_run_bytes_moved": run2["bytes_moved"],
+                             "nginx_bytes_sent_both_runs": resume_sent,
+                             "ratio_to_total": round(resume_sent / total, 3), "seconds": round(resume_secs, 1)}}
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        print("| tool | seconds | MB/s | bytes sent by nginx |\n|---|---|---|---|")
+        for k, (s, b) in rows.items():
+            print(f"| {k} | {s:.1f} | {total / s / 1e6:.1f} | {b} |")
+        print(f"resume after SIGKILL at {kept / total:.0%}: nginx sent {resume_sent} bytes in both runs "
+              f"= {resume_sent / total:.3f} x the data")
+    finally:
+        if nginx:
+            nginx.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
