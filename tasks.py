@@ -16,6 +16,7 @@ from invoke import Collection, Exit, task
 from images.build import ImageError, build_images, docker_client, git_revision, image_size
 from images.catalog import DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE
 from images.push import check_registry, push_image, write_lock
+from k8s import tasks as k8s_tasks
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_LOCK = ROOT / "images.lock.json"
@@ -129,4 +130,7 @@ def _is_shipped(name: str) -> bool:
 
 
 ns = Collection(base, build, push)
+for deploy_task in (k8s_tasks.deploy, k8s_tasks.secrets, k8s_tasks.status, k8s_tasks.logs, k8s_tasks.teardown,
+                    k8s_tasks.export):
+    ns.add_task(deploy_task)
 ns.configure({"neox": {"base_image": None}})
