@@ -226,7 +226,7 @@ _CONCAT0 = ("attention.query_key_value.weight", "attention.query_key_value.bias"
 _CONCAT1 = ("attention.dense.weight", "mlp.dense_4h_to_h.weight")
 _SUM = ("attention.dense.bias", "mlp.dense_4h_to_h.bias")
 _AVERAGE = ("input_layernorm.weight", "input_layernorm.bias",
-            "post_attention_layernorm.weight", "post_attention_layernorm.bias")
+            "post_attention_layernorm.weight", "post_attention_layernorm.bias", "norm.weight", "norm.bias")
 _SLIM_FILE = re.compile(r"layer_(\d+)-model_(\d+)-model_states\.pt$")
 
 
