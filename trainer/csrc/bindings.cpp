@@ -20,10 +20,6 @@ int64_t causal_softmax_max_len(int64_t elem_size, bool vectorized);
 std::vector<int64_t> kernel_image(int64_t device);
 }  // namespace neox
 
-#ifndef NEOX_ARCH_LIST
-#define NEOX_ARCH_LIST "unknown"
-#endif
-
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bias_gelu_fwd", &neox::bias_gelu_fwd);
   m.def("bias_gelu_bwd", &neox::bias_gelu_bwd);
@@ -37,5 +33,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("causal_softmax_bwd", &neox::causal_softmax_bwd);
   m.def("causal_softmax_max_len", &neox::causal_softmax_max_len);
   m.def("kernel_image", &neox::kernel_image, "(sass version, ptx version, __CUDA_ARCH__ seen) on a device");
-  m.attr("arch_list") = NEOX_ARCH_LIST;
 }

@@ -20,7 +20,7 @@ from trainer.kernels import loader
 PROG = "trainer.kernels.build"
 
 
-def build(out: Path, arch_list: str, jobs: int, verbose: bool) -> dict:
+def build(out: Path, arch_list: str, jobs: int, verbose: bool, keep_objects: bool = False) -> dict:
     if loader.nvcc_path() is None:
         raise JobError("nvcc not found: set CUDA_HOME to a CUDA toolkit")
     os.environ["MAX_JOBS"] = str(jobs)
@@ -32,6 +32,9 @@ def build(out: Path, arch_list: str, jobs: int, verbose: bool) -> dict:
     missing = [f for f in ("rotary_fwd", "layer_norm_fwd", "cross_entropy_fwd", "kernel_image") if not hasattr(module, f)]
     if missing:
         raise JobError(f"built module lacks {missing}")
+    if not keep_objects:  # the image ships only the module and its build-info.json
+        for f in list(out.glob("*.o")) + [out / "build.ninja", out / ".ninja_deps", out / ".ninja_log", out / "lock"]:
+            f.unlink(missing_ok=True)
     return {"out": str(out), "arch_list": arch_list, "seconds": time.monotonic() - start,
             "source_hash": loader.source_hash()}
 
@@ -43,10 +46,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="TORCH_CUDA_ARCH_LIST syntax (default: $TORCH_CUDA_ARCH_LIST or %(default)s)")
     p.add_argument("--jobs", type=int, default=int(os.environ.get("MAX_JOBS", "2")), help="parallel compiles")
     p.add_argument("--verbose", action="store_true")
+    p.add_argument("--keep-objects", action="store_true", help="keep object files for a faster rebuild")
     args = p.parse_args(argv)
 
     def body() -> int:
-        stats = build(args.out, args.arch_list, args.jobs, args.verbose)
+        stats = build(args.out, args.arch_list, args.jobs, args.verbose, args.keep_objects)
         print(f"{PROG}: built {loader.EXT_NAME} for {stats['arch_list']} into {stats['out']} "
               f"in {human_duration(stats['seconds'])}")
         return 0
