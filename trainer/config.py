@@ -395,17 +395,22 @@ def read_yaml(path: str | os.PathLike) -> dict:
     return data
 
 
-def apply_override(raw: dict, item: str) -> None:
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise JobError(f"--override {item!r}: expected key=value")
+def set_key(raw: dict, key: str, value: Any, what: str = "--override") -> None:
+    """Set `key` (dotted keys reach into nested sections) in the raw mapping."""
     *parents, last = [normalise(key.split(".")[0]), *key.split(".")[1:]]
     node = raw
     for p in parents:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
-            raise JobError(f"--override {item!r}: {p} is not a mapping")
-    node[last] = _yaml_number(yaml.safe_load(value)) if value else None
+            raise JobError(f"{what} {key!r}: {p} is not a mapping")
+    node[last] = value
+
+
+def apply_override(raw: dict, item: str) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise JobError(f"--override {item!r}: expected key=value")
+    set_key(raw, key, _yaml_number(yaml.safe_load(value)) if value else None)
 
 
 def from_dict(raw: dict, files: list[str] | None = None) -> NeoXConfig:
