@@ -30,8 +30,10 @@ def _fail(exc: Exception) -> Exit:
     return Exit(f"error: {exc}", code=1)
 
 
-def _base_image(c, base_image: str | None) -> str:
-    return base_image or c.config.get("neox", {}).get("base_image") or DEFAULT_BASE_IMAGE
+def _base_image(c, client, base_image: str | None) -> str:
+    from images.base import resolve_base_image
+
+    return resolve_base_image(client, base_image or c.config.get("neox", {}).get("base_image"), log=_log)
 
 
 @task(
@@ -69,7 +71,7 @@ def _build_args(pairs: list[str] | None) -> dict[str, str]:
     iterable=["build_arg"],
     help={
         "names": "comma-separated images to build, e.g. trainer,fetcher (default: all shipped images)",
-        "base-image": f"base image reference (default {DEFAULT_BASE_IMAGE}; `invoke base` makes {LOCAL_BASE_IMAGE})",
+        "base-image": f"base image (default {DEFAULT_BASE_IMAGE}, or {LOCAL_BASE_IMAGE} from `invoke base` when that cannot be pulled)",
         "force": "rebuild even when the content tag exists",
         "build-arg": "KEY=VALUE for an ARG an image's Dockerfile declares (repeatable), e.g. TORCH_VERSION=2.11.0",
         "cache-from": "registry prefix whose <name>:main images seed the layer cache",
@@ -80,7 +82,12 @@ def build(c, names=None, base_image=None, force=False, build_arg=None, cache_fro
     try:
         client = docker_client()
         built = build_images(
-            ROOT, _names(names), base_image=_base_image(c, base_image), client=client, log=_log, force=force
+            ROOT,
+            _names(names),
+            base_image=_base_image(c, client, base_image),
+            client=client,
+            log=_log,
+            force=force,
         )
     except ImageError as exc:
         raise _fail(exc) from exc
@@ -106,7 +113,7 @@ def push(c, registry, names=None, lock=None, base_image=None, tag=None):
         registry = check_registry(registry)
         client = docker_client()
         built = build_images(
-            ROOT, _names(names), base_image=_base_image(c, base_image), client=client, log=_log
+            ROOT, _names(names), base_image=_base_image(c, client, base_image), client=client, log=_log
         )
         revision = git_revision(ROOT)
         refs = {}
@@ -129,8 +136,71 @@ def _is_shipped(name: str) -> bool:
     return by_name()[name].shipped
 
 
-ns = Collection(base, build, push)
-for deploy_task in (k8s_tasks.deploy, k8s_tasks.secrets, k8s_tasks.status, k8s_tasks.logs, k8s_tasks.teardown,
-                    k8s_tasks.export):
+@task(
+    iterable=["corpus", "config"],
+    help={
+        "workdir": "host folder standing in for the shared volume (default out/local)",
+        "weights": "fetcher SOURCE for real weights (https://, s3://, hf://, path); default: a tiny random GPT-NeoX",
+        "corpus": "corpus file/URL for the preprocessor (repeatable); default: a generated sample",
+        "tokenizer": "tokenizer.json for --corpus",
+        "config": "NeoX YAML file(s) (repeatable; default local/neox-tiny.yml)",
+        "train-iters": "override the config's train-iters",
+        "clean": "start over: delete the workdir first",
+        "gpus": "use GPUs (default: when the engine has the NVIDIA runtime)",
+        "base-image": "base image to build on (see `invoke build`)",
+    },
+)
+def local(
+    c,
+    workdir=None,
+    weights=None,
+    corpus=None,
+    tokenizer=None,
+    config=None,
+    train_iters=None,
+    clean=False,
+    gpus=None,
+    base_image=None,
+):
+    """Run the whole pipeline on this machine in Docker: fetch, preprocess, fine-tune, export, generate."""
+    from local.containers import StageError
+    from local.pipeline import LocalOptions, LocalPipeline
+
+    opts = LocalOptions(
+        clean=clean, gpus=gpus, corpus=list(corpus or []), tokenizer=tokenizer, weights=weights
+    )
+    if workdir:
+        opts.workdir = Path(workdir)
+    if config:
+        opts.configs = [Path(p) for p in config]
+    if train_iters:
+        opts.train_iters = int(train_iters)
+    try:
+        client = docker_client()
+        built = build_images(
+            ROOT, None, base_image=_base_image(c, client, base_image), client=client, log=_log
+        )
+        images = {name: image.ref for name, image in built.items()}
+        summary = LocalPipeline(opts, images, client, log=_log).run()
+    except (ImageError, StageError) as exc:
+        raise _fail(exc) from exc
+    _log("")
+    _log("invoke local: done")
+    for name, stage in summary["stages"].items():
+        took = "reused" if stage["reused"] else f"{stage['seconds']:.1f}s"
+        _log(f"  {name:<11} {took}")
+    _log(f"  loss curve  {summary['loss_curve']}")
+    _log(f"  generated   {summary['generated']}")
+
+
+ns = Collection(base, build, push, local)
+for deploy_task in (
+    k8s_tasks.deploy,
+    k8s_tasks.secrets,
+    k8s_tasks.status,
+    k8s_tasks.logs,
+    k8s_tasks.teardown,
+    k8s_tasks.export,
+):
     ns.add_task(deploy_task)
 ns.configure({"neox": {"base_image": None}})

@@ -96,3 +96,27 @@ def make_base_image(
     image = client.images.get(tag)
     log(f"base image {tag} ({image.id[:19]}): {image.attrs['Size'] / 1e6:.0f} MB")
     return image.id
+
+
+def resolve_base_image(client, requested: str | None, log: Callable[[str], None] = print) -> str:
+    """The base to build on: `requested` when given; else the catalog's public base when it is
+    local or can be pulled; else the local base made from the apt mirror (made now if missing)."""
+    from images.catalog import DEFAULT_BASE_IMAGE
+
+    if requested:
+        return requested
+    try:
+        client.images.get(DEFAULT_BASE_IMAGE)
+        return DEFAULT_BASE_IMAGE
+    except Exception:
+        pass
+    try:
+        client.images.pull(DEFAULT_BASE_IMAGE)
+        return DEFAULT_BASE_IMAGE
+    except Exception as exc:
+        log(f"cannot pull {DEFAULT_BASE_IMAGE} ({str(exc).splitlines()[0][:120]}); using {LOCAL_BASE_IMAGE}")
+    try:
+        client.images.get(LOCAL_BASE_IMAGE)
+    except Exception:
+        make_base_image(tag=LOCAL_BASE_IMAGE, log=log, client=client)
+    return LOCAL_BASE_IMAGE

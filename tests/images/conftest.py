@@ -27,19 +27,6 @@ def unused_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def docker_engine():
-    import docker
-    from docker.errors import DockerException
-
-    try:
-        client = docker.from_env(timeout=900)
-        client.ping()
-    except DockerException as exc:
-        pytest.skip(f"no Docker engine reachable ({exc}); .ci/run starts dockerd")
-    return client
-
-
-@pytest.fixture(scope="session")
 def base_image(docker_engine):
     """The base every image builds on here: NEOX_BASE_IMAGE, else `invoke base`'s image (made if missing)."""
     from images.base import make_base_image

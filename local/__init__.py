@@ -1,0 +1,1 @@
+"""`invoke local`: the whole pipeline on one machine (tooling; not installed in any image)."""

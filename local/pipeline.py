@@ -1,0 +1,356 @@
+"""`invoke local`: the whole pipeline on one machine with the local Docker engine.
+
+The three images run as they would on a cluster, a host folder (`--workdir`) standing in for the
+shared volume:
+
+  sample      a generated corpus and a tokenizer trained on it (unless --corpus/--tokenizer)
+  weights     a randomly initialised tiny GPT-NeoX in Hugging Face format (unless --weights)
+  fetch       the fetcher downloads those weights over HTTP from a server container it starts
+  preprocess  the preprocessor tokenizes the corpus into the indexed dataset
+  train       the trainer fine-tunes (CPU, or GPU when the engine has one); checkpoints are then
+              stored in a local S3-compatible server (moto) as Determined's checkpoint storage would
+  export      the checkpoint comes back from S3 and is written as a Hugging Face folder
+  generate    a few tokens from the exported model
+
+Each stage records a fingerprint of its inputs (and of the stages before it) in
+`WORKDIR/state.json` only after it succeeded; a re-run skips stages whose fingerprint is
+unchanged, so nothing from a failed stage is taken as done. `--clean` starts over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jobs.cli import write_json_atomic
+from local.containers import MOUNT, Runner, StageError
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = ROOT / "local" / "neox-tiny.yml"
+BUCKET = "neox-checkpoints"
+PROMPT = "The red fox"
+
+
+@dataclass
+class LocalOptions:
+    workdir: Path = ROOT / "out" / "local"
+    weights: str | None = None  # a fetcher SOURCE; default: tiny random weights served over HTTP
+    corpus: list[str] = field(default_factory=list)  # preprocessor inputs (paths under workdir or URLs)
+    tokenizer: str | None = None  # needed with --corpus
+    configs: list[Path] = field(default_factory=lambda: [DEFAULT_CONFIG])
+    train_iters: int | None = None
+    clean: bool = False
+    gpus: bool | None = None  # None: use a GPU when the engine has the NVIDIA runtime
+
+
+def _fingerprint(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _in_volume(workdir: Path, path: Path) -> str:
+    return f"{MOUNT}/{path.relative_to(workdir).as_posix()}"
+
+
+class LocalPipeline:
+    def __init__(
+        self, opts: LocalOptions, images: dict[str, str], client, log: Callable[[str], None] = print
+    ):
+        self.opts = opts
+        self.images = images
+        self.log = log
+        self.workdir = opts.workdir.resolve()
+        gpus = opts.gpus if opts.gpus is not None else "nvidia" in (client.info().get("Runtimes") or {})
+        self.runner = Runner(client, self.workdir, log=log, gpus=gpus)
+        self.state_file = self.workdir / "state.json"
+        self.timings: dict[str, dict] = {}
+
+    # ---- bookkeeping ---------------------------------------------------------------------------
+
+    def _state(self) -> dict:
+        return json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
+
+    def _stage(
+        self, name: str, fingerprint: str, outputs: list[Path], body: Callable[[], dict | None]
+    ) -> dict:
+        """Run `body` unless a previous success with the same fingerprint left its outputs."""
+        done = self._state().get(name)
+        if done and done["fingerprint"] == fingerprint and all(p.exists() for p in outputs):
+            self.log(f"== {name}: unchanged, reused ({done['seconds']:.1f}s when it ran)")
+            self.timings[name] = {**done, "reused": True}
+            return done
+        self.log(f"== {name}")
+        start = time.monotonic()
+        info = body() or {}
+        record = {"fingerprint": fingerprint, "seconds": round(time.monotonic() - start, 1), **info}
+        state = self._state()
+        state[name] = record
+        write_json_atomic(self.state_file, state)
+        self.timings[name] = {**record, "reused": False}
+        self.log(f"== {name}: done in {record['seconds']:.1f}s")
+        return record
+
+    # ---- the stages ------------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        if self.opts.clean and self.workdir.exists():
+            shutil.rmtree(self.workdir)
+        self.runner.prepare_volume()
+        configs = self._copy_configs()
+        tokenizer, corpus, fp = self._sample()
+        weights_source, fp = self._weights(configs, tokenizer, fp)
+        weights, fp_fetch = self._fetch(weights_source, fp)
+        data_prefix, fp_data = self._preprocess(corpus, tokenizer, fp)
+        train = self._train(configs, tokenizer, weights, data_prefix, _fingerprint(fp_fetch, fp_data))
+        export = self._export(train)
+        generated = self._generate(export["hf"], tokenizer, export["fingerprint"])
+        return self._summary(train, export, generated)
+
+    def _copy_configs(self) -> list[Path]:
+        folder = self.workdir / "configs"
+        folder.mkdir(exist_ok=True)
+        copies = []
+        for cfg in self.opts.configs:
+            if not Path(cfg).is_file():
+                raise StageError(f"NeoX config {cfg} not found")
+            copy = folder / Path(cfg).name
+            shutil.copyfile(cfg, copy)
+            copies.append(copy)
+        return copies
+
+    def _sample(self) -> tuple[Path, list[str], str]:
+        """The corpus and tokenizer: the user's (copied into the volume) or a generated sample."""
+        if self.opts.corpus:
+            if not self.opts.tokenizer:
+                raise StageError("--corpus needs --tokenizer (a tokenizer.json)")
+            tokenizer = self._into_volume(Path(self.opts.tokenizer), "tokenizer")
+            corpus = [
+                _in_volume(self.workdir, self._into_volume(Path(c), "corpus")) if Path(c).exists() else c
+                for c in self.opts.corpus
+            ]
+            return tokenizer, corpus, _fingerprint(corpus, tokenizer.read_bytes())
+        out = self.workdir / "sample"
+
+        def make_sample() -> None:
+            args = ["-m", "jobs.sample", "--out", _in_volume(self.workdir, out)]
+            self.runner.run("sample", self.images["preprocessor"], args, entrypoint=["python"])
+
+        fp = _fingerprint("sample", "default")
+        self._stage("sample", fp, [out / "corpus.jsonl", out / "tokenizer.json"], make_sample)
+        return out / "tokenizer.json", [_in_volume(self.workdir, out / "corpus.jsonl")], fp
+
+    def _into_volume(self, path: Path, folder: str) -> Path:
+        """Copy a host file or folder into the shared volume so the containers see it."""
+        if not path.exists():
+            raise StageError(f"{path} not found")
+        target = self.workdir / folder / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            shutil.copytree(path, target, dirs_exist_ok=True)
+        else:
+            shutil.copyfile(path, target)
+        return target
+
+    def _weights(self, configs: list[Path], tokenizer: Path, fp: str) -> tuple[Path | str, str]:
+        if self.opts.weights:
+            return self.opts.weights, _fingerprint(self.opts.weights)
+        out = self.workdir / "source" / "tiny-neox"
+
+        def init_weights() -> None:
+            args = [
+                "-m",
+                "trainer.init_weights",
+                "--out",
+                _in_volume(self.workdir, out),
+                "--config",
+                *[_in_volume(self.workdir, c) for c in configs],
+                "--override",
+                f"vocab-file={_in_volume(self.workdir, tokenizer)}",
+            ]
+            self.runner.run("weights", self.images["trainer"], args, entrypoint=["python"])
+
+        fp = _fingerprint("weights", [c.read_text() for c in configs], fp)
+        self._stage("weights", fp, [out / "config.json"], init_weights)
+        return out, fp
+
+    def _fetch(self, source: Path | str, fp: str) -> tuple[Path, str]:
+        dest = self.workdir / "weights" / "model"
+        fp = _fingerprint("fetch", str(source), fp)
+
+        def body() -> dict:
+            if isinstance(source, Path):  # our own weights: serve them over HTTP so the real path runs
+                port = _free_port()
+                server = self.runner.serve(self.images["fetcher"], source.parent, port)
+                try:
+                    _wait_for_port(port)
+                    url = f"http://127.0.0.1:{port}/{source.name}/"
+                    logs = self.runner.run(
+                        "fetch", self.images["fetcher"], [url, _in_volume(self.workdir, dest)]
+                    )
+                finally:
+                    server.remove(force=True)
+            else:
+                logs = self.runner.run(
+                    "fetch", self.images["fetcher"], [source, _in_volume(self.workdir, dest)]
+                )
+            return {"summary": logs.strip().splitlines()[-1] if logs.strip() else ""}
+
+        self._stage("fetch", fp, [dest / "fetch-manifest.json"], body)
+        return dest, fp
+
+    def _preprocess(self, corpus: list[str], tokenizer: Path, fp: str) -> tuple[Path, str]:
+        prefix = self.workdir / "data" / "corpus"
+        fp = _fingerprint("preprocess", corpus, fp)
+
+        def body() -> dict:
+            logs = self.runner.run(
+                "preprocess",
+                self.images["preprocessor"],
+                [
+                    "--input",
+                    *corpus,
+                    "--tokenizer",
+                    _in_volume(self.workdir, tokenizer),
+                    "--output-prefix",
+                    _in_volume(self.workdir, prefix),
+                    "--append-eod",
+                ],
+            )
+            return {"summary": logs.strip().splitlines()[-1] if logs.strip() else ""}
+
+        out = Path(f"{prefix}_text_document")
+        self._stage("preprocess", fp, [out.with_suffix(".bin"), out.with_suffix(".idx")], body)
+        return out, fp
+
+    def _train(self, configs: list[Path], tokenizer: Path, weights: Path, data: Path, fp: str) -> dict:
+        save = self.workdir / "checkpoints"
+        logs_dir = self.workdir / "train-logs"
+        overrides = {
+            "vocab-file": _in_volume(self.workdir, tokenizer),
+            "data-path": _in_volume(self.workdir, data),
+            "load": _in_volume(self.workdir, weights),
+            "save": _in_volume(self.workdir, save),
+            "log-dir": _in_volume(self.workdir, logs_dir),
+            "tensorboard-dir": _in_volume(self.workdir, self.workdir / "tensorboard"),
+        }
+        if self.opts.train_iters:
+            overrides["train-iters"] = str(self.opts.train_iters)
+        fp = _fingerprint("train", [c.read_text() for c in configs], overrides, fp)
+
+        def body() -> dict:
+            shutil.rmtree(save, ignore_errors=True)  # a changed run starts from the fetched weights
+            shutil.rmtree(logs_dir, ignore_errors=True)
+            self.runner.prepare_volume()
+            self.runner.run(
+                "train",
+                self.images["trainer"],
+                [
+                    "-m",
+                    "trainer.train",
+                    "--config",
+                    *[_in_volume(self.workdir, c) for c in configs],
+                    "--override",
+                    *[f"{k}={v}" for k, v in overrides.items()],
+                ],
+                entrypoint=["python"],
+            )
+            stats = json.loads((logs_dir / "train-stats.json").read_text())
+            return {"train_stats": stats}
+
+        record = self._stage("train", fp, [save / "latest", logs_dir / "metrics.jsonl"], body)
+        return {**record, "save": save, "metrics": logs_dir / "metrics.jsonl"}
+
+    def _export(self, train: dict) -> dict:
+        out = self.workdir / "export"
+        hf = out / "hf"
+        fp = _fingerprint("export", train["fingerprint"])
+
+        def body() -> dict:
+            from local.s3 import LocalS3
+
+            with LocalS3() as s3:
+                s3.create_bucket(BUCKET)
+                uploaded = s3.upload_folder(train["save"], BUCKET, "local/checkpoints")
+                self.log(
+                    f"[export] stored {uploaded} checkpoint files in s3://{BUCKET}/local/checkpoints ({s3.endpoint})"
+                )
+                shutil.rmtree(out, ignore_errors=True)
+                s3.download_folder(BUCKET, "local/checkpoints", out / "checkpoint")
+            self.runner.prepare_volume()
+            self.runner.run(
+                "export",
+                self.images["trainer"],
+                [
+                    "-m",
+                    "trainer.export",
+                    "--checkpoint",
+                    _in_volume(self.workdir, out / "checkpoint"),
+                    "--out",
+                    _in_volume(self.workdir, hf),
+                ],
+                entrypoint=["python"],
+            )
+            return {"s3_files": uploaded}
+
+        record = self._stage("export", fp, [hf / "config.json"], body)
+        return {**record, "hf": hf}
+
+    def _generate(self, hf: Path, tokenizer: Path, fp: str) -> str:
+        def generate() -> dict:
+            args = [
+                "-m",
+                "trainer.generate",
+                "--model",
+                _in_volume(self.workdir, hf),
+                "--tokenizer",
+                _in_volume(self.workdir, tokenizer),
+                "--prompt",
+                PROMPT,
+                "--max-new-tokens",
+                "24",
+            ]
+            logs = self.runner.run("generate", self.images["trainer"], args, entrypoint=["python"])
+            return {"text": logs.strip().splitlines()[-1]}
+
+        return self._stage("generate", _fingerprint("generate", PROMPT, fp), [], generate)["text"]
+
+    def _summary(self, train: dict, export: dict, generated: str) -> dict:
+        from local.report import loss_curve
+
+        metrics = [json.loads(line) for line in train["metrics"].read_text().splitlines() if line.strip()]
+        losses = [m for m in metrics if m.get("kind") == "train"]
+        png = loss_curve(metrics, self.workdir / "loss.png")
+        summary = {
+            "stages": {k: {"seconds": v["seconds"], "reused": v["reused"]} for k, v in self.timings.items()},
+            "first_loss": losses[0]["lm_loss"] if losses else None,
+            "final_loss": losses[-1]["lm_loss"] if losses else None,
+            "tokens": train.get("train_stats", {}).get("tokens"),
+            "checkpoints": str(train["save"]),
+            "hf_model": str(export["hf"]),
+            "loss_curve": str(png),
+            "generated": generated,
+        }
+        write_json_atomic(self.workdir / "summary.json", summary)
+        return summary
+
+
+def _wait_for_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise StageError(f"the weights server on 127.0.0.1:{port} did not start")

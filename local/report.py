@@ -1,0 +1,29 @@
+"""The loss-curve picture `invoke local` leaves beside its outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def loss_curve(metrics: list[dict], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for kind, style in (("train", "-"), ("eval", "o--")):
+        points = [(m["iteration"], m["lm_loss"]) for m in metrics if m.get("kind") == kind and "lm_loss" in m]
+        if points:
+            ax.plot(*zip(*points, strict=True), style, label=f"{kind} lm_loss")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("lm_loss")
+    ax.set_title("invoke local: fine-tuning loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
