@@ -136,8 +136,18 @@ int ln_threads(int nvec) { return std::min(kMaxThreads, std::max(32, round_up((n
 
 }  // namespace
 
+// Largest hidden size the kernels take: the register budget, and the backward pass's 2 * H fp32
+// accumulators in shared memory (about 100 KB on sm_86/sm_89, 227 KB on sm_90).
 int64_t layer_norm_max_hidden(int64_t elem_size, bool vectorized) {
-  return (int64_t)kMaxThreads * kItems * (vectorized ? 16 / elem_size : 1);
+  int64_t limit = (int64_t)kMaxThreads * kItems * (vectorized ? 16 / elem_size : 1);
+  int count = 0;
+  if (cudaGetDeviceCount(&count) == cudaSuccess && count > 0) {
+    const int64_t smem = (int64_t)at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+    limit = std::min(limit, (smem - 1024) / (2 * (int64_t)sizeof(float)));
+  } else {
+    (void)cudaGetLastError();
+  }
+  return limit;
 }
 
 std::vector<at::Tensor> layer_norm_fwd(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, double eps) {
@@ -186,6 +196,7 @@ std::vector<at::Tensor> layer_norm_bwd(const at::Tensor& dy_in, const at::Tensor
       C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
       int per_sm = 0;
       C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
+      TORCH_CHECK(per_sm > 0, "layer_norm_bwd: hidden size ", H, " needs more shared memory than this GPU has");
       const int64_t grid = std::min<int64_t>(rows, (int64_t)std::max(per_sm, 1) * num_sms());
       auto part = at::empty({2, grid, H}, x.options().dtype(at::kFloat));
       kernel<<<(unsigned)grid, threads, smem, at::cuda::getCurrentCUDAStream()>>>(
