@@ -3,6 +3,7 @@ verify the rest in parallel, rename into place, write the manifest and the stats
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -115,9 +116,11 @@ def fetch(source: str, dest: str | os.PathLike, opts: Options | None = None) -> 
         todo = [f for f in files if not _up_to_date(f, dest, manifest, opts.verify)]
         jobs = [FileJob(f, dest, opts.connections) for f in todo]
         need = sum(j.remaining() for j in jobs)
+        # Space a partial file already holds (possibly more than its sidecar claims) is not needed again.
+        more = sum(max(0, (j.file.size or 0) - j.allocated()) for j in jobs)
         free = shutil.disk_usage(dest).free
-        if need > free:
-            raise JobError(f"{dest}: needs {human_bytes(need)} more but only {human_bytes(free)} is free")
+        if more > free:
+            raise JobError(f"{dest}: needs {human_bytes(more)} more but only {human_bytes(free)} is free")
         stats.add(bytes_resumed=sum(j.resumed for j in jobs))
         summary.update(files_total=len(files), files_fetched=len(todo), files_up_to_date=len(files) - len(todo),
                        bytes_total=sum(f.size or 0 for f in files), connections=opts.connections)
@@ -139,19 +142,21 @@ def fetch(source: str, dest: str | os.PathLike, opts: Options | None = None) -> 
         manifest.save(complete=True, keep={f.path for f in files}, revision=getattr(src, "commit", None))
         ok = True
     finally:
-        if not ok and manifest.files:
-            manifest.save(complete=False)  # what is in place stays recorded for the resume
-        if ok:
-            _clean_staging(dest)
-        lease.release()
-        if ok:
-            shutil.rmtree(staging_dir(dest), ignore_errors=True)
-        stats.add(retries=getattr(src, "retries", 0))  # listing and HEAD retries
-        secs = time.monotonic() - t0
-        summary.update(ok=ok, seconds=round(secs, 3), bytes_moved=stats.bytes_moved,
-                       bytes_resumed=stats.bytes_resumed, retries=stats.retries, restarts=stats.restarts,
-                       rate_bytes_per_s=round(stats.bytes_moved / secs) if secs > 0 else 0)
-        write_json_atomic(dest / STATS_NAME, summary)
+        # On failure these are best effort (the disk may be full) and must not hide the first error.
+        with contextlib.suppress(OSError) if not ok else contextlib.nullcontext():
+            if not ok and manifest.files:
+                manifest.save(complete=False)  # what is in place stays recorded for the resume
+            if ok:
+                _clean_staging(dest)
+            lease.release()
+            if ok:
+                shutil.rmtree(staging_dir(dest), ignore_errors=True)
+            stats.add(retries=getattr(src, "retries", 0))  # listing and HEAD retries
+            secs = time.monotonic() - t0
+            summary.update(ok=ok, seconds=round(secs, 3), bytes_moved=stats.bytes_moved,
+                           bytes_resumed=stats.bytes_resumed, retries=stats.retries, restarts=stats.restarts,
+                           rate_bytes_per_s=round(stats.bytes_moved / secs) if secs > 0 else 0)
+            write_json_atomic(dest / STATS_NAME, summary)
     return summary
 
 

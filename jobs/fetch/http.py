@@ -14,7 +14,7 @@ import requests
 from jobs.cli import JobError
 
 from .plan import RemoteFile, safe_relpath
-from .retry import Backoff, TransientError
+from .retry import Backoff, RestartFile, TransientError
 
 BLOCK = 1 << 20
 TIMEOUT = (15, 60)  # connect, read (between bytes)
@@ -158,6 +158,8 @@ class HttpSource:
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise TransientError(f"{file.url}: {type(exc).__name__}") from None
         try:
+            if r.status_code == 416:  # the file shrank or changed under us
+                raise RestartFile(f"{file.url}: HTTP 416 for {headers.get('Range')}")
             _check(r, file.url)
         except BaseException:
             r.close()

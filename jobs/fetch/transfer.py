@@ -4,12 +4,14 @@ place only when it is complete and verified."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from jobs.cli import JobError
 
 from .plan import RemoteFile, Source
 from .retry import Backoff, RestartFile, TransientError
-from .staging import PartState, part_paths, plan_chunks
+from .staging import PartState, part_paths, plan_chunks, staging_dir
 from .verify import Hashers, mismatch
 
 FLUSH_S = 0.2  # sidecar refresh interval: bounds what a kill -9 makes us fetch twice
@@ -50,6 +52,8 @@ class FileJob:
 
     def __init__(self, file: RemoteFile, dest: Path, connections: int) -> None:
         self.file = file
+        self.dest = dest
+        self.finishing = False
         self.part, self.sidecar = part_paths(dest, file.path)
         self.final = dest / file.path
         self.lock = threading.Lock()
@@ -85,6 +89,12 @@ class FileJob:
         if self.file.size is None:
             return 0
         return self.file.size - sum(c[2] for c in self.state.chunks)
+
+    def allocated(self) -> int:
+        try:
+            return self.part.stat().st_blocks * 512
+        except OSError:
+            return 0
 
     def open(self) -> None:
         with self.lock:
@@ -162,6 +172,8 @@ class FileJob:
         if not self.flush_lock.acquire(blocking=force):
             return
         try:
+            if self.fd is None:  # finished (or never opened): the sidecar is final
+                return
             self.last_flush = now
             with self.lock:
                 snap = PartState(self.state.url, self.state.size, self.state.identity, self.state.ranges,
@@ -211,7 +223,8 @@ class FileJob:
         os.replace(self.part, self.final)
         # The sidecar stays, marked done, so a kill before the manifest is saved loses nothing.
         done = PartState(f.url, size, f.identity, self.state.ranges, [], digests["sha256"])
-        done.save(self.sidecar)
+        with self.flush_lock:  # after any in-flight progress flush, never before
+            done.save(self.sidecar)
         return Done(f, digests["sha256"], size)
 
     def _discard(self) -> None:
@@ -220,7 +233,8 @@ class FileJob:
 
     def close(self) -> None:
         if self.fd is not None:
-            self.maybe_flush(force=True)
+            with contextlib.suppress(OSError):  # disk full: the previous sidecar is still valid, only older
+                self.maybe_flush(force=True)
             os.close(self.fd)
             self.fd = None
 
@@ -245,6 +259,7 @@ class Engine:
         self.all_done = threading.Event()
         self.fatal: BaseException | None = None
         self.verify_errors: list[str] = []
+        self.finishers = ThreadPoolExecutor(2, thread_name_prefix="fetch-finish")
 
     def run(self) -> None:
         # Biggest files first so that the many small ones fill the tail.
@@ -269,6 +284,7 @@ class Engine:
                 self.q.put(None)
             for w in workers:
                 w.join()
+            self.finishers.shutdown(wait=True)
             for job in self.jobs:
                 job.close()
         if self.fatal:
@@ -290,36 +306,44 @@ class Engine:
             if task is None:
                 return
             job, idx, gen = task
-            try:
+            with self._guard(job):
                 job.open()
                 if self._run_chunk(job, idx, gen) and job.all_complete():
-                    self._finish(job)
-            except JobError as exc:
-                self._fail(exc)
-            except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    self._fail(JobError(
-                        f"out of disk space writing {job.part}; what was fetched is kept in "
-                        f"{job.part.parent} for the next run to resume"))
-                else:
-                    self._fail(JobError(f"cannot write {job.part}: {exc.strerror}"))
-            except BaseException as exc:  # a bug: stop everything rather than hang
-                self._fail(exc)
+                    with job.lock:  # exactly one thread finishes a file
+                        if job.finishing:
+                            continue
+                        job.finishing = True
+                    # Hash catch-up, fsync and rename off the connection's path: it goes back to fetching.
+                    self.finishers.submit(self._finish, job)
+
+    @contextlib.contextmanager
+    def _guard(self, job: FileJob):
+        """Turn any failure in a worker into the run's one error and stop the others."""
+        try:
+            yield
+        except JobError as exc:
+            self._fail(exc)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                self._fail(JobError(
+                    f"out of disk space writing {job.part}; what was fetched is kept in "
+                    f"{staging_dir(job.dest)} for the next run to resume"))
+            else:
+                self._fail(JobError(f"cannot write {job.part}: {exc.strerror}"))
+        except BaseException as exc:  # a bug: stop everything rather than hang
+            self._fail(exc)
 
     def _finish(self, job: FileJob) -> None:
-        with job.lock:  # exactly one thread finishes a file
-            if getattr(job, "finishing", False):
-                return
-            job.finishing = True
-        try:
-            self.on_done(job.finish())
-        except VerifyError as exc:
+        with self._guard(job):
+            try:
+                self.on_done(job.finish())
+            except VerifyError as exc:
+                with self.lock:
+                    self.verify_errors.append(str(exc))
             with self.lock:
-                self.verify_errors.append(str(exc))
-        with self.lock:
-            self.pending -= 1
-            if self.pending == 0:
-                self.all_done.set()
+                self.pending -= 1
+                if self.pending == 0:
+                    self.all_done.set()
 
     def _run_chunk(self, job: FileJob, idx: int, gen: int) -> bool:
         """Fetch one chunk to its end; True when it is complete (False: dropped or stopped)."""
