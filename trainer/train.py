@@ -68,6 +68,8 @@ def build_model(cfg: NeoXConfig, resume: tuple[str, str, bool] | None) -> tuple[
         if not (Path(cfg.train.load) / "config.json").is_file():
             slim_cfg = cfg.model_config(vocab_size=1)  # vocab taken from the embedding's rows
         model, kind = checkpoint.load_pretrained(cfg.train.load, slim_cfg)
+        if cfg.precision.name == "fp32":
+            model.float()  # published weights are often fp16; DeepSpeed casts only for fp16/bf16 runs
         # the run's own settings, not architecture, come from the NeoX config
         model.cfg.checkpoint_activations = cfg.model.checkpoint_activations
         model.cfg.hidden_dropout = cfg.model.hidden_dropout
