@@ -18,6 +18,7 @@ import numpy as np
 
 from jobs.cli import JobError, Progress, human_bytes, human_duration, write_json_atomic
 from jobs.indexed_dataset import TEMP_MARK, IndexedDatasetWriter, data_path, dtype_for_vocab, index_path
+from jobs.preprocess.fast_bpe import load_fast_bpe
 from jobs.preprocess.sources import Source, expand_inputs, read_source
 
 PROG = "preprocess"
@@ -25,6 +26,8 @@ BATCH_CHARS = 1 << 20  # ~1 MB of text a batch: enough work to spread over Rayon
 BATCH_DOCS = 4096
 QUEUE_BATCHES = 4
 STALE_TEMP_SECONDS = 600
+# auto: tiktoken's merger where it reproduces the tokenizer file exactly (fast_bpe.py), else tokenizers.
+ENGINES = ("auto", "tokenizers", "tiktoken")
 
 
 @dataclass
@@ -41,6 +44,7 @@ class Stats:
     output_prefix: str = ""
     dtype: str = ""
     append_eod: bool = False
+    engine: str = ""
     bad_line_samples: list[str] = field(default_factory=list)
 
 
@@ -150,10 +154,12 @@ def _read_batches(sources: list[Source], key: str, skip_bad: bool, stats: Stats,
     _put(out, _DONE, stop)
 
 
-def _encode(tokenizer, batch: _Batch) -> list[list[int]]:
+def _encode(tokenizer, fast, batch: _Batch) -> list:
     if not batch.texts:
         return []
     try:
+        if fast is not None:
+            return fast.encode_batch(batch.texts)
         return [e.ids for e in tokenizer.encode_batch_fast(batch.texts)]
     except Exception:
         # Find the document at fault (e.g. a lone surrogate from a JSON escape) to name it.
@@ -174,12 +180,12 @@ def _write_batches(writer: IndexedDatasetWriter, eod: int | None, stats: Stats, 
         batch, ids = item
         stats.dropped_empty += batch.dropped
         for doc in ids:
-            if not doc:
+            if len(doc) == 0:
                 stats.dropped_empty += 1
                 continue
             if eod is not None:
-                doc.append(eod)
-            writer.add_document(np.array(doc, dtype=writer.dtype))
+                doc = np.append(doc, eod)  # the document with its end token
+            writer.add_document(np.asarray(doc, dtype=writer.dtype))
             stats.documents += 1
             stats.tokens += len(doc)
         progress.advance(batch.bytes_read - last_bytes)
@@ -224,6 +230,7 @@ def preprocess(
     workers: int | None = None,
     skip_bad_lines: bool = False,
     endpoint_url: str | None = None,
+    engine: str = "auto",
 ) -> Stats:
     """Tokenize every document of `inputs`, in order, into OUTPUT_PREFIX_<key>_document.{bin,idx}."""
     workers = workers or default_workers()
@@ -235,13 +242,25 @@ def preprocess(
         eod = tokenizer.token_to_id("<|endoftext|>")
         if eod is None:
             raise JobError(f"{tokenizer_path}: tokenizer has no <|endoftext|> token for --append-eod")
+    fast = None
+    if engine not in ENGINES:
+        raise JobError(f"unknown engine {engine!r} (expected one of {', '.join(ENGINES)})")
+    if engine != "tokenizers":
+        fast, why = load_fast_bpe(tokenizer_path, tokenizer, workers)
+        if fast is None and engine == "tiktoken":
+            raise JobError(f"{tokenizer_path}: the tiktoken engine cannot be used: {why}")
     dtype = dtype_for_vocab(tokenizer.get_vocab_size(with_added_tokens=True))
     sources = expand_inputs(inputs, endpoint_url)
     prefix = f"{os.fspath(output_prefix)}_{jsonl_key}_document"
     _remove_stale_temps(prefix)
 
     stats = Stats(
-        inputs=len(sources), workers=workers, output_prefix=prefix, dtype=str(dtype), append_eod=append_eod
+        inputs=len(sources),
+        workers=workers,
+        output_prefix=prefix,
+        dtype=str(dtype),
+        append_eod=append_eod,
+        engine="tiktoken" if fast else "tokenizers",
     )
     total = sum(s.size for s in sources) if all(s.size is not None for s in sources) else None
 
@@ -269,7 +288,7 @@ def preprocess(
                 batch = _get(batches, stop)
                 if batch is _DONE:
                     break
-                _put(encoded, (batch, _encode(tokenizer, batch)), stop)
+                _put(encoded, (batch, _encode(tokenizer, fast, batch)), stop)
                 stats.bytes_read = batch.bytes_read
             _put(encoded, _DONE, stop)
             writer_t.join()

@@ -47,16 +47,18 @@ def _run(cmd, **kw):
 def test_identical_output_for_any_worker_count(tmp_path, tokenizer_path, tokenizer):
     src = _corpus(tmp_path / "c.jsonl", 40)
     outputs = []
-    for workers in (1, 2, 3):
+    for workers, engine in ((1, "tokenizers"), (2, "tokenizers"), (1, "auto"), (3, "auto")):
         prefix = tmp_path / f"w{workers}"
-        r = _run(_cmd([src], tokenizer_path, prefix, "--append-eod", "--workers", str(workers)))
+        r = _run(
+            _cmd([src], tokenizer_path, prefix, "--append-eod", "--workers", str(workers), "--engine", engine)
+        )
         assert r.returncode == 0, r.stderr
         assert r.stdout.count("\n") == 1 and "documents" in r.stdout  # one summary line
         doc = Path(f"{prefix}_text_document")
         outputs.append((doc.with_suffix(".bin").read_bytes(), doc.with_suffix(".idx").read_bytes()))
         stats = json.loads(doc.with_suffix(".stats.json").read_text())
         assert stats["workers"] == workers
-    assert outputs[0] == outputs[1] == outputs[2]
+    assert outputs[0] == outputs[1] == outputs[2] == outputs[3]
     texts = [json.loads(line)["text"] for line in src.read_text(encoding="utf-8").splitlines()]
     assert read_docs(tmp_path / "w2_text_document") == expected_ids(tokenizer, texts, eod=True)
 
