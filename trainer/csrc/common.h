@@ -93,6 +93,10 @@ __device__ __forceinline__ float block_max(float a, float* shm) {
   return shm[0];
 }
 
+// exp through the hardware exp2 unit: a few instructions instead of expf's longer accurate sequence;
+// relative error stays near 1e-7 for the arguments softmax produces (x - max <= 0).
+__device__ __forceinline__ float fast_exp(float x) { return exp2f(x * 1.4426950408889634f); }
+
 // Merge two (max, sum of exp(x - max)) pairs of an online softmax.
 __device__ __forceinline__ void lse_merge(float& m, float& s, float m2, float s2) {
   const float mn = fmaxf(m, m2);

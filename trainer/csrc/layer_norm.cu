@@ -9,11 +9,54 @@ namespace {
 constexpr int kItems = 4;      // vectors per thread kept in registers
 constexpr int kMaxThreads = 512;
 
+// Merge (count, mean, M2) of two disjoint sets.
+__device__ __forceinline__ void chan_merge(float& n, float& mu, float& m2, float n2, float mu2, float m22) {
+  const float nn = n + n2;
+  if (nn == 0.f) return;
+  const float d = mu2 - mu, f = n2 / nn;
+  mu += d * f;
+  m2 += m22 + d * d * n * f;
+  n = nn;
+}
+
+// Block-wide (count, mean, M2); every thread gets the result. shm needs 96 floats.
+__device__ __forceinline__ void block_mean_m2(float& n, float& mu, float& m2, float* shm) {
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1)
+    chan_merge(n, mu, m2, __shfl_xor_sync(0xffffffffu, n, o), __shfl_xor_sync(0xffffffffu, mu, o),
+               __shfl_xor_sync(0xffffffffu, m2, o));
+  if (lane == 0) {
+    shm[wid] = n;
+    shm[32 + wid] = mu;
+    shm[64 + wid] = m2;
+  }
+  __syncthreads();
+  if (wid == 0) {
+    n = lane < nw ? shm[lane] : 0.f;
+    mu = lane < nw ? shm[32 + lane] : 0.f;
+    m2 = lane < nw ? shm[64 + lane] : 0.f;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+      chan_merge(n, mu, m2, __shfl_xor_sync(0xffffffffu, n, o), __shfl_xor_sync(0xffffffffu, mu, o),
+                 __shfl_xor_sync(0xffffffffu, m2, o));
+    if (lane == 0) {
+      shm[0] = n;
+      shm[32] = mu;
+      shm[64] = m2;
+    }
+  }
+  __syncthreads();
+  n = shm[0];
+  mu = shm[32];
+  m2 = shm[64];
+}
+
 template <typename T, int V>
 __global__ void __launch_bounds__(kMaxThreads)
     ln_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b, T* __restrict__ y,
                   float* __restrict__ mean, float* __restrict__ rstd, int H, float eps) {
-  __shared__ float shm[64];
+  __shared__ float shm[96];
   const int64_t row = blockIdx.x;
   const int nvec = H / V;
   const T* xr = x + row * H;
@@ -28,19 +71,26 @@ __global__ void __launch_bounds__(kMaxThreads)
       for (int k = 0; k < V; ++k) sum += v[it][k];
     }
   }
-  const float mu = block_sum(sum, shm) / H;
-  float sq = 0.f;
+  // exact two-pass mean and M2 over this thread's registers, then one block-wide merge (Chan et al.)
+  float n = 0.f, mu = 0.f, m2 = 0.f;
 #pragma unroll
-  for (int it = 0; it < kItems; ++it) {
-    if (threadIdx.x + it * blockDim.x < nvec) {
+  for (int it = 0; it < kItems; ++it)
+    if (threadIdx.x + it * blockDim.x < nvec) n += V;
+  if (n > 0.f) {
+    mu = sum / n;
 #pragma unroll
-      for (int k = 0; k < V; ++k) {
-        const float d = v[it][k] - mu;
-        sq += d * d;
+    for (int it = 0; it < kItems; ++it) {
+      if (threadIdx.x + it * blockDim.x < nvec) {
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          const float d = v[it][k] - mu;
+          m2 += d * d;
+        }
       }
     }
   }
-  const float rs = 1.f / sqrtf(block_sum(sq, shm) / H + eps);
+  block_mean_m2(n, mu, m2, shm);
+  const float rs = 1.f / sqrtf(m2 / H + eps);
 #pragma unroll
   for (int it = 0; it < kItems; ++it) {
     const int vi = threadIdx.x + it * blockDim.x;

@@ -6,41 +6,41 @@
 namespace neox {
 namespace {
 
+// Grid: (chunks of rows_per_block positions, b * heads). A block's threads split into rows of U
+// "units" (a V-wide piece of the rotated half-pair, or of the pass-through channels), so the only
+// divisions are 32-bit ones on the thread index and one per block for (b, head).
 template <typename T, int V>
 __global__ void rotary_kernel(const T* __restrict__ t, const float* __restrict__ cosv,
-                              const float* __restrict__ sinv, T* __restrict__ out, int64_t B, int64_t Hh,
-                              int64_t S, int D, int rot, int64_t sb, int64_t sh, int64_t ss, bool backward) {
+                              const float* __restrict__ sinv, T* __restrict__ out, int Hh, int S, int D, int rot,
+                              int64_t sb, int64_t sh, int64_t ss, int rows_per_block, bool backward) {
   const int half = rot / 2;
   const int u_rot = half / V, U = u_rot + (D - rot) / V;
-  const int64_t total = B * Hh * S * U;
-  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
-  for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += stride) {
-    const int u = (int)(idx % U);
-    const int64_t row = idx / U;  // over [B, Hh, S]
-    const int64_t s = row % S, bh = row / S;
-    const T* src = t + (bh / Hh) * sb + (bh % Hh) * sh + s * ss;
-    T* dst = out + row * D;
-    if (u < u_rot) {
-      const int j = u * V;
-      const float* c = cosv + s * rot + j;
-      const float* sn = sinv + s * rot + j;
-      float lo[V], hi[V], o_lo[V], o_hi[V];
-      load_vec<T, V>(src + j, lo);
-      load_vec<T, V>(src + j + half, hi);
+  const int local = threadIdx.x / U, u = threadIdx.x - local * U;
+  const int s = blockIdx.x * rows_per_block + local;
+  if (local >= rows_per_block || s >= S) return;
+  const int bh = blockIdx.y, b = bh / Hh, h = bh - b * Hh;
+  const T* src = t + b * sb + h * sh + s * ss;
+  T* dst = out + ((int64_t)bh * S + s) * D;
+  if (u < u_rot) {
+    const int j = u * V;
+    const float* c = cosv + (int64_t)s * rot + j;
+    const float* sn = sinv + (int64_t)s * rot + j;
+    float lo[V], hi[V], o_lo[V], o_hi[V];
+    load_vec<T, V>(src + j, lo);
+    load_vec<T, V>(src + j + half, hi);
 #pragma unroll
-      for (int k = 0; k < V; ++k) {
-        // forward: lo' = lo*c_lo - hi*s_lo, hi' = hi*c_hi + lo*s_hi; backward swaps and negates the sines
-        const float s_lo = backward ? -sn[k + half] : sn[k];
-        const float s_hi = backward ? -sn[k] : sn[k + half];
-        o_lo[k] = lo[k] * c[k] - hi[k] * s_lo;
-        o_hi[k] = hi[k] * c[k + half] + lo[k] * s_hi;
-      }
-      store_vec<T, V>(dst + j, o_lo);
-      store_vec<T, V>(dst + j + half, o_hi);
-    } else {
-      const int j = rot + (u - u_rot) * V;
-      *reinterpret_cast<Vec<T, V>*>(dst + j) = *reinterpret_cast<const Vec<T, V>*>(src + j);
+    for (int k = 0; k < V; ++k) {
+      // forward: lo' = lo*c_lo - hi*s_lo, hi' = hi*c_hi + lo*s_hi; backward swaps and negates the sines
+      const float s_lo = backward ? -sn[k + half] : sn[k];
+      const float s_hi = backward ? -sn[k] : sn[k + half];
+      o_lo[k] = lo[k] * c[k] - hi[k] * s_lo;
+      o_hi[k] = hi[k] * c[k + half] + lo[k] * s_hi;
     }
+    store_vec<T, V>(dst + j, o_lo);
+    store_vec<T, V>(dst + j + half, o_hi);
+  } else {
+    const int j = rot + (u - u_rot) * V;
+    *reinterpret_cast<Vec<T, V>*>(dst + j) = *reinterpret_cast<const Vec<T, V>*>(src + j);
   }
 }
 
@@ -54,6 +54,7 @@ at::Tensor rotary_fwd(const at::Tensor& t, const at::Tensor& cos, const at::Tens
   const int64_t B = t.size(0), Hh = t.size(1), S = t.size(2), D = t.size(3);
   TORCH_CHECK(rot % 2 == 0 && rot > 0 && rot <= D, "rotary: rot_dim must be even and <= head_dim");
   TORCH_CHECK(cos.numel() == S * rot && sin.numel() == S * rot, "rotary: cos/sin must be [s, rot_dim]");
+  TORCH_CHECK(B * Hh <= 65535 && S < (1LL << 31), "rotary: batch * heads must be <= 65535");
   const c10::cuda::CUDAGuard guard(t.device());
   auto out = at::empty(t.sizes(), t.options());
   if (t.numel() == 0) return out;
@@ -68,12 +69,13 @@ at::Tensor rotary_fwd(const at::Tensor& t, const at::Tensor& cos, const at::Tens
     while (V > 1 && !ok(V)) V /= 2;
     auto launch = [&](auto vc) {
       constexpr int VV = decltype(vc)::value;
-      const int64_t total = B * Hh * S * ((rot / 2) / VV + (D - rot) / VV);
-      const int threads = 256;
-      const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, (int64_t)num_sms() * 16);
-      rotary_kernel<scalar_t, VV><<<(unsigned)blocks, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          t.data_ptr<scalar_t>(), cos.data_ptr<float>(), sin.data_ptr<float>(), out.data_ptr<scalar_t>(), B, Hh, S,
-          (int)D, (int)rot, t.stride(0), t.stride(1), t.stride(2), backward);
+      const int U = (int)((rot / 2) / VV + (D - rot) / VV);
+      TORCH_CHECK(U <= 1024, "rotary: head_dim too large for the fused kernel");
+      const int rows_per_block = std::max(1, 256 / U);
+      const dim3 grid((unsigned)((S + rows_per_block - 1) / rows_per_block), (unsigned)(B * Hh));
+      rotary_kernel<scalar_t, VV><<<grid, rows_per_block * U, 0, at::cuda::getCurrentCUDAStream()>>>(
+          t.data_ptr<scalar_t>(), cos.data_ptr<float>(), sin.data_ptr<float>(), out.data_ptr<scalar_t>(), (int)Hh,
+          (int)S, (int)D, (int)rot, t.stride(0), t.stride(1), t.stride(2), rows_per_block, backward);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     switch (V) {

@@ -41,11 +41,11 @@ __global__ void ce_fwd_kernel(const T* __restrict__ logits, const int64_t* __res
 #pragma unroll
       for (int k = 0; k < V; ++k) mv = fmaxf(mv, v[u][k]);
     if (mv == -INFINITY) continue;
-    s *= expf(m - mv);
+    s *= fast_exp(m - mv);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u)
 #pragma unroll
-      for (int k = 0; k < V; ++k) s += expf(v[u][k] - mv);
+      for (int k = 0; k < V; ++k) s += fast_exp(v[u][k] - mv);
     m = mv;
   }
   const float M = block_max(m, shm);
@@ -85,7 +85,7 @@ __global__ void ce_bwd_kernel(const T* __restrict__ logits, const int64_t* __res
       const int64_t vi = base + (int64_t)u * blockDim.x;
       if (vi < nvec) {
 #pragma unroll
-        for (int k = 0; k < V; ++k) v[u][k] = sc * (expf(v[u][k] - l) - (vi * V + k == t ? 1.f : 0.f));
+        for (int k = 0; k < V; ++k) v[u][k] = sc * (fast_exp(v[u][k] - l) - (vi * V + k == t ? 1.f : 0.f));
         store_vec<T, V>(dr + vi * V, v[u]);
       }
     }
@@ -122,7 +122,7 @@ __global__ void __launch_bounds__(kMaxThreads)
     if (vi < nvec && vi * V < L)
 #pragma unroll
       for (int k = 0; k < V; ++k) {
-        v[it][k] = expf(v[it][k] - M);
+        v[it][k] = fast_exp(v[it][k] - M);
         s += v[it][k];
       }
   }
