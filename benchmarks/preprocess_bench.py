@@ -38,7 +38,13 @@ def main() -> None:
     mb = Path(args.corpus).stat().st_size / 1e6
     print(f"corpus {args.corpus}: {len(docs)} documents, {mb:.1f} MB; workers {args.workers}")
 
-    rates: dict[str, list[float]] = {"encode_batch": [], "encode_batch_fast": [], "preprocess": []}
+    rates: dict[str, list[float]] = {
+        "encode_batch": [],
+        "encode_batch_fast": [],
+        "preprocess tokenizers": [],
+        "preprocess tiktoken": [],
+    }
+    exact: dict[str, int] = {}
     ref_ids = None
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
@@ -52,23 +58,31 @@ def main() -> None:
                 del encs
                 rates[name].append(n / dt)
                 print(f"round {r}: {name:18s} {n:,} tokens in {dt:.2f}s = {n / dt:,.0f} tokens/s")
-            t0 = time.perf_counter()
-            stats = preprocess([args.corpus], args.tokenizer, Path(tmp) / "out", workers=args.workers)
-            dt = time.perf_counter() - t0
-            rates["preprocess"].append(stats.tokens / dt)
-            print(
-                f"round {r}: {'preprocess':18s} {stats.tokens:,} tokens in {dt:.2f}s = {stats.tokens / dt:,.0f} "
-                "tokens/s (end to end)"
-            )
-        ds = IndexedDataset(Path(tmp) / "out_text_document")
-        exact = sum(ds[i].tolist() == ids for i, ids in enumerate(ref_ids)) if len(ds) == len(ref_ids) else 0
+            for engine in ("tokenizers", "tiktoken"):
+                prefix = Path(tmp) / engine
+                t0 = time.perf_counter()
+                stats = preprocess([args.corpus], args.tokenizer, prefix, workers=args.workers, engine=engine)
+                dt = time.perf_counter() - t0
+                rates[f"preprocess {engine}"].append(stats.tokens / dt)
+                print(
+                    f"round {r}: preprocess {engine:10s} {stats.tokens:,} tokens in {dt:.2f}s = "
+                    f"{stats.tokens / dt:,.0f} tokens/s (end to end)"
+                )
+                ds = IndexedDataset(f"{prefix}_text_document")
+                same = len(ds) == len(ref_ids)
+                exact[engine] = sum(ds[i].tolist() == ids for i, ids in enumerate(ref_ids)) if same else 0
     med = {k: statistics.median(v) for k, v in rates.items()}
     best_base = max(med["encode_batch"], med["encode_batch_fast"])
-    print(f"exact documents: {exact} of {len(ref_ids)}")
+    for engine, n in exact.items():
+        print(f"exact documents ({engine}): {n} of {len(ref_ids)}")
     for k, v in med.items():
-        print(f"median {k:18s} {v:,.0f} tokens/s")
-    print(f"ratio preprocess / encode_batch      = {med['preprocess'] / med['encode_batch']:.3f}")
-    print(f"ratio preprocess / best batch encode = {med['preprocess'] / best_base:.3f}")
+        print(f"median {k:22s} {v:,.0f} tokens/s")
+    for engine in ("tokenizers", "tiktoken"):
+        p = med[f"preprocess {engine}"]
+        print(
+            f"ratio preprocess {engine} / encode_batch = {p / med['encode_batch']:.3f}, "
+            f"/ best batch encode = {p / best_base:.3f}"
+        )
 
 
 if __name__ == "__main__":
