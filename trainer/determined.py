@@ -72,10 +72,24 @@ class _Loader:
         return iter(self.batches)
 
 
+def _allow_determined_rng_state() -> None:
+    """Determined 0.38.1 restores its checkpoints' RNG state with torch.load's default
+    weights_only=True (torch >= 2.6), which refuses the numpy RNG state it saved itself, so every
+    restore fails. Allow exactly the numpy types that state holds."""
+    import numpy as np
+    import torch
+
+    core = getattr(np, "_core", None) or np.core
+    torch.serialization.add_safe_globals([core.multiarray._reconstruct, np.ndarray, np.dtype,
+                                          type(np.dtype(np.uint32))])
+
+
 def _build_trial_class():
     import torch
     import torch.distributed as dist
     from determined.pytorch import deepspeed as det_ds
+
+    _allow_determined_rng_state()
 
     from trainer import checkpoint
     from trainer.data import MicroBatches, build_splits, eval_batches

@@ -186,6 +186,9 @@ def train(cfg: NeoXConfig) -> dict:
     engine = parallelize(model, cfg)
     log(f"DeepSpeed: ZeRO stage {cfg.zero_stage}, {cfg.precision.name}, {world} data-parallel ranks, "
         f"device {engine.device}")
+    from trainer.kernels import loader as kernel_loader
+
+    log(kernel_loader.summary())  # which fused kernels run, so a silent fallback to the references shows
     loader = MicroBatches(splits["train"], cfg.batch.train_micro_batch_size_per_gpu, rank, world)
     iteration = 0
     if resume:
