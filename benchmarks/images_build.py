@@ -1,0 +1,54 @@
+"""Image build benchmark: no-op rebuild of all images, rebuild after editing one trainer Python
+file, and image sizes. Cold build times come from a build log (`invoke build` prints each
+image's time); this script measures what happens on top of an existing build.
+
+    python benchmarks/images_build.py [--base-image neox-pipeline/base:bookworm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from images.base import resolve_base_image
+from images.build import build_images, docker_client, image_size
+
+ROOT = Path(__file__).resolve().parents[1]
+EDITED = ROOT / "trainer" / "__init__.py"
+
+
+def timed_build(client, base: str) -> tuple[float, dict]:
+    start = time.monotonic()
+    built = build_images(ROOT, None, base_image=base, client=client, log=lambda line: None)
+    return time.monotonic() - start, built
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--base-image")
+    args = parser.parse_args()
+    client = docker_client()
+    base = resolve_base_image(client, args.base_image)
+    timed_build(client, base)  # make sure everything exists first
+    noop, built = timed_build(client, base)
+    original = EDITED.read_text()
+    try:
+        EDITED.write_text(original + "\n# benchmark edit\n")
+        edit, after = timed_build(client, base)
+    finally:
+        EDITED.write_text(original)
+    restore, _ = timed_build(client, base)
+    result = {
+        "noop_rebuild_s": round(noop, 2),
+        "one_file_edit_rebuild_s": round(edit, 2),
+        "rebuilt_after_edit": sorted(n for n, i in after.items() if not i.reused),
+        "restore_rebuild_s": round(restore, 2),
+        "sizes_mb": {n: round(image_size(client, i.ref) / 1e6) for n, i in built.items()},
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
