@@ -31,18 +31,27 @@ __device__ __forceinline__ float gelu_grad(float x) {
   return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * kC * (1.f + 3.f * kA * x * x);
 }
 
+// Each thread takes two vectors per step, both loaded before use, to keep more bytes in flight.
 template <typename T, int V>
 __global__ void bias_gelu_fwd_kernel(const T* __restrict__ x, const T* __restrict__ b, T* __restrict__ y,
                                      int64_t nvec, int H) {
   const int64_t stride = (int64_t)gridDim.x * blockDim.x;
-  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < nvec; i += stride) {
-    const int col = (int)((i * V) % H);
-    float xv[V], bv[V];
-    load_vec<T, V>(x + i * V, xv);
-    load_vec<T, V>(b + col, bv);
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < nvec; i += 2 * stride) {
+    const int64_t i2 = i + stride;
+    const bool two = i2 < nvec;
+    Vec<T, V> xa = *reinterpret_cast<const Vec<T, V>*>(x + i * V), xb;
+    if (two) xb = *reinterpret_cast<const Vec<T, V>*>(x + i2 * V);
+    float bv[V], o[V];
+    load_vec<T, V>(b + (int)((i * V) % H), bv);
 #pragma unroll
-    for (int k = 0; k < V; ++k) xv[k] = gelu<T>(xv[k] + bv[k]);
-    store_vec<T, V>(y + i * V, xv);
+    for (int k = 0; k < V; ++k) o[k] = gelu<T>(static_cast<float>(xa.v[k]) + bv[k]);
+    store_vec<T, V>(y + i * V, o);
+    if (two) {
+      load_vec<T, V>(b + (int)((i2 * V) % H), bv);
+#pragma unroll
+      for (int k = 0; k < V; ++k) o[k] = gelu<T>(static_cast<float>(xb.v[k]) + bv[k]);
+      store_vec<T, V>(y + i2 * V, o);
+    }
   }
 }
 
@@ -59,17 +68,31 @@ __global__ void bias_gelu_bwd_kernel(const T* __restrict__ dy, const T* __restri
   if (col < H) {
     float bv[V];
     load_vec<T, V>(b + col, bv);
-    for (int64_t r = (int64_t)blockIdx.y * 8 + threadIdx.y; r < rows; r += (int64_t)gridDim.y * 8) {
-      float xv[V], gv[V];
-      load_vec<T, V>(x + r * H + col, xv);
-      load_vec<T, V>(dy + r * H + col, gv);
+    const int64_t step = (int64_t)gridDim.y * 8;
+    for (int64_t r = (int64_t)blockIdx.y * 8 + threadIdx.y; r < rows; r += 2 * step) {
+      // two rows per step, all four loads issued before use
+      const int64_t rr[2] = {r, r + step};
+      Vec<T, V> xv[2], gv[2];
 #pragma unroll
-      for (int k = 0; k < V; ++k) {
-        gv[k] *= gelu_grad<T>(xv[k] + bv[k]);
-        // dbias sums the dx that is stored, rounded, as the unfused path would
-        acc[k] += static_cast<float>(static_cast<T>(gv[k]));
+      for (int q = 0; q < 2; ++q) {
+        if (rr[q] < rows) {
+          xv[q] = *reinterpret_cast<const Vec<T, V>*>(x + rr[q] * H + col);
+          gv[q] = *reinterpret_cast<const Vec<T, V>*>(dy + rr[q] * H + col);
+        }
       }
-      store_vec<T, V>(dx + r * H + col, gv);
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        if (rr[q] < rows) {
+          float o[V];
+#pragma unroll
+          for (int k = 0; k < V; ++k) {
+            o[k] = static_cast<float>(gv[q].v[k]) * gelu_grad<T>(static_cast<float>(xv[q].v[k]) + bv[k]);
+            // dbias sums the dx that is stored, rounded, as the unfused path would
+            acc[k] += static_cast<float>(static_cast<T>(o[k]));
+          }
+          store_vec<T, V>(dx + rr[q] * H + col, o);
+        }
+      }
     }
   }
 #pragma unroll

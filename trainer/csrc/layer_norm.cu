@@ -6,8 +6,12 @@
 namespace neox {
 namespace {
 
-constexpr int kItems = 4;      // vectors per thread kept in registers
+constexpr int kItems = 4;  // forward: vectors per thread kept in registers
 constexpr int kMaxThreads = 512;
+// backward: half the vectors per thread and twice the threads, so it fits 64 registers (twice the
+// resident threads of 4 items at 128 registers); the largest hidden size is the same
+constexpr int kItemsB = 2;
+constexpr int kMaxThreadsB = 1024;
 
 // Merge (count, mean, M2) of two disjoint sets.
 __device__ __forceinline__ void chan_merge(float& n, float& mu, float& m2, float n2, float mu2, float m22) {
@@ -60,15 +64,19 @@ __global__ void __launch_bounds__(kMaxThreads)
   const int64_t row = blockIdx.x;
   const int nvec = H / V;
   const T* xr = x + row * H;
-  float v[kItems][V];
+  // raw 16-byte vectors stay in registers (4 per item for bf16 instead of 8 floats): more rows per SM
+  Vec<T, V> raw[kItems];
   float sum = 0.f;
 #pragma unroll
   for (int it = 0; it < kItems; ++it) {
     const int vi = threadIdx.x + it * blockDim.x;
-    if (vi < nvec) {
-      load_vec<T, V>(xr + vi * V, v[it]);
+    if (vi < nvec) raw[it] = *reinterpret_cast<const Vec<T, V>*>(xr + vi * V);
+  }
 #pragma unroll
-      for (int k = 0; k < V; ++k) sum += v[it][k];
+  for (int it = 0; it < kItems; ++it) {
+    if (threadIdx.x + it * blockDim.x < nvec) {
+#pragma unroll
+      for (int k = 0; k < V; ++k) sum += static_cast<float>(raw[it].v[k]);
     }
   }
   // exact two-pass mean and M2 over this thread's registers, then one block-wide merge (Chan et al.)
@@ -83,7 +91,7 @@ __global__ void __launch_bounds__(kMaxThreads)
       if (threadIdx.x + it * blockDim.x < nvec) {
 #pragma unroll
         for (int k = 0; k < V; ++k) {
-          const float d = v[it][k] - mu;
+          const float d = static_cast<float>(raw[it].v[k]) - mu;
           m2 += d * d;
         }
       }
@@ -95,12 +103,12 @@ __global__ void __launch_bounds__(kMaxThreads)
   for (int it = 0; it < kItems; ++it) {
     const int vi = threadIdx.x + it * blockDim.x;
     if (vi < nvec) {
-      float wv[V], bv[V];
+      float wv[V], bv[V], o[V];
       load_vec<T, V>(w + vi * V, wv);
       load_vec<T, V>(b + vi * V, bv);
 #pragma unroll
-      for (int k = 0; k < V; ++k) v[it][k] = (v[it][k] - mu) * rs * wv[k] + bv[k];
-      store_vec<T, V>(y + row * H + vi * V, v[it]);
+      for (int k = 0; k < V; ++k) o[k] = (static_cast<float>(raw[it].v[k]) - mu) * rs * wv[k] + bv[k];
+      store_vec<T, V>(y + row * H + vi * V, o);
     }
   }
   if (threadIdx.x == 0) {
@@ -111,7 +119,7 @@ __global__ void __launch_bounds__(kMaxThreads)
 
 // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w; dw += dy * xhat; db += dy.
 template <typename T, int V>
-__global__ void __launch_bounds__(kMaxThreads)
+__global__ void __launch_bounds__(kMaxThreadsB)
     ln_bwd_kernel(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ w,
                   const float* __restrict__ mean, const float* __restrict__ rstd, T* __restrict__ dx,
                   float* __restrict__ dw_part, float* __restrict__ db_part, int64_t rows, int H) {
@@ -121,7 +129,7 @@ __global__ void __launch_bounds__(kMaxThreads)
   float* accw = acc;
   float* accb = acc + H;
 #pragma unroll
-  for (int it = 0; it < kItems; ++it) {
+  for (int it = 0; it < kItemsB; ++it) {
     const int vi = threadIdx.x + it * blockDim.x;
     if (vi < nvec)
 #pragma unroll
@@ -129,41 +137,51 @@ __global__ void __launch_bounds__(kMaxThreads)
   }
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const float mu = mean[row], rs = rstd[row];
-    float xh[kItems][V], g[kItems][V];
+    Vec<T, V> xr[kItemsB], gr[kItemsB];  // raw vectors: half the registers of fp32 copies for bf16
+#pragma unroll
+    for (int it = 0; it < kItemsB; ++it) {
+      const int vi = threadIdx.x + it * blockDim.x;
+      if (vi < nvec) {
+        xr[it] = *reinterpret_cast<const Vec<T, V>*>(x + row * H + vi * V);
+        gr[it] = *reinterpret_cast<const Vec<T, V>*>(dy + row * H + vi * V);
+      }
+    }
     float s1 = 0.f, s2 = 0.f;
 #pragma unroll
-    for (int it = 0; it < kItems; ++it) {
+    for (int it = 0; it < kItemsB; ++it) {
       const int vi = threadIdx.x + it * blockDim.x;
       if (vi < nvec) {
         float wv[V];
-        load_vec<T, V>(x + row * H + vi * V, xh[it]);
-        load_vec<T, V>(dy + row * H + vi * V, g[it]);
         load_vec<T, V>(w + vi * V, wv);
 #pragma unroll
         for (int k = 0; k < V; ++k) {
-          xh[it][k] = (xh[it][k] - mu) * rs;
-          accw[k * nvec + vi] += g[it][k] * xh[it][k];
-          accb[k * nvec + vi] += g[it][k];
-          g[it][k] *= wv[k];
-          s1 += g[it][k];
-          s2 += g[it][k] * xh[it][k];
+          const float xh = (static_cast<float>(xr[it].v[k]) - mu) * rs, g = static_cast<float>(gr[it].v[k]);
+          accw[k * nvec + vi] += g * xh;
+          accb[k * nvec + vi] += g;
+          s1 += g * wv[k];
+          s2 += g * wv[k] * xh;
         }
       }
     }
     const float2 s = block_sum2(s1, s2, shm);
     const float m1 = s.x / H, m2 = s.y / H;
 #pragma unroll
-    for (int it = 0; it < kItems; ++it) {
+    for (int it = 0; it < kItemsB; ++it) {
       const int vi = threadIdx.x + it * blockDim.x;
       if (vi < nvec) {
+        float wv[V], o[V];
+        load_vec<T, V>(w + vi * V, wv);
 #pragma unroll
-        for (int k = 0; k < V; ++k) g[it][k] = rs * (g[it][k] - m1 - xh[it][k] * m2);
-        store_vec<T, V>(dx + row * H + vi * V, g[it]);
+        for (int k = 0; k < V; ++k) {
+          const float xh = (static_cast<float>(xr[it].v[k]) - mu) * rs;
+          o[k] = rs * (static_cast<float>(gr[it].v[k]) * wv[k] - m1 - xh * m2);
+        }
+        store_vec<T, V>(dx + row * H + vi * V, o);
       }
     }
   }
 #pragma unroll
-  for (int it = 0; it < kItems; ++it) {
+  for (int it = 0; it < kItemsB; ++it) {
     const int vi = threadIdx.x + it * blockDim.x;
     if (vi < nvec)
 #pragma unroll
@@ -182,7 +200,9 @@ bool ln_vec_ok(int H, std::initializer_list<const void*> ptrs) {
   return true;
 }
 
-int ln_threads(int nvec) { return std::min(kMaxThreads, std::max(32, round_up((nvec + kItems - 1) / kItems, 32))); }
+int ln_threads(int nvec, int items = kItems, int max_threads = kMaxThreads) {
+  return std::min(max_threads, std::max(32, round_up((nvec + items - 1) / items, 32)));
+}
 
 }  // namespace
 
@@ -241,7 +261,7 @@ std::vector<at::Tensor> layer_norm_bwd(const at::Tensor& dy_in, const at::Tensor
       constexpr int V = decltype(vc)::value;
       TORCH_CHECK(H <= kMaxThreads * kItems * V, "layer_norm: hidden size too large for the fused kernel");
       auto kernel = ln_bwd_kernel<scalar_t, V>;
-      const int threads = ln_threads(H / V);
+      const int threads = ln_threads(H / V, kItemsB, kMaxThreadsB);
       const size_t smem = 2 * (size_t)H * sizeof(float);
       C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
       int per_sm = 0;

@@ -6,41 +6,68 @@
 namespace neox {
 namespace {
 
-// Grid: (chunks of rows_per_block positions, b * heads). A block's threads split into rows of U
-// "units" (a V-wide piece of the rotated half-pair, or of the pass-through channels), so the only
-// divisions are 32-bit ones on the thread index and one per block for (b, head).
+// Grid: (chunks of kRows * rows_per_block positions, b * heads). A block's threads split into rows of U
+// "units" (a V-wide piece of the rotated half-pair, or of the pass-through channels); each thread does
+// its unit for kRows positions, loading all of them before computing, so more bytes are in flight.
+// The only divisions are 32-bit ones on the thread index and one per block for (b, head).
+constexpr int kRows = 2;
+
 template <typename T, int V>
-__global__ void rotary_kernel(const T* __restrict__ t, const float* __restrict__ cosv,
+__global__ void __launch_bounds__(256) rotary_kernel(const T* __restrict__ t, const float* __restrict__ cosv,
                               const float* __restrict__ sinv, T* __restrict__ out, int Hh, int S, int D, int rot,
                               int64_t sb, int64_t sh, int64_t ss, int rows_per_block, bool backward) {
   const int half = rot / 2;
   const int u_rot = half / V, U = u_rot + (D - rot) / V;
   const int local = threadIdx.x / U, u = threadIdx.x - local * U;
-  const int s = blockIdx.x * rows_per_block + local;
-  if (local >= rows_per_block || s >= S) return;
+  if (local >= rows_per_block) return;
+  const int s0 = blockIdx.x * rows_per_block * kRows + local;
   const int bh = blockIdx.y, b = bh / Hh, h = bh - b * Hh;
-  const T* src = t + b * sb + h * sh + s * ss;
-  T* dst = out + ((int64_t)bh * S + s) * D;
+  const T* src = t + b * sb + h * sh;
+  T* dst = out + (int64_t)bh * S * D;
   if (u < u_rot) {
     const int j = u * V;
-    const float* c = cosv + (int64_t)s * rot + j;
-    const float* sn = sinv + (int64_t)s * rot + j;
-    float lo[V], hi[V], o_lo[V], o_hi[V];
-    load_vec<T, V>(src + j, lo);
-    load_vec<T, V>(src + j + half, hi);
+    Vec<T, V> lo[kRows], hi[kRows];
 #pragma unroll
-    for (int k = 0; k < V; ++k) {
-      // forward: lo' = lo*c_lo - hi*s_lo, hi' = hi*c_hi + lo*s_hi; backward swaps and negates the sines
-      const float s_lo = backward ? -sn[k + half] : sn[k];
-      const float s_hi = backward ? -sn[k] : sn[k + half];
-      o_lo[k] = lo[k] * c[k] - hi[k] * s_lo;
-      o_hi[k] = hi[k] * c[k + half] + lo[k] * s_hi;
+    for (int r = 0; r < kRows; ++r) {
+      const int s = s0 + r * rows_per_block;
+      if (s < S) {
+        lo[r] = *reinterpret_cast<const Vec<T, V>*>(src + s * ss + j);
+        hi[r] = *reinterpret_cast<const Vec<T, V>*>(src + s * ss + j + half);
+      }
     }
-    store_vec<T, V>(dst + j, o_lo);
-    store_vec<T, V>(dst + j + half, o_hi);
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const int s = s0 + r * rows_per_block;
+      if (s < S) {
+        const float* c = cosv + (int64_t)s * rot + j;
+        const float* sn = sinv + (int64_t)s * rot + j;
+        float o_lo[V], o_hi[V];
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          // forward: lo' = lo*c_lo - hi*s_lo, hi' = hi*c_hi + lo*s_hi; backward swaps and negates the sines
+          const float s_lo = backward ? -sn[k + half] : sn[k];
+          const float s_hi = backward ? -sn[k] : sn[k + half];
+          const float a = static_cast<float>(lo[r].v[k]), bb = static_cast<float>(hi[r].v[k]);
+          o_lo[k] = a * c[k] - bb * s_lo;
+          o_hi[k] = bb * c[k + half] + a * s_hi;
+        }
+        store_vec<T, V>(dst + (int64_t)s * D + j, o_lo);
+        store_vec<T, V>(dst + (int64_t)s * D + j + half, o_hi);
+      }
+    }
   } else {
     const int j = rot + (u - u_rot) * V;
-    *reinterpret_cast<Vec<T, V>*>(dst + j) = *reinterpret_cast<const Vec<T, V>*>(src + j);
+    Vec<T, V> p[kRows];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const int s = s0 + r * rows_per_block;
+      if (s < S) p[r] = *reinterpret_cast<const Vec<T, V>*>(src + s * ss + j);
+    }
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const int s = s0 + r * rows_per_block;
+      if (s < S) *reinterpret_cast<Vec<T, V>*>(dst + (int64_t)s * D + j) = p[r];
+    }
   }
 }
 
@@ -70,9 +97,10 @@ at::Tensor rotary_fwd(const at::Tensor& t, const at::Tensor& cos, const at::Tens
     auto launch = [&](auto vc) {
       constexpr int VV = decltype(vc)::value;
       const int U = (int)((rot / 2) / VV + (D - rot) / VV);
-      TORCH_CHECK(U <= 1024, "rotary: head_dim too large for the fused kernel");
+      TORCH_CHECK(U <= 256, "rotary: head_dim too large for the fused kernel");
       const int rows_per_block = std::max(1, 256 / U);
-      const dim3 grid((unsigned)((S + rows_per_block - 1) / rows_per_block), (unsigned)(B * Hh));
+      const int per_block = rows_per_block * kRows;
+      const dim3 grid((unsigned)((S + per_block - 1) / per_block), (unsigned)(B * Hh));
       rotary_kernel<scalar_t, VV><<<grid, rows_per_block * U, 0, at::cuda::getCurrentCUDAStream()>>>(
           t.data_ptr<scalar_t>(), cos.data_ptr<float>(), sin.data_ptr<float>(), out.data_ptr<scalar_t>(), (int)Hh,
           (int)S, (int)D, (int)rot, t.stride(0), t.stride(1), t.stride(2), rows_per_block, backward);

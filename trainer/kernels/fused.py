@@ -34,7 +34,7 @@ def supports_bias_gelu(x, bias) -> bool:
 
 def supports_rotary(t, cos, sin, rot_dim) -> bool:
     return (t.dim() == 4 and t.dtype in DTYPES and 0 < rot_dim <= t.shape[-1] and rot_dim % 2 == 0
-            and t.shape[0] * t.shape[1] <= 65535 and t.shape[-1] <= 1024
+            and t.shape[0] * t.shape[1] <= 65535 and t.shape[-1] <= 256
             and cos.numel() == t.shape[2] * rot_dim and sin.numel() == cos.numel()
             and not cos.requires_grad and not sin.requires_grad)
 
