@@ -69,11 +69,16 @@ PY
 
 # end-to-end throughput, Pythia-1.4B shape, bf16, seq 2048, ZeRO-1: eager first, then torch.compile
 BENCH="python3 benchmarks/e2e_throughput.py --out $OUT/e2e.jsonl --steps 8 --warmup 3"
+if [ "${E2E_MODE:-full}" = verify ]; then  # a second look: the same runs again for the spread, no compile
+  step e2e-ours 150 40 $BENCH --impl ours --micro-batches 4 8 16 2>&1 | grep -E "^e2e|Error|rror:" | head -20
+  step e2e-hf 150 40 $BENCH --impl hf --micro-batches 4 8 2>&1 | grep -E "^e2e|Error|rror:" | head -20
+else
 step e2e-ours 150 40 $BENCH --impl ours --micro-batches 4 8 --profile "$OUT/profile-ours.txt" 2>&1 | grep -E "^e2e|Error|rror:|Self CUDA|^-|^ *aten|^ *void|^ *[a-z_]+.*%" | head -40
 step e2e-hf 150 40 $BENCH --impl hf --micro-batches 4 8 --profile "$OUT/profile-hf.txt" 2>&1 | grep -E "^e2e|Error|rror:" | head -20
 step e2e-ours-compile 150 60 env NEOX_KERNELS=0 $BENCH --impl ours --compile --micro-batches 8 4 2>&1 | grep -E "^e2e|Error|rror:" | head -20
 step e2e-hf-compile 150 60 $BENCH --impl hf --compile --micro-batches 8 4 2>&1 | grep -E "^e2e|Error|rror:" | head -20
 step e2e-ours-16 80 40 $BENCH --impl ours --micro-batches 16 2>&1 | grep -E "^e2e|Error|rror:" | head -20
+fi
 echo "=== summary (t+$(( $(date +%s) - START ))s)"
 cat "$OUT/e2e.jsonl" 2>/dev/null | python3 -c "
 import json, sys

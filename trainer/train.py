@@ -185,7 +185,7 @@ def train(cfg: NeoXConfig) -> dict:
     rank, world = dist.get_rank(), dist.get_world_size()
     engine = parallelize(model, cfg)
     log(f"DeepSpeed: ZeRO stage {cfg.zero_stage}, {cfg.precision.name}, {world} data-parallel ranks, "
-        f"device {engine.device}")
+        f"device {engine.device}, optimizer {type(engine.basic_optimizer).__name__}")
     from trainer.kernels import loader as kernel_loader
 
     log(kernel_loader.summary())  # which fused kernels run, so a silent fallback to the references shows

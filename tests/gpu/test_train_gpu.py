@@ -9,6 +9,7 @@ half-precision tolerance, ZeRO 3 gives the losses of ZeRO 1.
 from __future__ import annotations
 
 import math
+import shutil
 import subprocess
 
 import numpy as np
@@ -33,22 +34,30 @@ RUNS = {  # name: (precision section, ZeRO stage, fused kernels)
 def runs(corpus, tmp_path_factory):
     """name -> (log dir, console log text, exit code), the runs made concurrently."""
     root = tmp_path_factory.mktemp("gpu-runs")
-    procs = {}
-    for name, (precision, stage, fused) in RUNS.items():
+
+    def start(name):
+        precision, stage, fused = RUNS[name]
         d = root / name
+        shutil.rmtree(d, ignore_errors=True)
         d.mkdir()
         cfg = write_config(d / "run.yml", corpus, save=str(d / "ckpt"), **precision,
                            **{"train-iters": ITERS, "eval-interval": ITERS, "zero_optimization": {"stage": stage}})
         env = {} if fused else {"NEOX_KERNELS": "0"}
-        procs[name] = (d, start_trainer(cfg, d / "console.log", **env))
-    out = {}
-    for name, (d, proc) in procs.items():
+        return d, start_trainer(cfg, d / "console.log", **env)
+
+    def finish(d, proc):
         try:
             rc = proc.wait(timeout=480)
         except subprocess.TimeoutExpired:
             proc.kill()
             rc = proc.wait()
-        out[name] = (d / "ckpt", (d / "console.log").read_text(), rc)
+        return d / "ckpt", (d / "console.log").read_text(), rc
+
+    procs = {name: start(name) for name in RUNS}
+    out = {name: finish(*procs[name]) for name in RUNS}
+    for name, (_, log, rc) in out.items():
+        if rc != 0 and "EADDRINUSE" in log:  # another process took the rendezvous port: once more
+            out[name] = finish(*start(name))
     return out
 
 
@@ -63,7 +72,7 @@ def test_run_finishes_learns_and_uses_fused_adam(runs, name):
     d, log, rc = runs[name]
     assert rc == 0, log[-4000:]
     assert f"done: {ITERS} iterations" in log
-    assert "DeepSpeed Basic Optimizer = FusedAdam" in log, "DeepSpeed did not pick its fused CUDA Adam"
+    assert "optimizer FusedAdam" in log, [line for line in log.splitlines() if "DeepSpeed:" in line]
     fused = RUNS[name][2]
     if fused:
         assert "fused kernels on" in log, [line for line in log.splitlines() if "fused kernels" in line]
@@ -88,14 +97,16 @@ def assert_close_curves(a: np.ndarray, b: np.ndarray, first_rel: float, rel: flo
 def test_fused_kernels_give_the_reference_losses(runs, precision):
     on, off = runs[f"{precision}-z1"], runs[f"{precision}-z1-ref"]
     assert on[2] == 0 and off[2] == 0
-    assert_close_curves(curve(on), curve(off), first_rel=2e-3, rel=0.03 if precision == "bf16" else 0.02)
+    # seen on an H200 (2026-11-28): 1.4e-5 at the first step, 3e-4 at most over 40 steps in bf16
+    assert_close_curves(curve(on), curve(off), first_rel=1e-3, rel=1e-2)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_zero3_gives_the_zero1_losses(runs, precision):
     z1, z3 = runs[f"{precision}-z1"], runs[f"{precision}-z3"]
     assert z1[2] == 0 and z3[2] == 0
-    assert_close_curves(curve(z1), curve(z3), first_rel=2e-3, rel=0.03 if precision == "bf16" else 0.02)
+    # seen on an H200 (2026-11-28): equal first steps, 4e-4 at most over 40 steps
+    assert_close_curves(curve(z1), curve(z3), first_rel=1e-3, rel=1e-2)
 
 
 @pytest.mark.parametrize("name", ["fp16-z1", "fp16-z3"])
