@@ -189,6 +189,11 @@ def local(
     for name, stage in summary["stages"].items():
         took = "reused" if stage["reused"] else f"{stage['seconds']:.1f}s"
         _log(f"  {name:<11} {took}")
+    _log(
+        f"  lm_loss     {summary['first_loss']:.3f} -> {summary['final_loss']:.3f} over {summary['iterations']} iterations"
+    )
+    _log(f"  checkpoints {summary['checkpoints']} (and s3://{summary['bucket']} while it ran)")
+    _log(f"  HF model    {summary['hf_model']}")
     _log(f"  loss curve  {summary['loss_curve']}")
     _log(f"  generated   {summary['generated']}")
 

@@ -321,7 +321,7 @@ class LocalPipeline:
                 "24",
             ]
             logs = self.runner.run("generate", self.images["trainer"], args, entrypoint=["python"])
-            return {"text": logs.strip().splitlines()[-1]}
+            return {"text": logs.strip().splitlines()[-1].split(" -> ", 1)[-1]}
 
         return self._stage("generate", _fingerprint("generate", PROMPT, fp), [], generate)["text"]
 
@@ -335,8 +335,9 @@ class LocalPipeline:
             "stages": {k: {"seconds": v["seconds"], "reused": v["reused"]} for k, v in self.timings.items()},
             "first_loss": losses[0]["lm_loss"] if losses else None,
             "final_loss": losses[-1]["lm_loss"] if losses else None,
-            "tokens": train.get("train_stats", {}).get("tokens"),
+            "iterations": train.get("train_stats", {}).get("iterations"),
             "checkpoints": str(train["save"]),
+            "bucket": BUCKET,
             "hf_model": str(export["hf"]),
             "loss_curve": str(png),
             "generated": generated,
