@@ -10,7 +10,7 @@ import torch
 
 from trainer.kernels import reference
 
-__all__ = ["bias_gelu", "rotary", "layer_norm", "cross_entropy", "causal_softmax", "status"]
+__all__ = ["bias_gelu", "rotary", "layer_norm", "cross_entropy", "causal_softmax", "status", "summary"]
 
 
 def _fused():
@@ -73,3 +73,12 @@ def status() -> dict:
     from trainer.kernels import loader
 
     return loader.status()
+
+
+def summary() -> str:
+    """One line for the trainer's start-up log: kernels on (where from, which GPU code) or off and why.
+
+    Calling it loads (or JIT-builds) the extension and checks that it holds code for the running GPU."""
+    from trainer.kernels import loader
+
+    return loader.summary()
