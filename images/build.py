@@ -155,13 +155,15 @@ def build_images(
     force: bool = False,
     build_args: dict[str, str] | None = None,
     cache_from: str | None = None,
+    no_cache: bool = False,
 ) -> dict[str, BuiltImage]:
     """Build the requested images (and their parents) in dependency order.
 
     An image is rebuilt only when its content tag is missing locally (or `force`). Stops at the
     first failure with ImageError naming the image and failing step. `build_args` override the
     catalog's (each key must be declared by some image's Dockerfile as an ARG); `cache_from` is a
-    registry prefix whose `<name>:main` images seed the layer cache (pulled when reachable).
+    registry prefix whose `<name>:main` images seed the layer cache (pulled when reachable);
+    `no_cache` also ignores the engine's layer cache (cold builds, for benchmarks).
     """
     order = build_order(names, catalog)
     overrides = dict(build_args or {})
@@ -194,7 +196,7 @@ def build_images(
             raise ImageError(str(exc)) from exc
         tag = content_tag(context, build_args, parent_id)
         repository = f"{REPOSITORY_PREFIX}/{spec.name}"
-        existing = None if force else _find_image(client, f"{repository}:{tag}")
+        existing = None if force or no_cache else _find_image(client, f"{repository}:{tag}")
         if existing is not None:
             client.api.tag(existing.id, repository, f"git-{revision}")
             built[spec.name] = BuiltImage(
@@ -224,6 +226,7 @@ def build_images(
             network_mode="host",  # package mirrors and test servers listen on the host's loopback
             rm=True,
             forcerm=True,
+            nocache=no_cache,
             decode=True,
         )
         try:
