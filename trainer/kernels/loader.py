@@ -15,7 +15,6 @@ import importlib.machinery
 import importlib.util
 import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -39,13 +38,27 @@ def source_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def nvcc_path() -> str | None:
+def cuda_home() -> str | None:
+    """A CUDA toolkit with both nvcc and headers. torch guesses from `which nvcc`, which a wrapper script in
+    /usr/local/bin turns into /usr/local (no headers); so check each candidate for what the build needs."""
     from torch.utils import cpp_extension
 
-    home = os.environ.get("CUDA_HOME") or cpp_extension.CUDA_HOME
-    if home and (Path(home) / "bin" / "nvcc").exists():
-        return str(Path(home) / "bin" / "nvcc")
-    return shutil.which("nvcc")
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), cpp_extension.CUDA_HOME, "/usr/local/cuda"]
+    try:  # the pip wheels (nvidia-cuda-nvcc and friends) unpack a toolkit here
+        import nvidia
+
+        candidates += [str(Path(p) / "cu13") for p in nvidia.__path__]
+    except ImportError:
+        pass
+    for c in candidates:
+        if c and (Path(c) / "bin" / "nvcc").exists() and (Path(c) / "include" / "cuda_runtime.h").exists():
+            return c
+    return None
+
+
+def nvcc_path() -> str | None:
+    home = cuda_home()
+    return str(Path(home) / "bin" / "nvcc") if home else None
 
 
 def build(out_dir: str | os.PathLike, arch_list: str, verbose: bool = False):
@@ -54,6 +67,11 @@ def build(out_dir: str | os.PathLike, arch_list: str, verbose: bool = False):
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    home = cuda_home()
+    if home is None:
+        raise RuntimeError("no CUDA toolkit (nvcc and headers) found: set CUDA_HOME")
+    cpp_extension.CUDA_HOME = home  # torch read its guess at import; use the toolkit checked above
+    os.environ["CUDA_HOME"] = home
     old = os.environ.get("TORCH_CUDA_ARCH_LIST")
     os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
     os.environ.setdefault("MAX_JOBS", "2")
