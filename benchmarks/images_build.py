@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
-from images.base import resolve_base_image
-from images.build import build_images, docker_client, image_size
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the build tooling runs from the checkout, not the wheel
+
+from images.base import resolve_base_image  # noqa: E402
+from images.build import build_images, docker_client, image_size  # noqa: E402
+
 EDITED = ROOT / "trainer" / "train.py"  # outside the kernels stage, like most edits
 
 
