@@ -39,8 +39,8 @@ def source_hash() -> str:
 
 
 def cuda_home() -> str | None:
-    """A CUDA toolkit with both nvcc and headers. torch guesses from `which nvcc`, which a wrapper script in
-    /usr/local/bin turns into /usr/local (no headers); so check each candidate for what the build needs."""
+    """A CUDA toolkit with nvcc and the headers torch's own headers include. torch guesses from `which nvcc`,
+    which a wrapper script in /usr/local/bin turns into /usr/local (no headers); so check each candidate."""
     from torch.utils import cpp_extension
 
     candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), cpp_extension.CUDA_HOME, "/usr/local/cuda"]
@@ -51,7 +51,10 @@ def cuda_home() -> str | None:
     except ImportError:
         pass
     for c in candidates:
-        if c and (Path(c) / "bin" / "nvcc").exists() and (Path(c) / "include" / "cuda_runtime.h").exists():
+        # torch's CUDA headers include cusparse.h and cublas_v2.h: a compiler-only toolkit cannot build
+        if c and (Path(c) / "bin" / "nvcc").exists() and all(
+            (Path(c) / "include" / h).exists() for h in ("cuda_runtime.h", "cusparse.h", "cublas_v2.h")
+        ):
             return c
     return None
 
