@@ -28,14 +28,18 @@ HELP_COMMAND = {
 }
 
 
-def run_container(image: str, command: list[str], entrypoint: str | None = None, **kwargs) -> tuple[int, str]:
+def run_container(
+    image: str, command: list[str], entrypoint: str | None = None, volumes: dict | None = None, **kwargs
+) -> tuple[int, str]:
     """Run a container to completion with testcontainers; return (exit code, logs)."""
     from testcontainers.core.container import DockerContainer
 
     container = DockerContainer(image).with_command(command)
+    for host, mount in (volumes or {}).items():
+        container = container.with_volume_mapping(host, mount["bind"], mount["mode"])
     if entrypoint is not None:
-        container = container.with_kwargs(entrypoint=entrypoint, **kwargs)
-    elif kwargs:
+        kwargs["entrypoint"] = entrypoint
+    if kwargs:
         container = container.with_kwargs(**kwargs)
     container.start()
     try:
@@ -187,3 +191,100 @@ def test_no_ca_bundle_or_credential_in_any_layer(built_images, docker_engine, na
 
 def test_catalog_names_match_images(built_images):
     assert set(built_images) == set(by_name()) and all(built_images[n].ref for n in SHIPPED)
+
+
+SHARED = Path(__file__).resolve().parents[3] / "shared"
+
+
+def test_preprocessor_image_on_a_mounted_folder_matches_the_host_run(built_images, tmp_path):
+    """The image's entrypoint on a bind-mounted folder writes the same bytes as the library here."""
+    tokenizer = SHARED / "data" / "20B_tokenizer.json"
+    if not tokenizer.is_file():
+        pytest.skip(f"{tokenizer} (the real 20B tokenizer) is not beside the repository")
+    import shutil
+    import subprocess
+    import sys
+
+    work = tmp_path / "vol"
+    work.mkdir()
+    shutil.copyfile(tokenizer, work / "tokenizer.json")
+    docs = ["Hello, world!", "", "Ünïcödé 🙂 and   spaces", "def f(x):\n    return x\n" * 20]
+    (work / "corpus.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    work.chmod(0o777)
+    args = [
+        "--input",
+        "/vol/corpus.jsonl",
+        "--tokenizer",
+        "/vol/tokenizer.json",
+        "--output-prefix",
+        "/vol/out",
+        "--append-eod",
+    ]
+    code, logs = run_container(
+        built_images["preprocessor"].ref, args, volumes={str(work): {"bind": "/vol", "mode": "rw"}}
+    )
+    assert code == 0, logs
+    host = tmp_path / "host"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.preprocess",
+            *[a.replace("/vol/", f"{work}/") for a in args[:4]],
+            "--output-prefix",
+            str(host / "out"),
+            "--append-eod",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    for suffix in (".bin", ".idx"):
+        assert (work / f"out_text_document{suffix}").read_bytes() == (
+            host / f"out_text_document{suffix}"
+        ).read_bytes()
+
+
+def test_fetcher_image_downloads_a_listing_into_a_mounted_folder(built_images, tmp_path, unused_port):
+    """A real HTTP server with directory listings (Python's http.server) on 127.0.0.1, host networking."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "src" / "model"
+    (src / "sub").mkdir(parents=True)
+    payload = {"config.json": b'{"a": 1}', "sub/weights.bin": bytes(range(256)) * 4096}
+    for name, data in payload.items():
+        (src / name).write_bytes(data)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    dest.chmod(0o777)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "http.server",
+            str(unused_port),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            str(tmp_path / "src"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        import time
+
+        time.sleep(1)
+        code, logs = run_container(
+            built_images["fetcher"].ref,
+            [f"http://127.0.0.1:{unused_port}/model/", "/dest"],
+            volumes={str(dest): {"bind": "/dest", "mode": "rw"}},
+            network_mode="host",
+        )
+    finally:
+        server.terminate()
+    assert code == 0, logs
+    for name, data in payload.items():
+        assert (dest / name).read_bytes() == data
+    manifest = json.loads((dest / "fetch-manifest.json").read_text())
+    assert sorted(f["path"] for f in manifest["files"]) == sorted(payload)
