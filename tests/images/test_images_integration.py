@@ -288,3 +288,14 @@ def test_fetcher_image_downloads_a_listing_into_a_mounted_folder(built_images, t
         assert (dest / name).read_bytes() == data
     manifest = json.loads((dest / "fetch-manifest.json").read_text())
     assert sorted(f["path"] for f in manifest["files"]) == sorted(payload)
+
+
+def test_trainer_image_ships_prebuilt_ops_and_kernels_and_picks_the_cpu_without_a_gpu(built_images):
+    ref = built_images["trainer"].ref
+    code, doctor = run_container(ref, ["-m", "trainer.doctor"], entrypoint="python")
+    assert code == 0, doctor
+    assert "prebuilt kernels: /opt/neox/kernels for 8.0 8.6 8.9 9.0+PTX (matches these sources)" in doctor
+    assert "DeepSpeed 0.19.8 (accelerator cpu)" in doctor
+    assert re.search(r"fused_adam: prebuilt, loads", doctor) and re.search(r"cpu_adam: prebuilt, loads", doctor)
+    code, tools = run_container(ref, ["-c", "command -v sshd && command -v pdsh"], entrypoint="/bin/sh")
+    assert code == 0 and "sshd" in tools and "pdsh" in tools, tools
