@@ -67,7 +67,7 @@ def _build_args(pairs: list[str] | None) -> dict[str, str]:
 
 
 @task(
-    positional=["names"],
+    positional=[],
     iterable=["build_arg"],
     help={
         "names": "comma-separated images to build, e.g. trainer,fetcher (default: all shipped images)",
