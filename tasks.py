@@ -1,9 +1,9 @@
 """neox-pipeline's invoke collection: thin tasks over `images/`, `k8s/` and the local pipeline.
 
-invoke base                      # a Debian base image from the host's apt mirror (no registry needed)
+    invoke base                      # a Debian base image from the host's apt mirror (no registry needed)
     invoke build [-n NAME,NAME...]   # build images in dependency order (content-addressed, skipped when unchanged)
-invoke push --registry HOST/NS   # push, read digests back, write images.lock.json
-invoke deploy --config FILE      # Kubernetes Jobs + Determined experiment (see k8s/)
+    invoke push --registry HOST/NS   # push, read digests back, write images.lock.json
+    invoke deploy --config FILE      # Kubernetes Jobs + Determined experiment (see k8s/)
 """
 
 from __future__ import annotations
