@@ -4,6 +4,7 @@
     invoke build [-n NAME,NAME...]   # build images in dependency order (content-addressed, skipped when unchanged)
     invoke push --registry HOST/NS   # push, read digests back, write images.lock.json
     invoke deploy --config FILE      # Kubernetes Jobs + Determined experiment (see k8s/)
+    invoke local                     # the whole pipeline on this machine (see local/)
 """
 
 from __future__ import annotations
