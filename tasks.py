@@ -1,10 +1,10 @@
 """neox-pipeline's invoke collection: thin tasks over `images/`, `k8s/` and the local pipeline.
 
-    invoke base                      # a Debian base image from the host's apt mirror (no registry needed)
-    invoke build [-n NAME,NAME...]   # build images in dependency order (content-addressed, skipped when unchanged)
-    invoke push --registry HOST/NS   # push, read digests back, write images.lock.json
-    invoke deploy --config FILE      # Kubernetes Jobs + Determined experiment (see k8s/)
-    invoke local                     # the whole pipeline on this machine (see local/)
+invoke base                      # a Debian base image from the host's apt mirror (no registry needed)
+invoke build [-n NAME,NAME...]   # build images in dependency order (content-addressed, skipped when unchanged)
+invoke push --registry HOST/NS   # push, read digests back, write images.lock.json
+invoke deploy --config FILE      # Kubernetes Jobs + Determined experiment (see k8s/)
+invoke local                     # the whole pipeline on this machine (see local/)
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 
 from invoke import Collection, Exit, task
 
-from images.build import ImageError, build_images, docker_client, git_revision, image_size
-from images.catalog import DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE
-from images.push import check_registry, push_image, write_lock
+from images.build import ImageError, build_images, cache_refs, docker_client, git_revision, image_size
+from images.catalog import DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE, by_name
+from images.push import check_registry, push_cache, push_image, write_lock
 from k8s import tasks as k8s_tasks
 
 ROOT = Path(__file__).resolve().parent
@@ -98,23 +98,30 @@ def build(c, names=None, base_image=None, force=False, build_arg=None, cache_fro
 
 
 @task(
-    iterable=["tag"],
+    iterable=["tag", "build_arg"],
     help={
         "registry": "HOST[:PORT]/NAMESPACE to push to",
         "tag": "extra tag to push besides the content tag and git-<revision> (repeatable), e.g. 1.2.0",
+        "build-arg": "KEY=VALUE the images were built with (see `invoke build`)",
+        "with-cache": "also push the build-stage caches made by `invoke build --cache-from` with this registry",
         "names": "comma-separated images to push (default: all shipped images)",
         "lock": f"lock file to write (default {DEFAULT_LOCK.name})",
         "base-image": "base image reference the images were built on",
     },
 )
-def push(c, registry, names=None, lock=None, base_image=None, tag=None):
+def push(c, registry, names=None, lock=None, base_image=None, tag=None, with_cache=False, build_arg=None):
     """Push built images, read each manifest back and record name -> registry/ns/name@sha256 in the lock file."""
     lock_path = Path(lock) if lock else DEFAULT_LOCK
     try:
         registry = check_registry(registry)
         client = docker_client()
         built = build_images(
-            ROOT, _names(names), base_image=_base_image(c, client, base_image), client=client, log=_log
+            ROOT,
+            _names(names),
+            base_image=_base_image(c, client, base_image),
+            client=client,
+            log=_log,
+            build_args=_build_args(build_arg),
         )
         revision = git_revision(ROOT)
         refs = {}
@@ -125,6 +132,8 @@ def push(c, registry, names=None, lock=None, base_image=None, tag=None):
                 client, image, registry, extra_tags=[f"git-{revision}", *(tag or [])], log=_log
             )
             _log(f"{image.name}: {refs[image.name]}")
+            if with_cache:
+                push_cache(client, cache_refs(registry, by_name()[image.name]), log=_log)
         write_lock(lock_path, refs)
     except ImageError as exc:
         raise _fail(exc) from exc
@@ -132,8 +141,6 @@ def push(c, registry, names=None, lock=None, base_image=None, tag=None):
 
 
 def _is_shipped(name: str) -> bool:
-    from images.catalog import by_name
-
     return by_name()[name].shipped
 
 

@@ -3,6 +3,7 @@ Docker SDK, streaming the engine's output, skipping images whose content tag alr
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import subprocess
@@ -162,7 +163,8 @@ def build_images(
     An image is rebuilt only when its content tag is missing locally (or `force`). Stops at the
     first failure with ImageError naming the image and failing step. `build_args` override the
     catalog's (each key must be declared by some image's Dockerfile as an ARG); `cache_from` is a
-    registry prefix whose `<name>:main` images seed the layer cache (pulled when reachable);
+    registry prefix whose `<name>:main` images and stage caches seed the layer cache (pulled when
+    reachable; the stages are rebuilt and tagged there for `invoke push --with-cache`);
     `no_cache` also ignores the engine's layer cache (cold builds, for benchmarks).
     """
     order = build_order(names, catalog)
@@ -214,29 +216,58 @@ def build_images(
             "org.opencontainers.image.base.name": parent_ref,
             "neox-pipeline.content-tag": tag,
         }
-        cache = _pull_cache(client, f"{cache_from}/{spec.name}:main", log) if cache_from else []
-        events = client.api.build(
-            cache_from=cache,
-            fileobj=_as_file(context.to_tar()),
-            custom_context=True,
-            dockerfile=context.dockerfile,
-            tag=f"{repository}:{tag}",
-            buildargs=build_args,
-            labels=labels,
-            network_mode="host",  # package mirrors and test servers listen on the host's loopback
-            rm=True,
-            forcerm=True,
-            nocache=no_cache,
-            decode=True,
+        build = functools.partial(
+            _engine_build,
+            client,
+            context,
+            build_args,
+            labels,
+            no_cache,
+            lambda line, n=spec.name: log(f"[{n}] {line}"),
         )
+        cache: list[str] = []
+        if cache_from:
+            # The last published image and its build stages (pushed by `invoke push --with-cache`) seed
+            # the classic builder's cache; each stage is built and tagged too, for the next run.
+            refs = [f"{cache_from}/{spec.name}:main", *cache_refs(cache_from, spec)]
+            cache = [ref for ref in refs if _pull_cache(client, ref, log)]
         try:
-            image_id = stream_build(events, lambda line, n=spec.name: log(f"[{n}] {line}"))
+            for stage, ref in (
+                zip(spec.cache_stages, cache_refs(cache_from, spec), strict=True) if cache_from else ()
+            ):
+                build(ref, cache, stage)
+            image_id = build(f"{repository}:{tag}", cache, None)
         except ImageError as exc:
             raise ImageError(f"image {spec.name!r} failed at {exc}") from exc
         client.api.tag(image_id, repository, f"git-{revision}")
         built[spec.name] = BuiltImage(spec.name, repository, tag, image_id, False, time.monotonic() - start)
         log(f"[{spec.name}] built {repository}:{tag} in {time.monotonic() - start:.1f}s")
     return built
+
+
+def cache_refs(prefix: str, spec: ImageSpec) -> list[str]:
+    """Where an image's build stages are kept as layer cache: PREFIX/<name>-cache:<stage>."""
+    return [f"{prefix}/{spec.name}-cache:{stage}" for stage in spec.cache_stages]
+
+
+def _engine_build(client, context, build_args, labels, no_cache, log, tag, cache, target) -> str:
+    """One classic-builder build of `context` (up to `target` when given); returns the image ID."""
+    events = client.api.build(
+        fileobj=_as_file(context.to_tar()),
+        custom_context=True,
+        dockerfile=context.dockerfile,
+        tag=tag,
+        target=target,
+        buildargs=build_args,
+        labels=labels,
+        cache_from=cache,
+        network_mode="host",  # package mirrors and test servers listen on the host's loopback
+        rm=True,
+        forcerm=True,
+        nocache=no_cache,
+        decode=True,
+    )
+    return stream_build(events, log)
 
 
 def _declared_args(dockerfile: Path) -> set[str]:
@@ -254,14 +285,14 @@ def _check_overrides(root: Path, order: list[ImageSpec], overrides: dict[str, st
         raise ImageError("BASE_IMAGE is set with --base-image, not as a build arg")
 
 
-def _pull_cache(client, ref: str, log: Callable[[str], None]) -> list[str]:
+def _pull_cache(client, ref: str, log: Callable[[str], None]) -> bool:
     """Pull a previous image to seed the classic builder's cache; a miss only costs a cold build."""
     try:
         client.images.pull(ref)
     except Exception as exc:
-        log(f"no cache image {ref} ({_first_line(exc)}); building cold")
-        return []
-    return [ref]
+        log(f"no cache image {ref} ({_first_line(exc)}); building without it")
+        return False
+    return True
 
 
 def _as_file(data: bytes) -> io.BytesIO:

@@ -36,6 +36,7 @@ class ImageSpec:
     extras: tuple[str, ...] = ()
     build_args: dict[str, str] = field(default_factory=dict)
     parent: str | None = None
+    cache_stages: tuple[str, ...] = ()  # Dockerfile stages published as layer cache for CI builds
     shipped: bool = True
     description: str = ""
 
@@ -54,6 +55,7 @@ CATALOG: tuple[ImageSpec, ...] = (
         context=("jobs",),
         extras=("fetch",),
         parent="python",
+        cache_stages=("deps",),
         description="python -m jobs.fetch: parallel, resumable, verified weight download",
     ),
     ImageSpec(
@@ -62,6 +64,7 @@ CATALOG: tuple[ImageSpec, ...] = (
         context=("jobs",),
         extras=("preprocess",),
         parent="python",
+        cache_stages=("deps",),
         description="python -m jobs.preprocess: corpus to GPT-NeoX indexed dataset",
     ),
     ImageSpec(
@@ -71,6 +74,7 @@ CATALOG: tuple[ImageSpec, ...] = (
         extras=("trainer", "determined"),
         build_args={"TORCH_CUDA_ARCH_LIST": TORCH_CUDA_ARCH_LIST},
         parent="python",
+        cache_stages=("toolchain", "deepspeed", "venv", "kernels"),
         description="GPT-NeoX fine-tuning: torch (CUDA 13), DeepSpeed with prebuilt ops, fused kernels",
     ),
 )

@@ -64,6 +64,32 @@ def stream_push(events: Iterator[dict], log: Callable[[str], None]) -> str | Non
     return digest
 
 
+def push_tag(
+    client,
+    repository: str,
+    tag: str,
+    log: Callable[[str], None],
+    attempts: int = 4,
+    auth_config: dict | None = None,
+) -> None:
+    """Push one local tag, retrying transient failures with exponential backoff and jitter."""
+    for attempt in range(1, attempts + 1):
+        try:
+            events = client.api.push(repository, tag=tag, stream=True, decode=True, auth_config=auth_config)
+            stream_push(events, log)
+            return
+        except PushError as exc:
+            if not exc.transient or attempt == attempts:
+                raise PushError(f"push of {repository}:{tag} failed: {exc}", exc.transient) from exc
+            delay = min(30.0, 2**attempt) * (0.5 + random.random() / 2)
+            log(f"transient push error ({exc}); retry {attempt}/{attempts - 1} in {delay:.1f}s")
+            time.sleep(delay)
+        except Exception as exc:  # requests/docker transport errors: engine or registry unreachable
+            if attempt == attempts:
+                raise ImageError(f"push of {repository}:{tag} failed: {exc}") from exc
+            time.sleep(min(30.0, 2**attempt))
+
+
 def push_image(
     client,
     image: BuiltImage,
@@ -79,26 +105,22 @@ def push_image(
     for tag in tags:
         client.api.tag(image.image_id, repository, tag)
     for tag in tags:
-        for attempt in range(1, attempts + 1):
-            try:
-                events = client.api.push(
-                    repository, tag=tag, stream=True, decode=True, auth_config=auth_config
-                )
-                stream_push(events, lambda line: log(f"[{image.name}] {line}"))
-                break
-            except PushError as exc:
-                if not exc.transient or attempt == attempts:
-                    raise PushError(f"push of {repository}:{tag} failed: {exc}", exc.transient) from exc
-                delay = min(30.0, 2**attempt) * (0.5 + random.random() / 2)
-                log(
-                    f"[{image.name}] transient push error ({exc}); retry {attempt}/{attempts - 1} in {delay:.1f}s"
-                )
-                time.sleep(delay)
-            except Exception as exc:  # requests/docker transport errors: engine or registry unreachable
-                if attempt == attempts:
-                    raise ImageError(f"push of {repository}:{tag} failed: {exc}") from exc
-                time.sleep(min(30.0, 2**attempt))
+        push_tag(client, repository, tag, lambda line: log(f"[{image.name}] {line}"), attempts, auth_config)
     return f"{repository}@{registry_digest(client, f'{repository}:{image.tag}', auth_config)}"
+
+
+def push_cache(client, refs: Iterable[str], log: Callable[[str], None] = print) -> int:
+    """Push the stage-cache images `invoke build --cache-from` tagged locally; returns how many."""
+    pushed = 0
+    for ref in refs:
+        repository, _, tag = ref.rpartition(":")
+        try:
+            client.images.get(ref)
+        except Exception:
+            continue  # not built with --cache-from on this host
+        push_tag(client, repository, tag, lambda line, r=ref: log(f"[{r}] {line}"))
+        pushed += 1
+    return pushed
 
 
 def registry_digest(client, ref: str, auth_config: dict | None = None) -> str:

@@ -296,6 +296,62 @@ def test_trainer_image_ships_prebuilt_ops_and_kernels_and_picks_the_cpu_without_
     assert code == 0, doctor
     assert "prebuilt kernels: /opt/neox/kernels for 8.0 8.6 8.9 9.0+PTX (matches these sources)" in doctor
     assert "DeepSpeed 0.19.8 (accelerator cpu)" in doctor
-    assert re.search(r"fused_adam: prebuilt, loads", doctor) and re.search(r"cpu_adam: prebuilt, loads", doctor)
+    assert re.search(r"fused_adam: prebuilt, loads", doctor) and re.search(
+        r"cpu_adam: prebuilt, loads", doctor
+    )
     code, tools = run_container(ref, ["-c", "command -v sshd && command -v pdsh"], entrypoint="/bin/sh")
     assert code == 0 and "sshd" in tools and "pdsh" in tools, tools
+
+
+def test_stage_caches_from_the_registry_seed_a_build_on_a_clean_engine(
+    docker_engine, base_image, registry, tmp_path
+):
+    """The CI image pipeline's cache: stages pushed with `--with-cache` let a host that has none of the
+    layers skip the expensive step (here a RUN that writes a unique marker) on its next build."""
+    import uuid
+
+    from images.build import cache_refs
+    from images.catalog import ImageSpec
+    from images.push import push_cache
+
+    marker = uuid.uuid4().hex
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\ndependencies = []\n')
+    (tmp_path / "Dockerfile").write_text(
+        "ARG BASE_IMAGE\nFROM ${BASE_IMAGE} AS deps\n"
+        f"RUN echo {marker} > /marker && sleep 1\n"
+        "FROM ${BASE_IMAGE}\nCOPY --from=deps /marker /marker\n"
+    )
+    spec = ImageSpec(f"cache{marker[:8]}", "Dockerfile", (), cache_stages=("deps",))
+    prefix = f"{registry}/cachetest"
+    lines: list[str] = []
+    first = build_images(
+        tmp_path,
+        [spec.name],
+        base_image=base_image,
+        client=docker_engine,
+        log=lines.append,
+        catalog=(spec,),
+        cache_from=prefix,
+    )[spec.name]
+    assert any("building without it" in line for line in lines)
+    push_image(docker_engine, first, prefix, extra_tags=["main"], log=lambda line: None)
+    assert push_cache(docker_engine, cache_refs(prefix, spec), log=lambda line: None) == 1
+
+    # Forget every local layer of this image, as a fresh CI runner would have none.
+    for image in docker_engine.images.list():
+        if any(spec.name in t for t in image.tags):
+            docker_engine.images.remove(image.id, force=True)
+    lines.clear()
+    second = build_images(
+        tmp_path,
+        [spec.name],
+        base_image=base_image,
+        client=docker_engine,
+        log=lines.append,
+        catalog=(spec,),
+        cache_from=prefix,
+    )[spec.name]
+    run_step = [i for i, line in enumerate(lines) if f"RUN echo {marker}" in line]
+    assert run_step and "Using cache" in lines[run_step[0] + 1], lines
+    code, out = run_container(second.ref, ["/marker"], entrypoint="cat")
+    assert (code, out.strip()) == (0, marker)
