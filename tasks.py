@@ -154,7 +154,7 @@ def _is_shipped(name: str) -> bool:
         "config": "NeoX YAML file(s) (repeatable; default local/neox-tiny.yml)",
         "train-iters": "override the config's train-iters",
         "clean": "start over: delete the workdir first",
-        "gpus": "use GPUs (default: when the engine has the NVIDIA runtime)",
+        "gpus": "auto (default: when the engine has the NVIDIA runtime), yes or no",
         "base-image": "base image to build on (see `invoke build`)",
     },
 )
@@ -167,15 +167,18 @@ def local(
     config=None,
     train_iters=None,
     clean=False,
-    gpus=None,
+    gpus="auto",
     base_image=None,
 ):
     """Run the whole pipeline on this machine in Docker: fetch, preprocess, fine-tune, export, generate."""
     from local.containers import StageError
     from local.pipeline import LocalOptions, LocalPipeline
 
+    choice = {"auto": None, "yes": True, "no": False}
+    if gpus not in choice:
+        raise Exit(f"error: --gpus must be auto, yes or no, not {gpus!r}", code=1)
     opts = LocalOptions(
-        clean=clean, gpus=gpus, corpus=list(corpus or []), tokenizer=tokenizer, weights=weights
+        clean=clean, gpus=choice[gpus], corpus=list(corpus or []), tokenizer=tokenizer, weights=weights
     )
     if workdir:
         opts.workdir = Path(workdir)

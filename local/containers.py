@@ -37,6 +37,7 @@ class Runner:
 
     def run(self, stage: str, image: str, args: list[str], entrypoint: list[str] | None = None) -> str:
         """Run to completion; return the logs. Raises StageError on a non-zero exit."""
+        from docker.errors import APIError
         from docker.types import DeviceRequest
 
         environment = {"HOME": "/tmp", **self.env}
@@ -45,19 +46,12 @@ class Runner:
             device_requests = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
         else:
             environment.update({"CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu"})
-        container = self.client.containers.run(
-            image,
-            args,
-            entrypoint=entrypoint,
-            detach=True,
-            network_mode="host",
-            user=self.user,
-            environment=environment,
-            volumes={str(self.workdir.resolve()): {"bind": MOUNT, "mode": "rw"}},
-            working_dir="/tmp",
-            device_requests=device_requests,
-            shm_size="1g",
-        )
+        try:
+            container = self._start(image, args, entrypoint, environment, device_requests)
+        except APIError as exc:
+            raise StageError(
+                f"stage {stage!r}: the engine did not start its container: {exc.explanation or exc}"
+            ) from exc
         log_file = self.workdir / "logs" / f"{stage}.log"
         log_file.parent.mkdir(parents=True, exist_ok=True)
         lines: list[str] = []
@@ -75,6 +69,27 @@ class Runner:
             tail = "\n".join(lines[-25:])
             raise StageError(f"stage {stage!r} failed (exit {code}); full log: {log_file}\n{tail}")
         return "\n".join(lines)
+
+    def _start(self, image: str, args: list[str], entrypoint, environment: dict, device_requests):
+        """Create, then start: a container the engine refuses to start is removed, not left behind."""
+        container = self.client.containers.create(
+            image,
+            args,
+            entrypoint=entrypoint,
+            network_mode="host",
+            user=self.user,
+            environment=environment,
+            volumes={str(self.workdir.resolve()): {"bind": MOUNT, "mode": "rw"}},
+            working_dir="/tmp",
+            device_requests=device_requests,
+            shm_size="1g",
+        )
+        try:
+            container.start()
+        except Exception:
+            container.remove(force=True)
+            raise
+        return container
 
     def serve(self, image: str, folder: Path, port: int):
         """A static HTTP server with directory listings over `folder` (stands in for a weights host)."""
