@@ -15,6 +15,7 @@ from typing import TextIO
 
 from jobs.cli import JobError, Progress, human_bytes, human_duration, write_json_atomic
 
+from .manifest import NAME as MANIFEST_NAME
 from .manifest import Manifest
 from .plan import RemoteFile, Source, select
 from .staging import Lease, PartState, part_paths, staging_dir
@@ -101,6 +102,9 @@ def fetch(source: str, dest: str | os.PathLike, opts: Options | None = None) -> 
     t0 = time.monotonic()
     lease = Lease(dest)
     lease.acquire()
+    # Temp files of a killed run's manifest/stats writes: under the lease, nobody else is writing them.
+    for stale in [*dest.glob(f".{MANIFEST_NAME}.*.tmp"), *dest.glob(f".{STATS_NAME}.*.tmp")]:
+        stale.unlink(missing_ok=True)
     stats = Stats()
     summary: dict = {"source": src.description, "dest": str(dest), "ok": False}
     manifest = Manifest(dest, src.description)

@@ -58,6 +58,16 @@ def nginx(weights, tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def slow_nginx(weights, tmp_path_factory):
+    """1 MB/s per connection: the big file takes seconds, so a kill lands mid-transfer on an idle machine."""
+    if not os.path.exists(NGINX):
+        pytest.skip("nginx is not installed (Debian package nginx-light or nginx)")
+    server = Nginx(weights[0], tmp_path_factory.mktemp("nginx-slow"), rate="1m").start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def dest(tmp_path) -> Path:
     d = tmp_path / "dest"
