@@ -57,6 +57,19 @@ def _names(names: str | None) -> list[str] | None:
     return [n.strip() for n in names.split(",") if n.strip()] if names else None
 
 
+def _build(c, client, names: str | None, base_image: str | None, build_arg: list[str] | None, **options):
+    """build_images with the options every task shares (names, base image, build args)."""
+    return build_images(
+        ROOT,
+        _names(names),
+        base_image=_base_image(c, client, base_image),
+        client=client,
+        log=_log,
+        build_args=_build_args(build_arg),
+        **options,
+    )
+
+
 def _build_args(pairs: list[str] | None) -> dict[str, str]:
     args = {}
     for pair in pairs or []:
@@ -82,14 +95,7 @@ def build(c, names=None, base_image=None, force=False, build_arg=None, cache_fro
     """Build images in dependency order; unchanged images are found by content tag and not rebuilt."""
     try:
         client = docker_client()
-        built = build_images(
-            ROOT,
-            _names(names),
-            base_image=_base_image(c, client, base_image),
-            client=client,
-            log=_log,
-            force=force,
-        )
+        built = _build(c, client, names, base_image, build_arg, force=force, cache_from=cache_from)
     except ImageError as exc:
         raise _fail(exc) from exc
     for image in built.values():
@@ -115,14 +121,7 @@ def push(c, registry, names=None, lock=None, base_image=None, tag=None, with_cac
     try:
         registry = check_registry(registry)
         client = docker_client()
-        built = build_images(
-            ROOT,
-            _names(names),
-            base_image=_base_image(c, client, base_image),
-            client=client,
-            log=_log,
-            build_args=_build_args(build_arg),
-        )
+        built = _build(c, client, names, base_image, build_arg)
         revision = git_revision(ROOT)
         refs = {}
         for image in built.values():
@@ -188,9 +187,7 @@ def local(
         opts.train_iters = int(train_iters)
     try:
         client = docker_client()
-        built = build_images(
-            ROOT, None, base_image=_base_image(c, client, base_image), client=client, log=_log
-        )
+        built = _build(c, client, None, base_image, None)
         images = {name: image.ref for name, image in built.items()}
         summary = LocalPipeline(opts, images, client, log=_log).run()
     except (ImageError, StageError) as exc:
