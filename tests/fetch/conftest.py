@@ -49,23 +49,23 @@ def weights(tmp_path_factory) -> tuple[Path, dict[str, bytes]]:
     return root, make_tree(root)
 
 
-@pytest.fixture(scope="session")
-def nginx(weights, tmp_path_factory):
+def _serve(weights, tmp_path_factory, name: str, rate: str):
     if not os.path.exists(NGINX):
         pytest.skip("nginx is not installed (Debian package nginx-light or nginx)")
-    server = Nginx(weights[0], tmp_path_factory.mktemp("nginx"), rate="4m").start()
+    server = Nginx(weights[0], tmp_path_factory.mktemp(name), rate=rate).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def nginx(weights, tmp_path_factory):
+    yield from _serve(weights, tmp_path_factory, "nginx", "4m")
 
 
 @pytest.fixture(scope="session")
 def slow_nginx(weights, tmp_path_factory):
     """1 MB/s per connection: the big file takes seconds, so a kill lands mid-transfer on an idle machine."""
-    if not os.path.exists(NGINX):
-        pytest.skip("nginx is not installed (Debian package nginx-light or nginx)")
-    server = Nginx(weights[0], tmp_path_factory.mktemp("nginx-slow"), rate="1m").start()
-    yield server
-    server.stop()
+    yield from _serve(weights, tmp_path_factory, "nginx-slow", "1m")
 
 
 @pytest.fixture
