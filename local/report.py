@@ -12,7 +12,7 @@ def loss_curve(metrics: list[dict], out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    for kind, style in (("train", "-"), ("eval", "o--")):
+    for kind, style in (("train", "-"), ("valid", "o--")):
         points = [(m["iteration"], m["lm_loss"]) for m in metrics if m.get("kind") == kind and "lm_loss" in m]
         if points:
             ax.plot(*zip(*points, strict=True), style, label=f"{kind} lm_loss")
