@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from jobs.cli import JobError, write_json_atomic
+from jobs.cli import JobError, atomic_dir, write_json_atomic
 from k8s import render
 from k8s.config import PipelineConfig, find_secret, secret_values_in_env
 from k8s.experiment import CONF_DIR, experiment_config, neox_configs
@@ -83,9 +82,7 @@ def write_context(plan: Plan, dest: Path) -> Path:
 def write_plan(plan: Plan, out: str | os.PathLike, images: dict[str, str]) -> dict:
     """Write the dry-run tree into `out` (built under a temporary name, then renamed into place)."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         k8s_dir = tmp / "kubernetes"
         k8s_dir.mkdir()
         files = []
@@ -107,12 +104,6 @@ def write_plan(plan: Plan, out: str | os.PathLike, images: dict[str, str]) -> di
         }
         write_json_atomic(tmp / "render.json", summary)
         _check_no_secrets(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary
 
 

@@ -19,12 +19,11 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from jobs.cli import JobError
+from jobs.cli import JobError, atomic_dir
 from trainer.model import GPTNeoX, ModelConfig, Rotary
 
 # Hugging Face hidden_act values -> our activation names
@@ -181,9 +180,7 @@ def save_hf(
     from safetensors.torch import save_file
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         state = {}
         for name, tensor in model.state_dict().items():
             hf_name = "embed_out.weight" if name == "embed_out.weight" else f"gpt_neox.{name}"
@@ -209,12 +206,6 @@ def save_hf(
         (tmp / "config.json").write_text(json.dumps(config_to_hf(model.cfg, dtype), indent=2) + "\n")
         if tokenizer is not None and Path(tokenizer).is_file():
             shutil.copyfile(tokenizer, tmp / "tokenizer.json")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
