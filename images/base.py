@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from images.build import ImageError, docker_client
-from images.catalog import LOCAL_BASE_IMAGE
+from images.catalog import DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE
 
 SUITE = "bookworm"
 _APT_SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
@@ -101,20 +101,15 @@ def make_base_image(
 def resolve_base_image(client, requested: str | None, log: Callable[[str], None] = print) -> str:
     """The base to build on: `requested` when given; else the catalog's public base when it is
     local or can be pulled; else the local base made from the apt mirror (made now if missing)."""
-    from images.catalog import DEFAULT_BASE_IMAGE
-
     if requested:
         return requested
-    try:
-        client.images.get(DEFAULT_BASE_IMAGE)
-        return DEFAULT_BASE_IMAGE
-    except Exception:
-        pass
-    try:
-        client.images.pull(DEFAULT_BASE_IMAGE)
-        return DEFAULT_BASE_IMAGE
-    except Exception as exc:
-        log(f"cannot pull {DEFAULT_BASE_IMAGE} ({str(exc).splitlines()[0][:120]}); using {LOCAL_BASE_IMAGE}")
+    for find in (client.images.get, client.images.pull):  # local first, then the registry
+        try:
+            find(DEFAULT_BASE_IMAGE)
+            return DEFAULT_BASE_IMAGE
+        except Exception as exc:
+            reason = str(exc).splitlines()[0][:120]
+    log(f"cannot pull {DEFAULT_BASE_IMAGE} ({reason}); using {LOCAL_BASE_IMAGE}")
     try:
         client.images.get(LOCAL_BASE_IMAGE)
     except Exception:

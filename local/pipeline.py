@@ -204,7 +204,7 @@ class LocalPipeline:
                 logs = self.runner.run(
                     "fetch", self.images["fetcher"], [source, _in_volume(self.workdir, dest)]
                 )
-            return {"summary": logs.strip().splitlines()[-1] if logs.strip() else ""}
+            return {"summary": _last_line(logs)}
 
         self._stage("fetch", fp, [dest / "fetch-manifest.json"], body)
         return dest, fp
@@ -227,7 +227,7 @@ class LocalPipeline:
                     "--append-eod",
                 ],
             )
-            return {"summary": logs.strip().splitlines()[-1] if logs.strip() else ""}
+            return {"summary": _last_line(logs)}
 
         out = Path(f"{prefix}_text_document")
         self._stage("preprocess", fp, [out.with_suffix(".bin"), out.with_suffix(".idx")], body)
@@ -321,7 +321,7 @@ class LocalPipeline:
                 "24",
             ]
             logs = self.runner.run("generate", self.images["trainer"], args, entrypoint=["python"])
-            return {"text": logs.strip().splitlines()[-1].split(" -> ", 1)[-1]}
+            return {"text": _last_line(logs).split(" -> ", 1)[-1]}
 
         return self._stage("generate", _fingerprint("generate", PROMPT, fp), [], generate)["text"]
 
@@ -344,6 +344,12 @@ class LocalPipeline:
         }
         write_json_atomic(self.workdir / "summary.json", summary)
         return summary
+
+
+def _last_line(logs: str) -> str:
+    """A job's summary line: the last thing it printed."""
+    lines = logs.strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 def _wait_for_port(port: int, timeout: float = 30) -> None:

@@ -324,15 +324,19 @@ def test_stage_caches_from_the_registry_seed_a_build_on_a_clean_engine(
     spec = ImageSpec(f"cache{marker[:8]}", "Dockerfile", (), cache_stages=("deps",))
     prefix = f"{registry}/cachetest"
     lines: list[str] = []
-    first = build_images(
-        tmp_path,
-        [spec.name],
-        base_image=base_image,
-        client=docker_engine,
-        log=lines.append,
-        catalog=(spec,),
-        cache_from=prefix,
-    )[spec.name]
+
+    def build():
+        return build_images(
+            tmp_path,
+            [spec.name],
+            base_image=base_image,
+            client=docker_engine,
+            log=lines.append,
+            catalog=(spec,),
+            cache_from=prefix,
+        )[spec.name]
+
+    first = build()
     assert any("building without it" in line for line in lines)
     push_image(docker_engine, first, prefix, extra_tags=["main"], log=lambda line: None)
     assert push_cache(docker_engine, cache_refs(prefix, spec), log=lambda line: None) == 1
@@ -342,15 +346,7 @@ def test_stage_caches_from_the_registry_seed_a_build_on_a_clean_engine(
         if any(spec.name in t for t in image.tags):
             docker_engine.images.remove(image.id, force=True)
     lines.clear()
-    second = build_images(
-        tmp_path,
-        [spec.name],
-        base_image=base_image,
-        client=docker_engine,
-        log=lines.append,
-        catalog=(spec,),
-        cache_from=prefix,
-    )[spec.name]
+    second = build()
     run_step = [i for i, line in enumerate(lines) if f"RUN echo {marker}" in line]
     assert run_step and "Using cache" in lines[run_step[0] + 1], lines
     code, out = run_container(second.ref, ["/marker"], entrypoint="cat")
