@@ -1,6 +1,7 @@
 """Shared pytest configuration. Area fixtures live in tests/<area>/conftest.py."""
 
 import os
+import re
 
 import pytest
 
@@ -20,4 +21,27 @@ def docker_engine():
         client.ping()
     except DockerException as exc:
         pytest.skip(f"no Docker engine reachable ({exc}); .ci/run starts dockerd")
-    return client
+    before = _tags(client)
+    yield client
+    _remove_scratch_tags(client, before)
+
+
+def _tags(client) -> set[str]:
+    """Every name an image is known by: its tags and the registry digests a push left behind."""
+    return {ref for image in client.images.list() for ref in image.tags + image.attrs.get("RepoDigests", [])}
+
+
+# Tags the tests make and no one needs after them: pushes to the tests' own registries on
+# 127.0.0.1 and the throwaway images of the builder's tests. Tags that existed before stay.
+_SCRATCH_TAG = re.compile(r"^127\.0\.0\.1:\d+/|^neox-pipeline/(cache|broken)[0-9a-f]*[:@]")
+
+
+def _remove_scratch_tags(client, before: set[str]) -> None:
+    from docker.errors import APIError
+
+    for tag in sorted(_tags(client) - before):
+        if _SCRATCH_TAG.search(tag):
+            try:
+                client.images.remove(tag, noprune=False)
+            except APIError:
+                pass  # still used by a container, or already gone with its image

@@ -6,6 +6,7 @@ its image cannot be pulled here; each test removes its containers)."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import tarfile
@@ -146,34 +147,74 @@ def _extra_ca_blocks(image_bundle: bytes) -> list[bytes]:
     return [b for b in blocks if b not in image_bundle]
 
 
-def _layer_files(image, tmp_path: Path) -> list[tuple[str, bytes | None]]:
-    """(path, content for small files) of every file in every layer of a saved image."""
+def _overlay_layer_dirs(image) -> list[Path] | None:
+    """The image's layer folders when the engine is a local overlay2 one we can read, else None."""
+    driver = image.attrs.get("GraphDriver") or {}
+    data = driver.get("Data") or {}
+    if driver.get("Name") != "overlay2" or "UpperDir" not in data:
+        return None
+    dirs = [Path(data["UpperDir"]), *(Path(d) for d in data.get("LowerDir", "").split(":") if d)]
+    return dirs if all(d.is_dir() for d in dirs) else None
+
+
+def _files_in_dirs(dirs: list[Path]) -> list[tuple[str, bytes | None]]:
     out = []
-    archive = tmp_path / "image.tar"
-    with open(archive, "wb") as f:
-        for chunk in image.save(named=False):
-            f.write(chunk)
-    with tarfile.open(archive, mode="r|*") as saved:
+    for root in dirs:
+        for path in root.rglob("*"):
+            small = path.is_file() and not path.is_symlink() and path.stat().st_size < 4_000_000
+            out.append((path.relative_to(root).as_posix(), path.read_bytes() if small else None))
+    return out
+
+
+class _ChunkStream(io.RawIOBase):
+    """A read-only file over an iterator of byte chunks, so a saved image streams through tarfile."""
+
+    def __init__(self, chunks):
+        self._chunks, self._rest = iter(chunks), b""
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        while not self._rest:
+            self._rest = next(self._chunks, b"")
+            if not self._rest:
+                return 0
+        n = min(len(buffer), len(self._rest))
+        buffer[:n], self._rest = self._rest[:n], self._rest[n:]
+        return n
+
+
+def _files_in_saved_image(image) -> list[tuple[str, bytes | None]]:
+    out = []
+    with tarfile.open(fileobj=io.BufferedReader(_ChunkStream(image.save(named=False))), mode="r|*") as saved:
         for member in saved:
-            if not member.name.endswith("layer.tar") and not member.name.startswith("blobs/"):
-                continue
-            data = saved.extractfile(member)
-            if data is None:
+            data = saved.extractfile(member) if member.isfile() else None
+            if data is None or not (member.name.endswith("layer.tar") or member.name.startswith("blobs/")):
                 continue
             try:
                 with tarfile.open(fileobj=data, mode="r|*") as layer:
                     for f in layer:
-                        content = layer.extractfile(f).read() if f.isfile() and f.size < 4_000_000 else None
-                        out.append((f.name, content))
+                        content = layer.extractfile(f).read() if f.isreg() and f.size < 4_000_000 else None
+                        out.append((f.name.removeprefix("./"), content))
             except tarfile.ReadError:
                 continue  # a config or manifest blob, not a layer
     return out
 
 
+def _layer_files(image) -> list[tuple[str, bytes | None]]:
+    """(path, content for small files) of every file in every layer of an image.
+
+    A local overlay2 engine's layer folders are read in place: saving the 6 GB trainer image
+    would need that much free disk twice (the engine's export folder and the archive)."""
+    dirs = _overlay_layer_dirs(image)
+    return _files_in_dirs(dirs) if dirs else _files_in_saved_image(image)
+
+
 @pytest.mark.parametrize("name", SHIPPED)
-def test_no_ca_bundle_or_credential_in_any_layer(built_images, docker_engine, name, tmp_path):
+def test_no_ca_bundle_or_credential_in_any_layer(built_images, docker_engine, name):
     image = docker_engine.images.get(built_images[name].ref)
-    files = _layer_files(image, tmp_path)
+    files = _layer_files(image)
     names = {path for path, _ in files}
     assert "opt/venv/bin/python" in names  # the scan really walked the layers
     assert not any(path.endswith("ca-bundle.crt") or path.startswith(".build") for path in names)
@@ -187,6 +228,26 @@ def test_no_ca_bundle_or_credential_in_any_layer(built_images, docker_engine, na
     for text in (history, config):
         assert "ca-bundle" not in text
         assert not re.search(r"(AWS_SECRET_ACCESS_KEY|HF_TOKEN|PASSWORD)=\S", text)
+
+
+def test_layer_scan_reads_the_same_files_in_place_as_from_a_saved_image(built_images, docker_engine):
+    """Both ways the CA scan reads layers (overlay2 folders in place, a streamed `docker save`) agree."""
+    image = docker_engine.images.get(built_images["fetcher"].ref)
+    dirs = _overlay_layer_dirs(image)
+    if dirs is None:
+        pytest.skip("the engine is not a local overlay2 one: only the saved-image scan applies")
+
+    def real(files):  # whiteouts mark deletions differently in the two forms; "." is the root
+        return [(p, c) for p, c in files if ".wh." not in p and p != "."]
+
+    in_place, saved = real(_files_in_dirs(dirs)), real(_files_in_saved_image(image))
+    saved_paths = {p for p, _ in saved}
+    in_place_read = {(p, c) for p, c in in_place if c is not None}
+    saved_read = {(p, c) for p, c in saved if c is not None}
+    assert saved_paths <= {p for p, _ in in_place} and saved_read <= in_place_read
+    # Read only in place: hard links, whose content the archive carries once, under the first name.
+    assert {p for p, _ in in_place_read - saved_read} <= saved_paths
+    assert "opt/app/jobs/cli.py" in {p for p, _ in saved_read}
 
 
 def test_catalog_names_match_images(built_images):
