@@ -7,7 +7,10 @@ For each kernel at the Pythia-1.4B and GPT-NeoX-20B shapes, in fp32 and bf16:
     float64 reference on fresh random inputs (leading rows sliced so the float64 copy stays <= 2^27
     elements; every row runs the same code);
   * time: median of CUDA-event timings after warm-up, forward and backward (torch.autograd.grad),
-    rotating input sets so that no run reads from a warm L2;
+    rotating input sets so that no run reads from a warm L2. Device time: a GPU spin queued before the
+    start event lets the host queue the whole call first, so the interval holds the call's kernels and
+    no host launch overhead (what a GPU-bound training step sees). Per-call time: the same without the
+    spin, host overhead included (what an idle GPU waiting on Python sees);
   * bandwidth: the fewest bytes each pass must move (inputs read once, outputs written once) over its
     time, as a share of a device-to-device copy (bytes read + written) measured in the same run;
   * the PyTorch reference (eager, same dtype) timed the same way, for the speed-up.
@@ -33,13 +36,18 @@ TARGET = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 MAX_REF_ELEMS = 2**27
 
 
-def timed(fn, sets: int, reps: int = 20, warmup: int = 5) -> float:
-    """Median milliseconds of fn(i % sets) over reps runs."""
+SPIN_CYCLES = 4_000_000  # ~2 ms at the H200's clock: longer than any call here takes to queue
+
+
+def timed(fn, sets: int, reps: int = 20, warmup: int = 5, device_only: bool = True) -> float:
+    """Median milliseconds of fn(i % sets) over reps runs (device time, or per call with host overhead)."""
     for i in range(warmup):
         fn(i % sets)
     times = []
     for i in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        if device_only:
+            torch.cuda._sleep(SPIN_CYCLES)
         a.record()
         fn(i % sets)
         b.record()
@@ -175,7 +183,7 @@ def errors(inputs, grads, fused, ref):
     return errs, fused_used
 
 
-def bench_pass(fn_fwd, inputs_sets, grads):
+def bench_pass(fn_fwd, inputs_sets, grads, device_only: bool = True):
     """(fwd ms, bwd ms) of fn over rotating input sets."""
     def fwd(i):
         with torch.no_grad():
@@ -192,8 +200,8 @@ def bench_pass(fn_fwd, inputs_sets, grads):
         o, dy = outs[i]
         torch.autograd.grad(o, leaves[i], dy, retain_graph=True)
 
-    f = timed(fwd, len(inputs_sets))
-    b = timed(bwd, len(inputs_sets))
+    f = timed(fwd, len(inputs_sets), device_only=device_only)
+    b = timed(bwd, len(inputs_sets), device_only=device_only)
     return f, b
 
 
@@ -225,13 +233,14 @@ def main(argv=None) -> int:
             size = sum(t.numel() * t.element_size() for t in inputs)
             sets = [inputs] + [make(dtype)[0] for _ in range(min(3, max(0, math.ceil((256 << 20) / size) - 1)))]
             f_ms, b_ms = bench_pass(fused, sets, grads)
+            f_call_ms, b_call_ms = bench_pass(fused, sets, grads, device_only=False)
             rf_ms, rb_ms = bench_pass(ref, sets[:1] * 1, grads) if size < (8 << 30) else (math.nan, math.nan)
             del sets, inputs
             torch.cuda.empty_cache()
             row = {
                 "model": model, "kernel": label, "dtype": str(dtype).replace("torch.", ""), "autograd": fn_class,
                 "max_rel_err": max(errs.values()), "errors": errs, "target": TARGET[dtype],
-                "fwd_ms": f_ms, "bwd_ms": b_ms, "fwd_GBps": bytes_f / f_ms / 1e6, "bwd_GBps": bytes_b / b_ms / 1e6,
+                "fwd_ms": f_ms, "bwd_ms": b_ms, "fwd_call_ms": f_call_ms, "bwd_call_ms": b_call_ms, "fwd_GBps": bytes_f / f_ms / 1e6, "bwd_GBps": bytes_b / b_ms / 1e6,
                 "ref_fwd_ms": rf_ms, "ref_bwd_ms": rb_ms,
             }
             row["fwd_pct_copy"] = 100 * row["fwd_GBps"] * 1e9 / copy_bw
@@ -240,7 +249,8 @@ def main(argv=None) -> int:
             ok = "ok" if row["max_rel_err"] < row["target"] else "OVER"
             print(f"{model:12s} {label:38s} {row['dtype']:8s} err {row['max_rel_err']:.2e} {ok:4s} "
                   f"fwd {f_ms:7.3f} ms {row['fwd_pct_copy']:5.1f}% (ref {rf_ms:7.3f})  "
-                  f"bwd {b_ms:7.3f} ms {row['bwd_pct_copy']:5.1f}% (ref {rb_ms:7.3f})", flush=True)
+                  f"bwd {b_ms:7.3f} ms {row['bwd_pct_copy']:5.1f}% (ref {rb_ms:7.3f})  "
+                  f"per call {f_call_ms:.3f} / {b_call_ms:.3f} ms", flush=True)
     result = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
