@@ -43,14 +43,13 @@ triton.__version__)" 2>&1 | grep -v Warning | tail -2 | tee -a "$OUT/env.txt"
 step kernels-build 240 60 python3 -m trainer.kernels.build --out "$NEOX_KERNELS_DIR" --arch-list 9.0 --jobs 12 &
 KPID=$!
 step fused-adam-build 240 60 python3 -c "from deepspeed.ops.op_builder import FusedAdamBuilder; FusedAdamBuilder().load(); print('FusedAdam built')" 2>&1 | grep -v "Warning\|warn" | tail -3
-ADAM_RC=$?
 wait $KPID
 timeout 90 python3 -m trainer.doctor 2>&1 | tail -12
 
 # the GPU tests: the trainer runs and the Determined trial side by side (two pytest workers)
-XDIST=""
-python3 -c "import xdist" 2>/dev/null && XDIST="-n 2 --dist loadfile"
-step gpu-tests 300 120 python3 -m pytest tests/gpu -m gpu $XDIST -rA -q --basetemp /tmp/gpu-tests -p no:cacheprovider \
+XDIST=()
+python3 -c "import xdist" 2>/dev/null && XDIST=(-n 2 --dist loadfile)
+step gpu-tests 300 120 python3 -m pytest tests/gpu -m gpu "${XDIST[@]}" -rA -q --basetemp /tmp/gpu-tests -p no:cacheprovider \
   2>&1 | tee "$OUT/tests.log" | grep -v "^PASSED\|Warning" | tail -40
 python3 - "$OUT/gpu-runs.json" <<'PY' 2>&1 | tail -3
 import json, sys, pathlib
@@ -68,22 +67,22 @@ print("gpu-runs.json:", sorted(out))
 PY
 
 # end-to-end throughput, Pythia-1.4B shape, bf16, seq 2048, ZeRO-1: eager first, then torch.compile
-BENCH="python3 benchmarks/e2e_throughput.py --out $OUT/e2e.jsonl --steps 8 --warmup 3"
+BENCH=(python3 benchmarks/e2e_throughput.py --out "$OUT/e2e.jsonl" --steps 8 --warmup 3)
 if [ "${E2E_MODE:-full}" = verify ]; then  # a second look: the same runs again for the spread, no compile
-  step e2e-ours 150 40 $BENCH --impl ours --micro-batches 4 8 16 2>&1 | grep -E "^e2e|Error|rror:" | head -20
-  step e2e-hf 150 40 $BENCH --impl hf --micro-batches 4 8 2>&1 | grep -E "^e2e|Error|rror:" | head -20
+  step e2e-ours 150 40 "${BENCH[@]}" --impl ours --micro-batches 4 8 16 2>&1 | grep -E "^e2e|Error|rror:" | head -20
+  step e2e-hf 150 40 "${BENCH[@]}" --impl hf --micro-batches 4 8 2>&1 | grep -E "^e2e|Error|rror:" | head -20
 else
-step e2e-ours 150 40 $BENCH --impl ours --micro-batches 4 8 --profile "$OUT/profile-ours.txt" 2>&1 | grep -E "^e2e|Error|rror:|Self CUDA|^-|^ *aten|^ *void|^ *[a-z_]+.*%" | head -40
-step e2e-hf 150 40 $BENCH --impl hf --micro-batches 4 8 --profile "$OUT/profile-hf.txt" 2>&1 | grep -E "^e2e|Error|rror:" | head -20
-step e2e-ours-compile 150 60 env NEOX_KERNELS=0 $BENCH --impl ours --compile --micro-batches 8 4 2>&1 | grep -E "^e2e|Error|rror:" | head -20
-step e2e-hf-compile 150 60 $BENCH --impl hf --compile --micro-batches 8 4 2>&1 | grep -E "^e2e|Error|rror:" | head -20
-step e2e-ours-16 80 40 $BENCH --impl ours --micro-batches 16 2>&1 | grep -E "^e2e|Error|rror:" | head -20
+step e2e-ours 150 40 "${BENCH[@]}" --impl ours --micro-batches 4 8 --profile "$OUT/profile-ours.txt" 2>&1 | grep -E "^e2e|Error|rror:|Self CUDA|^-|^ *aten|^ *void|^ *[a-z_]+.*%" | head -40
+step e2e-hf 150 40 "${BENCH[@]}" --impl hf --micro-batches 4 8 --profile "$OUT/profile-hf.txt" 2>&1 | grep -E "^e2e|Error|rror:" | head -20
+step e2e-ours-compile 150 60 env NEOX_KERNELS=0 "${BENCH[@]}" --impl ours --compile --micro-batches 8 4 2>&1 | grep -E "^e2e|Error|rror:" | head -20
+step e2e-hf-compile 150 60 "${BENCH[@]}" --impl hf --compile --micro-batches 8 4 2>&1 | grep -E "^e2e|Error|rror:" | head -20
+step e2e-ours-16 80 40 "${BENCH[@]}" --impl ours --micro-batches 16 2>&1 | grep -E "^e2e|Error|rror:" | head -20
 fi
 echo "=== summary (t+$(( $(date +%s) - START ))s)"
-cat "$OUT/e2e.jsonl" 2>/dev/null | python3 -c "
+python3 -c "
 import json, sys
 for l in sys.stdin:
     r = json.loads(l)
     print(f\"{r['impl']:<16} mb {r['micro_batch']:>2} {r['tokens_per_s']:>9,.0f} tok/s MFU {100*r['mfu_palm']:5.1f}% (6N+12lhs) {100*r['mfu_model']:5.1f}% (model) {r['peak_mem_gib']:.0f} GiB\")
-"
+" <"$OUT/e2e.jsonl" 2>/dev/null
 grep -E "passed|failed" "$OUT/tests.log" | tail -1

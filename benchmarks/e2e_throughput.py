@@ -1,11 +1,19 @@
-"""End-to-end training throughput on one GPU: our trainer vs Hugging Face GPTNeoXForCausalLM, both under
-DeepSpeed with the same config (ZeRO-1, bf16, FusedAdam, clipping), random weights and random tokens.
+"""End-to-end training throughput: our trainer vs Hugging Face GPTNeoXForCausalLM, both under DeepSpeed
+with the same config (ZeRO-1 by default, bf16, FusedAdam, clipping), random weights and random tokens.
 
-    python benchmarks/e2e_throughput.py --impl ours|hf [--micro-batches 4 8] [--seq 2048] [--steps 10]
-        [--warmup 3] [--compile] [--checkpoint-activations] [--profile FILE] [--out results.jsonl]
+    python benchmarks/e2e_throughput.py --impl ours|hf [--preset pythia-1.4b|neox-20b|tiny]
+        [--micro-batches 4 8] [--seq 2048] [--steps 10] [--warmup 3] [--zero 0-3] [--compile]
+        [--checkpoint-activations] [--save-checkpoint DIR] [--profile FILE] [--out results.jsonl]
+    torchrun --nproc-per-node 4 benchmarks/e2e_throughput.py --impl ours --preset neox-20b --zero 3 ...
+
+Several processes (torchrun or the deepspeed launcher) make one data-parallel world: tokens/s is given
+per GPU and for the world, peak memory is the largest of any rank, and rank 0 alone prints and writes.
+With ZeRO-3 our model is built inside `deepspeed.zero.Init`, so no rank ever holds all the weights
+(the 20B shape does not fit one GPU otherwise). `--save-checkpoint DIR` times `engine.save_checkpoint`
+(every rank's shard, optimizer state included) after the last size and reports its size on disk.
 
 Pythia-1.4B shape by default (hidden 2048, 24 layers, 16 heads, rotary 0.25, parallel residual,
-vocab 50304). Our side goes through the trainer's own path: the NeoX config -> `trainer.engine.parallelize`
+vocab 50304); `--preset neox-20b` is GPT-NeoX-20B's (hidden 6144, 44 layers, 64 heads, vocab 50432). Our side goes through the trainer's own path: the NeoX config -> `trainer.engine.parallelize`
 (DeepSpeed config, parameter groups, LR schedule) and `trainer.train.lm_loss`; the baseline gets the
 same DeepSpeed config and parameter groups, SDPA attention, and its own `labels=` loss.
 One engine per process; the micro-batch sizes run one after another on it (gradient accumulation 1,
@@ -48,17 +56,54 @@ def neox_config(args):
         "hidden-dropout": 0, "attention-dropout": 0, "checkpoint-activations": args.checkpoint_activations,
         "optimizer": {"type": "Adam", "params": {"lr": 1e-4, "betas": [0.9, 0.95], "eps": 1e-8}},
         "weight-decay": 0.01, "gradient-clipping": 1.0, "bf16": {"enabled": True},
-        "zero_optimization": {"stage": args.zero}, "train-micro-batch-size-per-gpu": args.micro_batches[0],
+        # the 16-bit save gathers ZeRO-3's shards on rank 0
+        "zero_optimization": {"stage": args.zero, "stage3_gather_16bit_weights_on_model_save": args.save_weights_only}, "train-micro-batch-size-per-gpu": args.micro_batches[0],
         "train-iters": 1000, "steps-per-print": 10**9,
     })
 
 
+PRESETS = {  # hidden, layers, heads, vocab
+    "pythia-1.4b": (2048, 24, 16, 50304),
+    "neox-20b": (6144, 44, 64, 50432),
+    "tiny": (64, 2, 4, 512),  # a smoke test of the script, on the CPU too
+}
+
+
+def rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def say(text: str) -> None:
+    if rank() == 0:
+        print(text, flush=True)
+
+
+def world_max(value: float) -> float:
+    """The largest value any rank has (peak memory, elapsed time)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=DEV)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item()
+
+
 def build_ours(args, cfg):
-    from trainer.engine import parallelize
+    import contextlib
+
+    import deepspeed
+    import torch.distributed as dist
+
+    from trainer.engine import ds_config, parallelize
     from trainer.model import GPTNeoX
     from trainer.train import lm_loss
 
-    with torch.device(DEV):
+    # ZeRO-3 partitions each layer's weights as it is built, so a model larger than one GPU still builds.
+    sharded = deepspeed.zero.Init(config_dict_or_path=ds_config(cfg, dist.get_world_size())) if args.zero == 3 else None
+    with sharded or contextlib.nullcontext(), torch.device(DEV):
         model = GPTNeoX(cfg.model_config(vocab_size=args.vocab))
     if args.compile:
         for block in model.layers:  # identical blocks: one compiled graph, reused
@@ -95,6 +140,29 @@ def build_hf(args, cfg):
     return engine, loss, None
 
 
+def save_checkpoint(engine, args) -> None:
+    """Time one save (every rank's shards, or the gathered 16-bit weights) and report its size on disk."""
+    import torch.distributed as dist
+
+    folder = args.save_checkpoint / "bench"
+    dist.barrier()
+    start = time.perf_counter()
+    if args.save_weights_only:
+        engine.save_16bit_model(str(folder))
+    else:
+        engine.save_checkpoint(str(args.save_checkpoint), tag="bench")
+    dist.barrier()
+    seconds = time.perf_counter() - start
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    row = {"impl": "save_16bit_model" if args.save_weights_only else "save_checkpoint", "preset": args.preset,
+           "zero": args.zero, "world": dist.get_world_size(), "seconds": seconds, "bytes": size,
+           "GBps": size / seconds / 1e9}
+    say(f"e2e: checkpoint saved in {seconds:.1f}s: {size / 2**30:.1f} GiB in {folder} ({row['GBps']:.2f} GB/s)")
+    if args.out and rank() == 0:
+        with open(args.out, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
 def palm_flops_per_token(n_params: int, args) -> float:
     return 6 * n_params + 12 * args.layers * args.hidden * args.seq
 
@@ -102,29 +170,43 @@ def palm_flops_per_token(n_params: int, args) -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--impl", choices=["ours", "hf"], required=True)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="pythia-1.4b", help="model shape")
     p.add_argument("--micro-batches", type=int, nargs="+", default=[4, 8])
     p.add_argument("--seq", type=int, default=2048)
-    p.add_argument("--hidden", type=int, default=2048)
-    p.add_argument("--layers", type=int, default=24)
-    p.add_argument("--heads", type=int, default=16)
-    p.add_argument("--vocab", type=int, default=50304)
+    p.add_argument("--hidden", type=int, help="override the preset's")
+    p.add_argument("--layers", type=int, help="override the preset's")
+    p.add_argument("--heads", type=int, help="override the preset's")
+    p.add_argument("--vocab", type=int, help="override the preset's")
     p.add_argument("--zero", type=int, default=1)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
     p.add_argument("--checkpoint-activations", action="store_true")
+    p.add_argument("--save-checkpoint", type=Path, metavar="DIR", help="time a checkpoint save after the last size")
+    p.add_argument("--save-weights-only", action="store_true",
+                   help="save only the 16-bit weights (save_16bit_model), not the resumable optimizer state; "
+                        "GPT-NeoX-20B's full state is about 290 GB")
     p.add_argument("--profile", type=Path, help="after timing, profile 2 steps of the last size; top ops here")
     p.add_argument("--peak", type=float, default=989.0, help="dense bf16 TFLOP/s of the device")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
+    for name, value in zip(("hidden", "layers", "heads", "vocab"), PRESETS[args.preset], strict=True):
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    import torch.distributed as dist
 
     from trainer.engine import init_distributed
 
     init_distributed()
+    world = dist.get_world_size()
     cfg = neox_config(args)
     t0 = time.perf_counter()
     engine, loss_fn, model_fpt = (build_ours if args.impl == "ours" else build_hf)(args, cfg)
-    n_params = sum(p.numel() for p in engine.module.parameters())
+    # a ZeRO-3 parameter holds only its shard; ds_numel is its full size
+    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())
     palm_fpt = palm_flops_per_token(n_params, args)
     if model_fpt is None:  # the same architecture: take our model's count for the baseline too
         from trainer.model import ModelConfig
@@ -134,8 +216,8 @@ def main(argv=None) -> int:
     from trainer.kernels import loader
 
     label = args.impl + ("+compile" if args.compile else "") + ("+ckpt" if args.checkpoint_activations else "")
-    print(f"e2e: {label}: {n_params / 1e9:.3f}B parameters, built in {time.perf_counter() - t0:.1f}s; "
-          f"{loader.summary() if args.impl == 'ours' else 'HF SDPA attention'}", flush=True)
+    say(f"e2e: {label}: {n_params / 1e6:,.1f}M parameters, ZeRO-{args.zero} over {world} GPU(s), built in "
+        f"{time.perf_counter() - t0:.1f}s; {loader.summary() if args.impl == 'ours' else 'HF SDPA attention'}")
     gen = torch.Generator(device=DEV).manual_seed(0)
     engine.train()
 
@@ -161,24 +243,29 @@ def main(argv=None) -> int:
             sync()
             elapsed = time.perf_counter() - start
         except torch.OutOfMemoryError:
-            print(f"e2e: {label} micro-batch {mb}: out of memory", flush=True)
+            say(f"e2e: {label} micro-batch {mb}: out of memory")
             torch.cuda.empty_cache()
             continue
-        tok_s = mb * args.seq * args.steps / elapsed
-        row = {"impl": label, "micro_batch": mb, "seq": args.seq, "zero": args.zero, "steps": args.steps,
-               "step_s": elapsed / args.steps, "tokens_per_s": tok_s, "warmup_s": warm_s,
+        elapsed = world_max(elapsed)  # the step ends when the slowest rank's does
+        tok_s = mb * args.seq * args.steps / elapsed  # per GPU
+        row = {"impl": label, "preset": args.preset, "micro_batch": mb, "seq": args.seq, "zero": args.zero,
+               "world": world, "steps": args.steps, "step_s": elapsed / args.steps, "tokens_per_s": tok_s,
+               "tokens_per_s_world": tok_s * world, "warmup_s": warm_s,
                "tflops_palm": palm_fpt * tok_s / 1e12, "mfu_palm": palm_fpt * tok_s / 1e12 / args.peak,
                "tflops_model": model_fpt * tok_s / 1e12, "mfu_model": model_fpt * tok_s / 1e12 / args.peak,
-               "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if DEV == "cuda" else 0.0, "loss": loss.item(),
+               "peak_mem_gib": world_max(torch.cuda.max_memory_allocated() / 2**30 if DEV == "cuda" else 0.0),
+               "loss": loss.item(),
                "kernels": os.environ.get("NEOX_KERNELS", "1"), "device": torch.cuda.get_device_name() if DEV == "cuda" else "cpu",
                "torch": torch.__version__}
-        print(f"e2e: {label:<18} mb {mb:>2}: {tok_s:>9,.0f} tokens/s  {row['step_s'] * 1e3:7.1f} ms/step  "
-              f"{row['tflops_palm']:6.1f} TFLOP/s (6N+12lhs) MFU {100 * row['mfu_palm']:5.1f}%  "
-              f"model-count MFU {100 * row['mfu_model']:5.1f}%  peak {row['peak_mem_gib']:.1f} GiB  "
-              f"loss {row['loss']:.3f}", flush=True)
-        if args.out:
+        say(f"e2e: {label:<18} mb {mb:>2}: {tok_s:>9,.0f} tokens/s per GPU  {row['step_s'] * 1e3:7.1f} ms/step  "
+            f"{row['tflops_palm']:6.1f} TFLOP/s (6N+12lhs) MFU {100 * row['mfu_palm']:5.1f}%  "
+            f"model-count MFU {100 * row['mfu_model']:5.1f}%  peak {row['peak_mem_gib']:.1f} GiB  "
+            f"loss {row['loss']:.3f}")
+        if args.out and rank() == 0:
             with open(args.out, "a") as f:
                 f.write(json.dumps(row) + "\n")
+    if args.save_checkpoint:
+        save_checkpoint(engine, args)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
@@ -189,6 +276,7 @@ def main(argv=None) -> int:
         table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25)
         args.profile.write_text(table)
         print("\n".join(table.splitlines()[:20]), flush=True)
+    dist.barrier()  # no rank leaves while another still talks to it
     return 0
 
 

@@ -49,3 +49,16 @@ def test_actions_are_pinned_by_sha_and_permissions_are_least(path):
     workflow = yaml.safe_load(text)
     assert workflow["permissions"] == {"contents": "read"}
     assert workflow["concurrency"]["cancel-in-progress"] is True
+
+
+SHELL_SCRIPTS = [Path(__file__).resolve().parents[2] / ".ci" / "run",
+                 *sorted((Path(__file__).resolve().parents[2] / "benchmarks").glob("*.sh"))]
+
+
+@pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda p: p.name)
+def test_shell_scripts_pass_shellcheck(script):
+    """CI's entry point and the GPU drivers: a quoting slip there costs a CI run or a device call."""
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (.ci/run installs Debian's)")
+    proc = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
