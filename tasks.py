@@ -14,7 +14,15 @@ from pathlib import Path
 
 from invoke import Collection, Exit, task
 
-from images.build import ImageError, build_images, cache_refs, docker_client, git_revision, image_size
+from images.build import (
+    ImageError,
+    build_images,
+    cache_refs,
+    docker_client,
+    git_revision,
+    image_size,
+    prune_stale_images,
+)
 from images.catalog import DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE, by_name
 from images.push import check_registry, push_cache, push_image, write_lock
 from k8s import tasks as k8s_tasks
@@ -89,9 +97,10 @@ def _build_args(pairs: list[str] | None) -> dict[str, str]:
         "force": "rebuild even when the content tag exists",
         "build-arg": "KEY=VALUE for an ARG an image's Dockerfile declares (repeatable), e.g. TORCH_VERSION=2.11.0",
         "cache-from": "registry prefix whose <name>:main images seed the layer cache",
+        "prune": "afterwards untag older images of the built repositories so the engine frees their layers",
     },
 )
-def build(c, names=None, base_image=None, force=False, build_arg=None, cache_from=None):
+def build(c, names=None, base_image=None, force=False, build_arg=None, cache_from=None, prune=False):
     """Build images in dependency order; unchanged images are found by content tag and not rebuilt."""
     try:
         client = docker_client()
@@ -101,6 +110,8 @@ def build(c, names=None, base_image=None, force=False, build_arg=None, cache_fro
     for image in built.values():
         state = "reused" if image.reused else f"built in {image.seconds:.0f}s"
         _log(f"{image.ref}  {image_size(client, image.ref) / 1e6:.0f} MB  {state}")
+    if prune:
+        _log(f"pruned {prune_stale_images(client, built, log=_log)} stale image(s)")
 
 
 @task(

@@ -297,3 +297,26 @@ def _as_file(data: bytes) -> io.BytesIO:
 
 def image_size(client, ref: str) -> int:
     return client.images.get(ref).attrs["Size"]
+
+
+def prune_stale_images(client, built: dict[str, BuiltImage], log: Callable[[str], None]) -> int:
+    """Untag every older image of the built repositories (each content change leaves one behind, the
+    trainer's at 6 GB); the engine then frees the layers nothing else uses. Returns how many went."""
+    from docker.errors import APIError
+
+    keep = {image.image_id for image in built.values()}
+    removed = 0
+    for repository in sorted({image.repository for image in built.values()}):
+        for image in client.images.list(name=repository):
+            if image.id in keep:
+                continue
+            for tag in (t for t in image.tags if t.startswith(f"{repository}:")):
+                try:
+                    client.images.remove(tag)
+                except APIError as exc:  # a container still uses it: leave it
+                    log(f"kept {tag}: {_first_line(exc)}")
+                    break
+            else:
+                removed += 1
+                log(f"removed stale {repository} image {image.short_id}")
+    return removed

@@ -76,6 +76,21 @@ def test_unchanged_images_are_not_rebuilt(built_images, docker_engine, base_imag
     assert {n: i.image_id for n, i in again.items()} == {n: i.image_id for n, i in built_images.items()}
 
 
+def test_prune_untags_older_images_of_built_repositories_only(built_images, docker_engine, base_image):
+    """`invoke build --prune`: an older fetcher image goes; the current images and other repositories stay."""
+    import uuid
+
+    from images.build import prune_stale_images
+
+    stale = f"{built_images['fetcher'].repository}:stale{uuid.uuid4().hex[:8]}"
+    docker_engine.images.get(base_image).tag(stale)  # any image other than the current fetcher
+    lines: list[str] = []
+    removed = prune_stale_images(docker_engine, built_images, log=lines.append)
+    tags = {t for image in docker_engine.images.list() for t in image.tags}
+    assert stale not in tags and removed >= 1, lines
+    assert base_image in tags and all(image.ref in tags for image in built_images.values())
+
+
 def test_build_failure_names_image_and_step(tmp_path, docker_engine, base_image):
     from images.catalog import ImageSpec
 
