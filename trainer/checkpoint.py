@@ -350,3 +350,15 @@ def load_pretrained(path: str | os.PathLike, yaml_cfg: ModelConfig | None) -> tu
     if not path.exists():
         raise JobError(f"load {path}: does not exist")
     raise JobError(f"load {path}: neither a Hugging Face folder (config.json), a slim checkpoint nor ours")
+
+
+def stale_checkpoints(save_dir: Path, keep: int) -> list[Path]:
+    """The `global_stepN` folders beyond the newest `keep`, never the one `latest` names."""
+    steps = sorted(
+        (int(d.name.removeprefix("global_step")), d)
+        for d in save_dir.glob("global_step*")
+        if d.is_dir() and d.name.removeprefix("global_step").isdigit()
+    )
+    latest = save_dir / "latest"
+    pinned = save_dir / latest.read_text().strip() if latest.is_file() else None
+    return [d for _, d in steps[: max(0, len(steps) - keep)] if d != pinned]

@@ -251,6 +251,7 @@ class TrainArgs(_Section):
     save: str | None = None
     load: str | None = None
     save_interval: int | None = None
+    keep_last_n_checkpoints: int | None = None  # older global_step folders are deleted after each save
     eval_interval: int = 1000
     eval_iters: int = 100
     log_interval: int = 100
@@ -266,6 +267,8 @@ class TrainArgs(_Section):
         self._check_types()
         if self.train_iters < 1:
             raise JobError(f"config key 'train-iters' must be >= 1, got {self.train_iters}")
+        if self.keep_last_n_checkpoints is not None and self.keep_last_n_checkpoints < 1:
+            raise JobError(f"config key 'keep-last-n-checkpoints' must be >= 1, got {self.keep_last_n_checkpoints}")
 
 
 # Keys understood but honoured differently from gpt-neox; listed at start-up with the reason.

@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, replace
@@ -151,12 +152,20 @@ def evaluate(engine, samples: PackedSamples, cfg: NeoXConfig, rank: int, world: 
 
 
 def save(engine, cfg: NeoXConfig, mcfg: ModelConfig, iteration: int, loader: MicroBatches) -> None:
+    import torch.distributed as dist
+
     tag = f"global_step{iteration}"
     client = {"iteration": iteration, "data": loader.state_dict()}
     engine.save_checkpoint(cfg.train.save, tag=tag, client_state=client)  # writes `latest` too
-    if int(os.environ.get("RANK", "0")) == 0:
+    if dist.get_rank() == 0:
         checkpoint.write_model_config(Path(cfg.train.save) / tag, mcfg, cfg.to_dict())
     log(f"saved checkpoint {cfg.train.save}/{tag}")
+    if cfg.train.keep_last_n_checkpoints:
+        dist.barrier()  # every rank's shards of the new checkpoint are written before old ones go
+        if dist.get_rank() == 0:
+            for old in checkpoint.stale_checkpoints(Path(cfg.train.save), cfg.train.keep_last_n_checkpoints):
+                shutil.rmtree(old)
+                log(f"removed checkpoint {old} (keep-last-n-checkpoints {cfg.train.keep_last_n_checkpoints})")
 
 
 # ---- the run -----------------------------------------------------------------------------------------

@@ -59,6 +59,7 @@ def test_files_merge_in_order_and_overrides_win(tmp_path):
         ("lr-decay-style: exponential\n", "'lr-decay-style'"),
         ("zero_optimization: {stage: 5}\n", "'zero_optimization.stage' must be 0, 1, 2 or 3"),
         ("{a: [1, 2\n", "not valid YAML"),
+        ("keep-last-n-checkpoints: 0\n", "config key 'keep-last-n-checkpoints' must be >= 1, got 0"),
     ],
 )
 def test_bad_values_give_one_line(tmp_path, text, message):

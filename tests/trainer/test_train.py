@@ -179,3 +179,13 @@ def test_finetune_from_hf_weights_without_optimizer_state(corpus, tmp_path, stag
     with torch.no_grad():
         expected = cross_entropy(load_hf(folder)(tokens[:, :-1]), tokens[:, 1:]).item()
     assert got[1] == pytest.approx(expected, rel=1e-5)
+
+
+def test_keep_last_n_checkpoints_deletes_older_ones_after_each_save(corpus, tmp_path):
+    save = tmp_path / "ckpt"
+    cfg = write_config(tmp_path / "keep.yml", corpus, **{"train-iters": 6, "save-interval": 2, "eval-interval": 100,
+                                                       "keep-last-n-checkpoints": 2, "save": str(save)})
+    proc = run(cfg)
+    assert sorted(d.name for d in save.glob("global_step*")) == ["global_step4", "global_step6"]
+    assert (save / "latest").read_text().strip() == "global_step6"
+    assert f"removed checkpoint {save / 'global_step2'}" in proc.stdout + proc.stderr
