@@ -12,9 +12,9 @@ from urllib.parse import unquote, urldefrag, urljoin, urlsplit
 import requests
 
 from jobs.cli import JobError
+from jobs.retry import Backoff, RestartFile, TransientError
 
 from .plan import RemoteFile, safe_relpath
-from .retry import Backoff, RestartFile, TransientError
 
 BLOCK = 1 << 20
 TIMEOUT = (15, 60)  # connect, read (between bytes)

@@ -15,9 +15,9 @@ import urllib3.exceptions
 from botocore.config import Config
 
 from jobs.cli import JobError
+from jobs.retry import RestartFile, TransientError
 
 from .plan import RemoteFile, safe_relpath
-from .retry import RestartFile, TransientError
 
 BLOCK = 1 << 20
 _MD5 = re.compile(r'^"?([0-9a-f]{32})"?$')

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobs.cli import JobError
+from jobs.retry import Backoff, RestartFile, TransientError
 
 from .plan import RemoteFile, Source
-from .retry import Backoff, RestartFile, TransientError
 from .staging import PartState, part_paths, plan_chunks, staging_dir
 from .verify import Hashers, mismatch
 

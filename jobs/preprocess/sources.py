@@ -1,5 +1,6 @@
 """Where documents come from: expanding inputs (files, directories, globs, s3://, https://) into an
-ordered list of sources, opening each as a byte stream, and parsing each format into documents.
+ordered list of sources, opening each as a byte stream (remote ones resume after a dropped
+connection: `remote.py`), and parsing each format into documents.
 
 Every document carries its location (FILE:LINE, FILE:ROW or FILE) so bad input is reported precisely.
 """
@@ -20,6 +21,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from jobs.cli import JobError
+
+from .remote import open_http, open_s3
 
 # Longest suffix first so `.jsonl.zst` is not taken for something else.
 FORMATS = {
@@ -94,7 +97,7 @@ def _expand_s3(spec: str, endpoint_url: str | None) -> list[Source]:
     def source(k: str, size: int) -> Source:
         name = f"s3://{bucket}/{k}"
         _require_format(name)
-        return Source(name, size, lambda: client.get_object(Bucket=bucket, Key=k)["Body"])
+        return Source(name, size, lambda: open_s3(client, bucket, k))
 
     magic = glob.has_magic(key)
     prefix = key[: min((key.find(c) for c in "*?[" if c in key), default=len(key))] if magic else key
@@ -121,24 +124,10 @@ def _expand_s3(spec: str, endpoint_url: str | None) -> list[Source]:
     return [source(k, size) for k, size in sorted(found)]
 
 
-def _open_http(url: str):
-    import requests
-
-    try:
-        resp = requests.get(url, stream=True, timeout=(30, 300))
-    except requests.RequestException as exc:
-        raise JobError(f"{url}: {exc}") from exc
-    if resp.status_code != 200:
-        resp.close()
-        raise JobError(f"{url}: HTTP {resp.status_code} {resp.reason}")
-    resp.raw.decode_content = True  # undo transfer encodings; stored compression is ours to undo
-    return resp.raw
-
-
 def _expand_http(spec: str) -> list[Source]:
     name = urlparse(spec).path
     _require_format(name)
-    return [Source(spec, None, lambda: _open_http(spec))]
+    return [Source(spec, None, lambda: open_http(spec))]
 
 
 def expand_inputs(specs: list[str], endpoint_url: str | None = None) -> list[Source]:

@@ -145,8 +145,14 @@ class FileHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if head:
             return
-        fault = srv.take_fault(self.path, "reset")
         body = data[start:end]
+        if srv.take_fault(self.path, "cut") and len(body) > 1:
+            # Send part of the body, then close cleanly (FIN): what the client read stays read.
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        fault = srv.take_fault(self.path, "reset")
         if fault and len(body) > 1:
             # Send part of the body, then reset the connection (RST, not a clean close).
             self.wfile.write(body[: len(body) // 2])
@@ -190,7 +196,7 @@ class FileHandler(BaseHTTPRequestHandler):
 
 
 class FileServer(ThreadingHTTPServer):
-    """A threaded HTTP server on 127.0.0.1 serving `root`. `faults` maps a kind ("503", "reset") to
+    """A threaded HTTP server on 127.0.0.1 serving `root`. `faults` maps a kind ("503", "reset", "cut") to
     how many requests to spoil, optionally only those whose path contains `fault_match`."""
 
     daemon_threads = True

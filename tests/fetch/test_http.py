@@ -132,7 +132,7 @@ def test_md5_checksums_accepted(nginx, weights, dest, tmp_path):
 
 @pytest.fixture
 def fast_backoff(monkeypatch):
-    from jobs.fetch import retry
+    from jobs import retry
 
     monkeypatch.setattr(retry.Backoff, "base", 0.02)
 
