@@ -189,3 +189,21 @@ def test_keep_last_n_checkpoints_deletes_older_ones_after_each_save(corpus, tmp_
     assert sorted(d.name for d in save.glob("global_step*")) == ["global_step4", "global_step6"]
     assert (save / "latest").read_text().strip() == "global_step6"
     assert f"removed checkpoint {save / 'global_step2'}" in proc.stdout + proc.stderr
+
+
+def test_deepspeed_launcher_runs_the_same_training_as_torchrun(corpus, tmp_path):
+    """The product's other plain launcher: `deepspeed --num_gpus 2 --module trainer.train` on CPU ranks."""
+    launcher = Path(sys.executable).parent / "deepspeed"
+    if not launcher.exists():
+        pytest.fail("the deepspeed launcher is not installed beside this interpreter")
+    keys = {"train-iters": 3, "zero_optimization": {"stage": 1}}
+    ds = write_config(tmp_path / "ds.yml", corpus, save=str(tmp_path / "ds"), **keys)
+    tr = write_config(tmp_path / "tr.yml", corpus, save=str(tmp_path / "tr"), **keys)
+    cmd = [str(launcher), "--num_gpus", "2", "--master_port", str(free_port()), "--module", "trainer.train",
+           "--config", str(ds)]
+    proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 data-parallel ranks" in proc.stdout + proc.stderr
+    run(tr, nproc=2)
+    a, b = losses(tmp_path / "ds"), losses(tmp_path / "tr")
+    assert sorted(a) == [1, 2, 3] and a == pytest.approx(b, rel=1e-6)
