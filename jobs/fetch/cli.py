@@ -16,7 +16,7 @@ def parser() -> argparse.ArgumentParser:
         description="Parallel, resumable, verified download of model weights into DEST.")
     p.add_argument("source", metavar="SOURCE",
                    help="https://... (a file or a directory listing), s3://bucket/prefix, "
-                        "hf://org/repo[@revision], or a local path")
+                        "hf://org/repo[@revision], hf://datasets/org/repo[@revision], or a local path")
     p.add_argument("dest", metavar="DEST", help="folder to fill (staging data lives in DEST/.fetch-staging)")
     p.add_argument("--connections", type=int, default=16, metavar="N",
                    help="parallel connections, shared by files and ranged chunks (default 16)")

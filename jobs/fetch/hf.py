@@ -1,5 +1,5 @@
-"""Hugging Face Hub sources (`hf://org/repo[@revision]`): huggingface_hub lists the files of one
-commit with their sizes and hashes (sha256 for LFS files, the git blob id otherwise); the bytes
+"""Hugging Face Hub sources (`hf://org/repo[@revision]`, `hf://datasets/org/repo[@revision]`):
+huggingface_hub lists the files of one commit with their sizes and hashes (sha256 for LFS files, the git blob id otherwise); the bytes
 come over the hub's `resolve/<commit>/<file>` URLs through the ranged HTTP reader, so hub
 downloads are parallel, resumable and verified like any other. Honours HF_ENDPOINT and HF_TOKEN."""
 
@@ -16,12 +16,20 @@ from .plan import RemoteFile, safe_relpath
 DEFAULT_ENDPOINT = "https://huggingface.co"
 
 
-def parse_hf_url(url: str) -> tuple[str, str | None]:
+REPO_TYPES = {"datasets": "dataset", "models": "model"}  # the hub's own URL prefixes
+
+
+def parse_hf_url(url: str) -> tuple[str, str, str | None]:
+    """(repo type, org/repo, revision or None) of hf://[datasets/]org/repo[@revision]."""
     rest = url[len("hf://"):].strip("/")
     repo, _, rev = rest.partition("@")
-    if repo.count("/") != 1:
-        raise JobError(f"{url}: expected hf://org/repo[@revision]")
-    return repo, rev or None
+    kind = "model"
+    head, _, tail = repo.partition("/")
+    if head in REPO_TYPES:  # no hub account can be named so
+        kind, repo = REPO_TYPES[head], tail
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise JobError(f"{url}: expected hf://org/repo[@revision] or hf://datasets/org/repo[@revision]")
+    return kind, repo, rev or None
 
 
 class HubSource:
@@ -29,7 +37,7 @@ class HubSource:
         from huggingface_hub import HfApi
         from huggingface_hub.utils import build_hf_headers
 
-        self.repo, self.revision = parse_hf_url(url)
+        self.repo_type, self.repo, self.revision = parse_hf_url(url)
         self.description = url
         # Read at call time: huggingface_hub freezes HF_ENDPOINT when first imported.
         self.endpoint = os.environ.get("HF_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
@@ -43,9 +51,11 @@ class HubSource:
         from huggingface_hub import hf_hub_url
         from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
-        where = f"hf://{self.repo}" + (f"@{self.revision}" if self.revision else "")
+        prefix = "datasets/" if self.repo_type == "dataset" else ""
+        where = f"hf://{prefix}{self.repo}" + (f"@{self.revision}" if self.revision else "")
         try:
-            info = self.api.model_info(self.repo, revision=self.revision, files_metadata=True)
+            info = self.api.repo_info(self.repo, repo_type=self.repo_type, revision=self.revision,
+                                      files_metadata=True)
         except RevisionNotFoundError:
             raise JobError(f"{where}: revision not found") from None
         except RepositoryNotFoundError:
@@ -58,7 +68,8 @@ class HubSource:
         self.commit = info.sha  # pin every file to one commit
         files = []
         for s in info.siblings or []:
-            url = hf_hub_url(self.repo, s.rfilename, revision=self.commit or self.revision, endpoint=self.endpoint)
+            url = hf_hub_url(self.repo, s.rfilename, repo_type=self.repo_type, revision=self.commit or self.revision,
+                             endpoint=self.endpoint)
             f = RemoteFile(safe_relpath(s.rfilename, where), url, s.size, s.blob_id, True)
             if s.lfs:
                 f.expected["sha256"] = s.lfs.sha256

@@ -250,7 +250,8 @@ class HubHandler(FileHandler):
             self.send_json(401, {"error": "Invalid credentials"}, {"X-Error-Code": "RepoNotFound"})
             return
         path = unquote(urlsplit(self.path).path)
-        if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path):
+        kind = "datasets" if srv.repo_type == "dataset" else "models"
+        if m := re.fullmatch(rf"/api/{kind}/([^/]+/[^/]+)(?:/revision/([^/]+))?", path):
             repo, rev = m[1], m[2] or "main"
             if repo != srv.repo:
                 self.send_json(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
@@ -259,7 +260,8 @@ class HubHandler(FileHandler):
             else:
                 self.send_json(200, srv.model_info())
             return
-        if m := re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
+        prefix = "/datasets" if srv.repo_type == "dataset" else ""
+        if m := re.fullmatch(rf"{prefix}/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
             repo, rev, name = m[1], m[2], m[3]
             if repo != srv.repo or rev not in ("main", srv.commit):
                 self.send_json(404, {"error": "not found"}, {"X-Error-Code": "RepoNotFound"})
@@ -290,15 +292,17 @@ class HubHandler(FileHandler):
 
 
 class HubServer(FileServer):
-    """A local stand-in for the Hugging Face Hub serving one repository from a folder.
+    """A local stand-in for the Hugging Face Hub serving one repository (a model's or, with
+    repo_type="dataset", a dataset's: API and resolve paths under /datasets) from a folder.
     Files of at least `lfs_threshold` bytes are "LFS" files (sha256 published); others are plain
     git blobs (git sha1 published)."""
 
     handler = HubHandler
 
-    def __init__(self, root: Path, repo: str, lfs_threshold: int = 1 << 16, token: str | None = None) -> None:
+    def __init__(self, root: Path, repo: str, lfs_threshold: int = 1 << 16, token: str | None = None,
+                 repo_type: str = "model") -> None:
         super().__init__(root)
-        self.repo, self.token = repo, token
+        self.repo, self.token, self.repo_type = repo, token, repo_type
         self.commit = hashlib.sha1(repo.encode()).hexdigest()
         self.meta: dict[str, dict] = {}
         for p in sorted(self.root.rglob("*")):

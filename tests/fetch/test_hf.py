@@ -83,3 +83,34 @@ def test_stand_in_answers_huggingface_hub_itself(hub, tmp_path):
     path = hf_hub_download(REPO, "global_step150000/mp_rank_00_model_states.pt", endpoint=srv.url,
                            token=TOKEN, cache_dir=tmp_path / "cache")
     assert open(path, "rb").read() == files["global_step150000/mp_rank_00_model_states.pt"]
+
+
+def test_dataset_repository(tmp_path, dest, monkeypatch):
+    """hf://datasets/org/repo: the datasets API and resolve paths; huggingface_hub accepts the replies too."""
+    from huggingface_hub import hf_hub_download
+
+    root = tmp_path / "dataset"
+    root.mkdir()
+    files = {"data/train-00000.jsonl": b'{"text": "a"}\n' * 5000, "README.md": b"# a corpus\n"}
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    with HubServer(root, "someone/corpus", repo_type="dataset") as srv:
+        monkeypatch.setenv("HF_ENDPOINT", srv.url)
+        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        stats = fetch("hf://datasets/someone/corpus@main", dest)
+        assert_same_tree(dest, files)
+        assert stats["bytes_moved"] == sum(map(len, files.values()))
+        assert all(p.startswith(("/api/datasets/", "/datasets/someone/corpus/resolve/")) for _, p, _ in srv.requests)
+        path = hf_hub_download("someone/corpus", "README.md", repo_type="dataset", endpoint=srv.url,
+                               cache_dir=tmp_path / "cache")
+        assert open(path, "rb").read() == files["README.md"]
+        with pytest.raises(JobError, match="hf://datasets/someone/nope: repository not found"):
+            fetch("hf://datasets/someone/nope", dest / "x")
+
+
+@pytest.mark.parametrize("url", ["hf://datasets/only-one-part", "hf://a/b/c", "hf://"])
+def test_malformed_hub_urls_name_the_forms(url, dest):
+    with pytest.raises(JobError, match=r"expected hf://org/repo\[@revision\] or hf://datasets/org/repo"):
+        fetch(url, dest)
