@@ -89,13 +89,13 @@ def git_revision(root: Path) -> str:
     return f"{rev}-dirty" if dirty else rev
 
 
-def docker_client():
+def docker_client(timeout: int = 600):
     """A Docker SDK client for the engine named by the environment (DOCKER_HOST or the local socket)."""
     import docker
     from docker.errors import DockerException
 
     try:
-        client = docker.from_env(timeout=600)
+        client = docker.from_env(timeout=timeout)
         client.ping()
     except DockerException as exc:
         raise ImageError(

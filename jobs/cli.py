@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -24,8 +25,12 @@ class JobError(Exception):
     """A failure the user can act on: its message is the one line printed, naming the thing at fault."""
 
 
-def run_main(prog: str, body: Callable[[], int | None]) -> int:
-    """Run a job's body; turn JobError and Ctrl-C into one line on stderr and an exit code."""
+def run_main(prog: str, body: Callable[[], int | None], sigterm_unwinds: bool = False) -> int:
+    """Run a job's body; turn JobError and Ctrl-C into one line on stderr and an exit code.
+
+    With `sigterm_unwinds`, SIGTERM (how Kubernetes stops a pod) unwinds like Ctrl-C, so the job's
+    cleanup (temporary files, resume sidecars) runs before it exits."""
+    previous = signal.signal(signal.SIGTERM, _interrupt) if sigterm_unwinds else None
     try:
         return body() or EXIT_OK
     except JobError as exc:
@@ -34,6 +39,13 @@ def run_main(prog: str, body: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if sigterm_unwinds:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def write_json_atomic(path: str | os.PathLike, payload: dict) -> None:

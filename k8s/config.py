@@ -18,6 +18,7 @@ from jobs.cli import JobError
 IMAGES = ("fetcher", "preprocessor", "trainer")
 
 _NAME = {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 63}
+_SOURCE = {"type": "string", "pattern": r"^(https?://|s3://|hf://)\S+$"}  # what the fetcher takes
 _REL_PATH = {"type": "string", "minLength": 1, "pattern": r"^(?!/)(?!.*(^|/)\.\.(/|$)).+$"}
 _QUANTITY = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|Pi|M|G|T|P)?$"}
 _POS_INT = {"type": "integer", "minimum": 1}
@@ -61,7 +62,7 @@ SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "required": ["source", "dest"],
             "properties": {
-                "source": {"type": "string", "pattern": r"^(https?://|s3://|hf://)\S+$"},
+                "source": _SOURCE,
                 "dest": _REL_PATH,
                 "connections": _POS_INT,
                 "checksums": {"type": "string"},
@@ -77,7 +78,7 @@ SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "required": ["inputs", "tokenizer", "output_prefix"],
             "properties": {
-                "source": {"type": "string", "pattern": r"^(https?://|s3://|hf://)\S+$"},
+                "source": _SOURCE,
                 "dir": _REL_PATH,
                 "inputs": {"type": "array", "minItems": 1, "items": _REL_PATH},
                 "tokenizer": _REL_PATH,

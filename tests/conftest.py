@@ -13,14 +13,12 @@ os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 @pytest.fixture(scope="session")
 def docker_engine():
     """A client of the real Docker engine (skipped, with the reason, when none is reachable)."""
-    import docker
-    from docker.errors import DockerException
+    from images.build import ImageError, docker_client
 
     try:
-        client = docker.from_env(timeout=900)
-        client.ping()
-    except DockerException as exc:
-        pytest.skip(f"no Docker engine reachable ({exc}); .ci/run starts dockerd")
+        client = docker_client(timeout=900)
+    except ImageError as exc:
+        pytest.skip(f"no Docker engine reachable: {exc}")
     before = _tags(client)
     yield client
     _remove_scratch_tags(client, before)

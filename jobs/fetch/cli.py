@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 
 from jobs.cli import run_main
 
@@ -37,15 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = Options(connections=args.connections, checksums=args.checksums, include=args.include,
                    exclude=args.exclude, endpoint_url=args.endpoint_url, verify=args.verify)
 
-    def on_term(signum, frame):  # Kubernetes stops pods with SIGTERM: flush sidecars as for Ctrl-C
-        raise KeyboardInterrupt
-
     def body() -> int:
         print(f"{PROG}: {summary_line(fetch(args.source, args.dest, opts))}")
         return 0
 
-    previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        return run_main(PROG, body)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return run_main(PROG, body, sigterm_unwinds=True)  # a stopped pod flushes its resume sidecars

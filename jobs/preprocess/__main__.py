@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 
 from jobs.cli import human_bytes, run_main
@@ -51,11 +50,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _terminate(signum, frame):
-    # Kubernetes stops pods with SIGTERM: unwind like Ctrl-C so temporary files are removed.
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.workers is not None and args.workers < 1:
@@ -81,11 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
 
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        return run_main(PROG, body)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return run_main(PROG, body, sigterm_unwinds=True)  # a stopped pod removes its temporary files
 
 
 if __name__ == "__main__":
