@@ -16,6 +16,10 @@ import yaml
 from jobs.cli import JobError
 
 IMAGES = ("fetcher", "preprocessor", "trainer")
+# Training engines: Determined (the guide's), Kubeflow Trainer v2 and plain JobSet (Kubernetes-native).
+ENGINES = ("determined", "trainjob", "jobset")
+# Kubeflow Trainer's runtimes that launch through the MPI plugin: no PET_* variables, so not torchrun.
+MPI_RUNTIMES = ("deepspeed-distributed", "mlx-distributed")
 
 _NAME = {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 63}
 _SOURCE = {"type": "string", "pattern": r"^(https?://|s3://|hf://)\S+$"}  # what the fetcher takes
@@ -39,8 +43,7 @@ _RESOURCES = {
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["namespace", "volume", "weights", "dataset", "checkpoints", "neox_configs", "experiment",
-                 "determined_master"],
+    "required": ["namespace", "volume", "weights", "dataset", "checkpoints", "neox_configs", "experiment"],
     "properties": {
         "namespace": _NAME,
         "lock_file": {"type": "string"},
@@ -103,6 +106,24 @@ SCHEMA: dict[str, Any] = {
         },
         "neox_configs": {"type": "array", "minItems": 1, "items": {"type": "string"}},
         "experiment_base": {"type": "string"},
+        "train": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "engine": {"enum": list(ENGINES)},
+                "nodes": _POS_INT,
+                "gpus_per_node": {"type": "integer", "minimum": 0},
+                "processes_per_node": _POS_INT,
+                "cpu": _QUANTITY,
+                "memory": _QUANTITY,
+                "shm_size": _QUANTITY,
+                "runtime": _NAME,
+                "runtime_kind": {"enum": ["ClusterTrainingRuntime", "TrainingRuntime"]},
+                "max_restarts": {"type": "integer", "minimum": 0},
+                "mirror_checkpoints": {"type": "boolean"},
+                "deadline_seconds": _POS_INT,
+            },
+        },
         "experiment": {
             "type": "object",
             "additionalProperties": False,
@@ -182,6 +203,48 @@ def _describe(err: jsonschema.ValidationError) -> str:
 
 
 @dataclass(frozen=True)
+class TrainSettings:
+    """`train:` resolved: which engine runs the train stage and how wide. Without `nodes`, the
+    Determined `experiment.slots` decide (96 slots at 8 GPUs per node = 12 nodes)."""
+
+    engine: str = "determined"
+    nodes: int = 1
+    gpus_per_node: int = 8
+    processes_per_node: int = 8
+    cpu: str | None = None
+    memory: str | None = None
+    shm_size: str = "16Gi"
+    runtime: str = "torch-distributed"
+    runtime_kind: str = "ClusterTrainingRuntime"
+    max_restarts: int = 3
+    mirror_checkpoints: bool = True
+    deadline_seconds: int | None = None
+
+
+def train_settings(raw: dict, where: str) -> TrainSettings:
+    t = dict(raw.get("train") or {})
+    slots = raw["experiment"]["slots"]
+    gpus = t.get("gpus_per_node", min(slots, 8))
+    if "nodes" in t:
+        nodes = t["nodes"]
+    elif gpus and slots % gpus:
+        raise JobError(f"config {where}: experiment.slots {slots} is not a multiple of train.gpus_per_node "
+                       f"{gpus}; set train.nodes")
+    else:
+        nodes = slots // gpus if gpus else 1
+    procs = t.get("processes_per_node", gpus or 1)
+    if gpus and procs != gpus:
+        raise JobError(f"config {where}: train.processes_per_node {procs} does not match train.gpus_per_node "
+                       f"{gpus} (one process per GPU)")
+    runtime = t.get("runtime", "torch-distributed")
+    if t.get("engine") == "trainjob" and runtime in MPI_RUNTIMES:
+        raise JobError(f"config {where}: train.runtime {runtime!r} launches through MPI; the trainer starts "
+                       f"with torchrun, so name a runtime with the torch policy (default torch-distributed)")
+    fields = {k: v for k, v in t.items() if k not in ("nodes", "gpus_per_node", "processes_per_node")}
+    return TrainSettings(nodes=nodes, gpus_per_node=gpus, processes_per_node=procs, **fields)
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """The validated config; `raw` keeps the file's mapping, `path` where it came from."""
 
@@ -189,6 +252,7 @@ class PipelineConfig:
     path: Path
     neox_paths: tuple[Path, ...] = field(default=())
     base_path: Path | None = None
+    train: TrainSettings = field(default_factory=TrainSettings)
 
     def __getitem__(self, key: str) -> Any:
         return self.raw[key]
@@ -249,9 +313,13 @@ def load_config(path: str | os.PathLike) -> PipelineConfig:
     exp_base = (base / raw["experiment_base"]).resolve() if raw.get("experiment_base") else None
     if exp_base is not None and not exp_base.is_file():
         raise JobError(f"config {path}: experiment_base: {exp_base} does not exist")
-    if raw["volume"].get("access_mode", "ReadWriteMany") != "ReadWriteMany" and raw["experiment"]["slots"] > 8:
-        raise JobError(f"config {path}: volume.access_mode must be ReadWriteMany for a multi-node experiment")
-    return PipelineConfig(raw=raw, path=path, neox_paths=neox, base_path=exp_base)
+    train = train_settings(raw, str(path))
+    if train.engine == "determined" and not raw.get("determined_master"):
+        raise JobError(f"config {path}: determined_master is required with train.engine determined")
+    multi_node = train.nodes > 1 if train.engine != "determined" else raw["experiment"]["slots"] > 8
+    if raw["volume"].get("access_mode", "ReadWriteMany") != "ReadWriteMany" and multi_node:
+        raise JobError(f"config {path}: volume.access_mode must be ReadWriteMany for a multi-node run")
+    return PipelineConfig(raw=raw, path=path, neox_paths=neox, base_path=exp_base, train=train)
 
 
 def load_neox(path: Path) -> dict:

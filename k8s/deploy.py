@@ -1,6 +1,10 @@
 """The deploy flow as library functions (the invoke tasks only parse options and call these):
-render -> validate -> preflight -> apply -> wait -> submit, plus secrets, status, logs and teardown.
-Nothing is applied unless rendering, validation and preflight all passed."""
+render -> validate -> preflight -> apply -> wait -> train, plus secrets, status, logs and teardown.
+Nothing is applied unless rendering, validation and preflight all passed.
+
+The train stage runs on the configured engine: a Determined experiment is submitted to the master;
+a TrainJob or JobSet is applied like the Jobs before it and followed by its conditions. A second
+deploy with the same config changes nothing and reports where the pipeline stands."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from k8s import render
 from k8s.cluster import Cluster, default_credentials, job_state
 from k8s.config import PipelineConfig, load_config, load_lock
 from k8s.determined_api import Master, read_context
+from k8s.engines import kubernetes_engine
 from k8s.plan import Plan, build_plan, write_context, write_plan
 from k8s.preflight import run_preflight
 
@@ -38,6 +43,7 @@ class Options:
     schemas: str | None = None
     poll: float = 5.0
     job_timeout: float = JOB_TIMEOUT
+    wait_train: bool = True  # follow a TrainJob/JobSet to its end (Determined runs are followed in its UI)
 
 
 @dataclass
@@ -46,6 +52,8 @@ class Result:
     skipped: list[str] = field(default_factory=list)
     experiment_id: int | None = None
     experiment_url: str | None = None
+    train: str | None = None  # "TrainJob/name" or "JobSet/name"
+    train_state: str | None = None
     summary: dict | None = None
 
 
@@ -56,9 +64,10 @@ def load(opts: Options) -> tuple[PipelineConfig, dict[str, str], Plan]:
     return cfg, images, build_plan(cfg, images, opts.schemas)
 
 
-def connect(cfg: PipelineConfig, opts: Options) -> tuple[Cluster, Master]:
-    return (Cluster(default_credentials(opts.kubeconfig, opts.context), cfg.namespace),
-            Master(cfg["determined_master"]))
+def connect(cfg: PipelineConfig, opts: Options) -> tuple[Cluster, Master | None]:
+    """The cluster, and the Determined master when the config trains on Determined."""
+    master = Master(cfg["determined_master"]) if cfg.train.engine == "determined" else None
+    return Cluster(default_credentials(opts.kubeconfig, opts.context), cfg.namespace), master
 
 
 def deploy(opts: Options, cluster: Cluster | None = None, master: Master | None = None,
@@ -70,11 +79,14 @@ def deploy(opts: Options, cluster: Cluster | None = None, master: Master | None 
         print(f"deploy: NeoX path rewritten: {note}", file=out)
     if opts.out:
         result.summary = write_plan(plan, opts.out, images)
-        print(f"deploy: wrote {len(plan.objects)} manifests and the experiment config to {opts.out}", file=out)
+        what = "and the experiment config " if plan.experiment is not None else ""
+        print(f"deploy: wrote {len(plan.objects)} manifests {what}to {opts.out}", file=out)
     if opts.dry_run:
         return result
-    if cluster is None or master is None:
+    if cluster is None or (master is None and plan.experiment is not None):
         cluster, master = connect(cfg, opts)
+    if plan.experiment is None:
+        master = None  # the Kubernetes-native engines need no Determined master
     if not opts.skip_preflight:
         run_preflight(cfg, images, cluster, master, create_bucket=opts.create_bucket, out=out)
     secret = cfg["checkpoints"]["secret"]
@@ -105,12 +117,63 @@ def deploy(opts: Options, cluster: Cluster | None = None, master: Master | None 
     for job in jobs:
         apply(job)
         cluster.wait_job(job["metadata"]["name"], opts.job_timeout, opts.poll, out)
-    result.experiment_id, result.experiment_url = submit(cfg, plan, cluster, master, out, apply)
+    if plan.experiment is not None:
+        result.experiment_id, result.experiment_url = submit(cfg, plan, cluster, master, out, apply)
+        where = f"experiment {result.experiment_id} at {result.experiment_url}"
+    else:
+        result.train, result.train_state = start_training(cfg, plan, cluster, opts, out, apply)
+        where = f"{result.train} {result.train_state}"
     counts = {w: sum(1 for v in result.applied.values() if v == w) for w in ("created", "configured", "unchanged")}
     print(f"deploy: done: {len(result.applied)} objects applied ({counts['created']} created, "
-          f"{counts['configured']} configured, {counts['unchanged']} unchanged), "
-          f"experiment {result.experiment_id} at {result.experiment_url}", file=out)
+          f"{counts['configured']} configured, {counts['unchanged']} unchanged), {where}", file=out)
     return result
+
+
+SPEC_ANNOTATION = "neox-pipeline/spec-sha256"
+
+
+def start_training(cfg: PipelineConfig, plan: Plan, cluster: Cluster, opts: Options, out: TextIO,
+                   apply) -> tuple[str, str]:
+    """Apply the TrainJob/JobSet once per distinct spec and follow it. The same spec again is a no-op
+    that reports the run's state; a different spec while one runs under the name is refused (both
+    would write the same checkpoints), so is re-running a failed one without a teardown."""
+    obj = plan.train_object
+    kind, name = obj["kind"], obj["metadata"]["name"]
+    key = f"{kind}/{name}"
+    live = cluster.get(kind, name)
+    if live is not None:
+        state = cluster.state(kind, live)
+        same = (live["metadata"].get("annotations") or {}).get(SPEC_ANNOTATION) == \
+            obj["metadata"]["annotations"][SPEC_ANNOTATION]
+        if not same and state not in ("Complete", "Failed"):
+            raise JobError(f"{key}: already {state.lower()} with a different spec; wait for it or "
+                           f"`invoke teardown`, then deploy again (training resumes from its last complete checkpoint)")
+        if not same:
+            raise JobError(f"{key}: a finished run ({state}) with a different spec is in the way; "
+                           f"`invoke teardown` removes it (checkpoints on the volume stay), then deploy again")
+        if state == "Failed":
+            raise JobError(f"{key}: failed earlier ({failure_reason(live)}); `invoke logs` shows why; "
+                           f"`invoke teardown` then `invoke deploy` starts it again from the last complete checkpoint")
+        print(f"deploy: {key} unchanged ({state.lower()})", file=out)
+        if state == "Complete" or not opts.wait_train:
+            return key, state
+    else:
+        apply(obj)
+    engine = kubernetes_engine(plan.engine)
+    print(f"deploy: {key}: {obj['spec'].get('trainer', {}).get('numNodes') or cfg.train.nodes} nodes x "
+          f"{cfg.train.processes_per_node} processes ({engine.__name__.rsplit('.', 1)[-1]} engine)", file=out)
+    if not opts.wait_train:
+        print("deploy: not waiting; follow it with `invoke status` and `invoke logs --follow`", file=out)
+        return key, "Running"
+    done = cluster.wait(kind, name, opts.job_timeout, out=out)
+    return key, cluster.state(kind, done)
+
+
+def failure_reason(obj: dict) -> str:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Failed" and cond.get("status") == "True":
+            return cond.get("message") or cond.get("reason") or "Failed"
+    return "Failed"
 
 
 def probe_verdict(cluster: Cluster, job: str) -> dict:
@@ -186,9 +249,9 @@ def status(opts: Options, cluster: Cluster | None = None, master: Master | None 
            out: TextIO | None = None) -> dict:
     out = out or sys.stdout
     cfg = load_config(opts.config)
-    if cluster is None or master is None:
+    if cluster is None or (master is None and cfg.train.engine == "determined"):
         cluster, master = connect(cfg, opts)
-    report: dict = {}
+    report: dict = {"engine": cfg.train.engine}
     pvc = cluster.get("PersistentVolumeClaim", cfg["volume"]["name"])
     report["volume"] = pvc.get("status", {}).get("phase", "?") if pvc else "absent"
     print(f"volume   {cfg['volume']['name']}: {report['volume']}", file=out)
@@ -198,8 +261,19 @@ def status(opts: Options, cluster: Cluster | None = None, master: Master | None 
         name, state = job["metadata"]["name"], job_state(job)
         report["jobs"][name] = state
         print(f"job      {name}: {state}", file=out)
+    if (engine := kubernetes_engine(cfg.train.engine)) is not None:
+        name = engine.name(cfg)
+        live = cluster.get(engine.KIND, name)
+        state = cluster.state(engine.KIND, live) if live else "absent"
+        pods = sorted(cluster.list("Pod", render.selector(cfg, "train")), key=_node_index) if live else []
+        report["train"] = {"kind": engine.KIND, "name": name, "state": state,
+                           "pods": {p["metadata"]["name"]: p.get("status", {}).get("phase", "?") for p in pods}}
+        print(f"train    {engine.KIND}/{name}: {state}", file=out)
+        for pod in pods:
+            print(f"  node {_node_index(pod)}  {pod['metadata']['name']}: {pod.get('status', {}).get('phase', '?')}",
+                  file=out)
     record = cluster.get("ConfigMap", f"{cfg.instance}-experiment")
-    if record:
+    if record and master is not None:
         exp_id = int(record["data"]["experiment-id"])
         try:
             master.login()
@@ -211,13 +285,32 @@ def status(opts: Options, cluster: Cluster | None = None, master: Master | None 
     return report
 
 
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+
+
+def _node_index(pod: dict) -> int:
+    """The node rank of a train pod: its Indexed Job completion index (label, or annotation on older
+    clusters); pods without one sort last."""
+    meta = pod.get("metadata", {})
+    value = (meta.get("labels") or {}).get(COMPLETION_INDEX) or (meta.get("annotations") or {}).get(COMPLETION_INDEX)
+    return int(value) if value is not None and str(value).isdigit() else 1 << 30
+
+
 def logs(opts: Options, step: str | None = None, tail: int = 100, cluster: Cluster | None = None,
-         out: TextIO | None = None) -> int:
+         out: TextIO | None = None, rank: int | None = None) -> int:
+    """The logs of this deployment's pods; for the train step only node `rank`'s (default 0)."""
     out = out or sys.stdout
     cfg = load_config(opts.config)
     cluster = cluster or connect(cfg, opts)[0]
-    sel = render.selector(cfg) + (f",app.kubernetes.io/component={step}" if step else "")
-    pods = sorted(cluster.list("Pod", sel), key=lambda p: p["metadata"].get("creationTimestamp", ""))
+    if rank is not None and step is None:
+        step = "train"
+    pods = sorted(cluster.list("Pod", render.selector(cfg, step)), key=lambda p: p["metadata"].get("creationTimestamp", ""))
+    if step == "train":
+        want = 0 if rank is None else rank
+        nodes = {_node_index(p) for p in pods}
+        pods = [p for p in pods if _node_index(p) == want]
+        if not pods and nodes:
+            raise JobError(f"no train pod of node rank {want} (nodes: {', '.join(map(str, sorted(nodes)))})")
     if not pods:
         raise JobError(f"no pods{f' for step {step}' if step else ''} of {cfg.instance} in {cfg.namespace}")
     for pod in pods:
@@ -235,7 +328,10 @@ def teardown(opts: Options, volume: bool = False, secrets_too: bool = False, clu
     cluster = cluster or connect(cfg, opts)[0]
     sel = render.selector(cfg)
     gone = []
-    for kind in ("Job", "ConfigMap"):
+    kinds = ["Job", "ConfigMap"]
+    if (engine := kubernetes_engine(cfg.train.engine)) is not None:
+        kinds.insert(0, engine.KIND)  # its controller removes the pods and the headless service
+    for kind in kinds:
         for obj in cluster.list(kind, sel):
             if cluster.delete(kind, obj["metadata"]["name"]):
                 gone.append(f"{kind}/{obj['metadata']['name']}")

@@ -1,6 +1,9 @@
 """Everything one deployment would apply, rendered and validated in one place, and its dry-run
 output: one YAML file per object plus a kustomization, the experiment config and its context
-directory (the rewritten NeoX configs), and a JSON summary beside them."""
+directory (the rewritten NeoX configs, Determined engine), and a JSON summary beside them.
+
+The stages come from k8s/stages.py as job specs; Jobs render them for fetch and preprocess, the
+configured engine (k8s/engines/) for train."""
 
 from __future__ import annotations
 
@@ -12,9 +15,10 @@ from pathlib import Path
 import yaml
 
 from jobs.cli import JobError, atomic_dir, write_json_atomic
-from k8s import render
+from k8s import render, stages
 from k8s.config import PipelineConfig, find_secret, secret_values_in_env
-from k8s.experiment import CONF_DIR, experiment_config, neox_configs
+from k8s.engines import kubernetes_engine
+from k8s.engines.determined import CONF_DIR, experiment_config
 from k8s.validate import KUBERNETES_VERSION, validate_experiment, validate_k8s
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -22,43 +26,64 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass
 class Plan:
+    engine: str
     pvc: dict
     config_maps: list[dict]
     probe: dict
     fetch: list[dict]  # weights first, then data when the dataset has a source
     preprocess: dict
-    experiment: dict
+    train: list[dict]  # the Kubernetes-native engine's objects (empty for Determined)
+    experiment: dict | None  # the Determined experiment config (None for the other engines)
     neox: dict[str, dict]
     notes: list[str] = field(default_factory=list)
 
     @property
     def objects(self) -> list[dict]:
-        """In apply order: the volume, the configs, then the Jobs in the order they run."""
-        return [self.pvc, *self.config_maps, self.probe, *self.fetch, self.preprocess]
+        """In apply order: the volume, the configs, the Jobs in the order they run, then the training run."""
+        return [self.pvc, *self.config_maps, self.probe, *self.fetch, self.preprocess, *self.train]
+
+    @property
+    def train_object(self) -> dict | None:
+        return self.train[0] if self.train else None
+
+
+def _experiment_base(cfg: PipelineConfig) -> dict | None:
+    if cfg.base_path is None:
+        return None
+    try:
+        base = yaml.safe_load(cfg.base_path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise JobError(f"experiment_base {cfg.base_path}: is not valid YAML ({exc})") from exc
+    if not isinstance(base, dict):
+        raise JobError(f"experiment_base {cfg.base_path}: expected a mapping at the top")
+    return base
 
 
 def build_plan(cfg: PipelineConfig, images: dict[str, str], schema_dir: str | os.PathLike | None = None) -> Plan:
-    neox, notes = neox_configs(cfg)
-    base = None
-    if cfg.base_path is not None:
-        base = yaml.safe_load(cfg.base_path.read_text()) or {}
-        if not isinstance(base, dict):
-            raise JobError(f"experiment_base {cfg.base_path}: expected a mapping at the top")
-    experiment = experiment_config(cfg, images, base, list(neox))
-    configs_cm = render.config_map(cfg, f"{cfg.instance}-configs",
-                                   {**{n: render.dump_yaml(c) for n, c in neox.items()},
-                                    "experiment.yaml": render.dump_yaml(experiment)}, "configs")
-    fetch = [render.fetch_weights_job(cfg, images)]
-    if (data_job := render.fetch_data_job(cfg, images)) is not None:
-        fetch.append(data_job)
-    plan = Plan(pvc=render.pvc(cfg), config_maps=[configs_cm, render.probe_config_map(cfg)],
-                probe=render.probe_job(cfg, images), fetch=fetch, preprocess=render.preprocess_job(cfg, images),
+    neox, notes = stages.neox_configs(cfg)
+    train_spec = stages.train(cfg, neox)
+    engine = kubernetes_engine(cfg.train.engine)
+    experiment, train = None, []
+    files = {n: render.dump_yaml(c) for n, c in neox.items()}
+    if engine is None:
+        experiment = experiment_config(cfg, train_spec, images, _experiment_base(cfg), list(neox))
+        files["experiment.yaml"] = render.dump_yaml(experiment)
+    else:
+        train = engine.render_objects(cfg, train_spec, images)
+    configs_cm = render.config_map(cfg, render.configs_config_map_name(cfg), files, "configs")
+    fetch = [render.job(cfg, stages.fetch_weights(cfg), images)]
+    if (data_spec := stages.fetch_data(cfg)) is not None:
+        fetch.append(render.job(cfg, data_spec, images))
+    plan = Plan(engine=cfg.train.engine, pvc=render.pvc(cfg), config_maps=[configs_cm, render.probe_config_map(cfg)],
+                probe=render.probe_job(cfg, stages.probe_weights(cfg), images), fetch=fetch,
+                preprocess=render.job(cfg, stages.preprocess(cfg), images), train=train,
                 experiment=experiment, neox=neox, notes=notes)
     for obj in plan.objects:
         validate_k8s(obj)
-    validate_experiment(experiment, schema_dir)
+    if experiment is not None:
+        validate_experiment(experiment, schema_dir)
     # Last guard: nothing rendered may carry a credential, whatever path it came in by.
-    for obj in [*plan.objects, experiment]:
+    for obj in [*plan.objects, *([experiment] if experiment else [])]:
         if (where := find_secret(obj)) is not None:
             raise JobError(f"{obj.get('kind', 'experiment')} {obj.get('metadata', {}).get('name', '')}: "
                            f"{where} holds a secret value; refusing to render it")
@@ -92,10 +117,12 @@ def write_plan(plan: Plan, out: str | os.PathLike, images: dict[str, str]) -> di
             files.append(name)
         (k8s_dir / "kustomization.yaml").write_text(render.dump_yaml({
             "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": files}))
-        exp_dir = tmp / "experiment"
-        write_context(plan, exp_dir / "context")
-        (exp_dir / "experiment.yaml").write_text(render.dump_yaml(plan.experiment))
+        if plan.experiment is not None:
+            exp_dir = tmp / "experiment"
+            write_context(plan, exp_dir / "context")
+            (exp_dir / "experiment.yaml").write_text(render.dump_yaml(plan.experiment))
         summary = {
+            "engine": plan.engine,
             "kubernetes_version": KUBERNETES_VERSION,
             "objects": [f"{o['kind']}/{o['metadata']['name']}" for o in plan.objects],
             "images": images,

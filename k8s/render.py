@@ -1,5 +1,7 @@
-"""Builders for the Kubernetes objects of one deployment: the shared volume's PVC, ConfigMaps, and the
-probe/fetch/preprocess Jobs. Plain dicts, written as plain YAML that kustomize can overlay.
+"""The Kubernetes building blocks of one deployment: labels, the shared volume's PVC, ConfigMaps, and a
+job spec (jobs/spec.py) as a container, a pod and a batch/v1 Job. Plain dicts, written as plain YAML
+that kustomize can overlay. The training engines (k8s/engines/) build their objects from the same
+container and pod.
 
 Job names carry a short hash of their spec: Job templates are immutable, so a changed spec (a new image
 digest, other arguments) becomes a new Job, and an unchanged one re-applies as a no-op."""
@@ -12,21 +14,37 @@ from pathlib import Path
 
 import yaml
 
+from jobs.spec import JobSpec
 from k8s.config import PipelineConfig
 
 FIELD_MANAGER = "neox-pipeline"
 PART_OF = "neox-pipeline"
 UID = 1000  # user `neox` in every image
 VOLUME = "shared"
+CONFIGS_VOLUME = "neox-configs"
+CONFIG_DIR = "/etc/neox"  # where train pods mount the rewritten NeoX configs (a ConfigMap)
 PROBE_SCRIPT = Path(__file__).with_name("weights_probe.py")
+PROBE_DIR = "/probe"
 
-_DEFAULTS = {
-    "probe": {"cpu": "100m", "memory": "256Mi", "backoff_limit": 0, "deadline_seconds": 1800, "ttl_seconds": 600},
-    "fetch": {"cpu": "2", "memory": "4Gi", "backoff_limit": 3, "deadline_seconds": 6 * 3600,
-              "ttl_seconds": 7 * 86400},
-    "preprocess": {"cpu": "8", "memory": "16Gi", "backoff_limit": 2, "deadline_seconds": 12 * 3600,
-                   "ttl_seconds": 7 * 86400},
+# Job policy per stage: retries, how long it may run, how long the finished Job stays for `invoke logs`.
+_JOB_POLICY = {
+    "probe-weights": {"backoff_limit": 0, "deadline_seconds": 1800, "ttl_seconds": 600},
+    "fetch-weights": {"backoff_limit": 3, "deadline_seconds": 6 * 3600, "ttl_seconds": 7 * 86400},
+    "fetch-data": {"backoff_limit": 3, "deadline_seconds": 6 * 3600, "ttl_seconds": 7 * 86400},
+    "preprocess": {"backoff_limit": 2, "deadline_seconds": 12 * 3600, "ttl_seconds": 7 * 86400},
+    "export": {"backoff_limit": 1, "deadline_seconds": 12 * 3600, "ttl_seconds": 7 * 86400},
 }
+# The same restricted security context on every container and pod we render (the train pods too).
+CONTAINER_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": UID,
+    "runAsGroup": UID,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+POD_SECURITY = {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
+                "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 def labels(cfg: PipelineConfig, step: str | None = None) -> dict[str, str]:
@@ -37,12 +55,17 @@ def labels(cfg: PipelineConfig, step: str | None = None) -> dict[str, str]:
     return out
 
 
-def selector(cfg: PipelineConfig) -> str:
-    return f"app.kubernetes.io/part-of={PART_OF},app.kubernetes.io/instance={cfg.instance}"
+def selector(cfg: PipelineConfig, step: str | None = None) -> str:
+    sel = f"app.kubernetes.io/part-of={PART_OF},app.kubernetes.io/instance={cfg.instance}"
+    return sel + (f",app.kubernetes.io/component={step}" if step else "")
 
 
-def _meta(cfg: PipelineConfig, name: str, step: str | None = None) -> dict:
+def meta(cfg: PipelineConfig, name: str, step: str | None = None) -> dict:
     return {"name": name, "namespace": cfg.namespace, "labels": labels(cfg, step)}
+
+
+def spec_hash(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def pvc(cfg: PipelineConfig) -> dict:
@@ -50,7 +73,7 @@ def pvc(cfg: PipelineConfig) -> dict:
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": _meta(cfg, vol["name"], "volume"),
+        "metadata": meta(cfg, vol["name"], "volume"),
         "spec": {
             "accessModes": [vol.get("access_mode", "ReadWriteMany")],
             "storageClassName": vol["storage_class"],
@@ -60,123 +83,106 @@ def pvc(cfg: PipelineConfig) -> dict:
 
 
 def config_map(cfg: PipelineConfig, name: str, files: dict[str, str], step: str) -> dict:
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(cfg, name, step), "data": dict(files)}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(cfg, name, step), "data": dict(files)}
 
 
 def probe_config_map(cfg: PipelineConfig) -> dict:
-    return config_map(cfg, f"{cfg.instance}-probe", {"weights_probe.py": PROBE_SCRIPT.read_text()}, "probe")
+    return config_map(cfg, f"{cfg.instance}-probe", {PROBE_SCRIPT.name: PROBE_SCRIPT.read_text()}, "probe")
 
 
-def _resources(spec: dict, kind: str) -> tuple[dict, dict]:
-    r = {**_DEFAULTS[kind], **(spec.get("resources") or {})}
-    resources = {
-        "requests": {"cpu": r["cpu"], "memory": r["memory"]},
-        "limits": {"cpu": r.get("cpu_limit", r["cpu"]), "memory": r.get("memory_limit", r["memory"])},
-    }
-    return resources, r
+def configs_config_map_name(cfg: PipelineConfig) -> str:
+    return f"{cfg.instance}-configs"
 
 
-def _job(cfg: PipelineConfig, step: str, kind: str, image: str, args: list[str], spec: dict,
-         command: list[str] | None = None, secret: str | None = None, extra_volumes: tuple = ()) -> dict:
-    resources, r = _resources(spec, kind)
-    container = {
-        "name": step,
-        "image": image,
-        "args": args,
-        "resources": resources,
-        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}, {"name": "HOME", "value": "/tmp"}],
-        "volumeMounts": [{"name": VOLUME, "mountPath": str(cfg.mount)}, {"name": "tmp", "mountPath": "/tmp"}],
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": UID,
-            "runAsGroup": UID,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
-    }
-    if command:
-        container["command"] = command
-    if secret:  # credentials reach the container only by reference
-        container["envFrom"] = [{"secretRef": {"name": secret}}]
-    volumes = [{"name": VOLUME, "persistentVolumeClaim": {"claimName": cfg["volume"]["name"]}},
-               {"name": "tmp", "emptyDir": {}}]
-    for vol, mount in extra_volumes:
-        volumes.append(vol)
-        container["volumeMounts"].append(mount)
+# ---- a job spec as a container and a pod ----------------------------------------------------------
+
+
+def resources(spec: JobSpec) -> dict:
+    r = spec.resources
+    requests = {k: v for k, v in (("cpu", r.cpu), ("memory", r.memory)) if v}
+    limits = {k: v for k, v in (("cpu", r.cpu_limit or r.cpu), ("memory", r.memory_limit or r.memory)) if v}
+    if r.gpus:
+        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(r.gpus)
+    return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
+
+
+def env(spec: JobSpec, extra: dict[str, str] | None = None) -> list[dict]:
+    """Plain values, then single Secret keys by reference: credentials never appear as values."""
+    out = [{"name": k, "value": v} for k, v in {"PYTHONUNBUFFERED": "1", "HOME": "/tmp", **dict(spec.env),
+                                                 **(extra or {})}.items()]
+    out += [{"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+            for name, secret, key in spec.secret_keys]
+    return out
+
+
+def mounts(cfg: PipelineConfig, spec: JobSpec) -> list[dict]:
+    out = [{"name": VOLUME, "mountPath": str(cfg.mount)}, {"name": "tmp", "mountPath": "/tmp"}]
+    if spec.files:
+        out.append({"name": CONFIGS_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True})
+    if spec.stage == "train":
+        out.append({"name": "dshm", "mountPath": "/dev/shm"})  # NCCL and data loaders need more than 64 MB
+    return out
+
+
+def volumes(cfg: PipelineConfig, spec: JobSpec) -> list[dict]:
+    out = [{"name": VOLUME, "persistentVolumeClaim": {"claimName": cfg["volume"]["name"]}},
+           {"name": "tmp", "emptyDir": {}}]
+    if spec.files:
+        out.append({"name": CONFIGS_VOLUME, "configMap": {"name": configs_config_map_name(cfg)}})
+    if spec.stage == "train":
+        out.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": cfg.train.shm_size}})
+    return out
+
+
+def container(cfg: PipelineConfig, spec: JobSpec, image: str, name: str | None = None,
+              extra_env: dict[str, str] | None = None) -> dict:
+    c = {"name": name or spec.stage, "image": image}
+    if spec.command:
+        c["command"] = list(spec.command)
+    c.update({"args": list(spec.args), "env": env(spec, extra_env)})
+    if spec.secret_env:  # whole Secrets, by reference
+        c["envFrom"] = [{"secretRef": {"name": s}} for s in spec.secret_env]
+    if res := resources(spec):
+        c["resources"] = res
+    c["volumeMounts"] = mounts(cfg, spec)
+    c["securityContext"] = dict(CONTAINER_SECURITY)
+    return c
+
+
+def pod_spec(cfg: PipelineConfig, spec: JobSpec, containers: list[dict], extra_volumes: tuple = ()) -> dict:
     pod = {
-        "metadata": {"labels": labels(cfg, step)},
-        "spec": {
-            "restartPolicy": "Never",
-            "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
-                                "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [container],
-            "volumes": volumes,
-        },
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,  # no stage talks to the Kubernetes API
+        "securityContext": dict(POD_SECURITY),
+        "containers": containers,
+        "volumes": [*volumes(cfg, spec), *extra_volumes],
     }
+    if cfg["experiment"].get("node_selector") and spec.stage == "train":
+        pod["nodeSelector"] = dict(cfg["experiment"]["node_selector"])
+    return pod
+
+
+def job(cfg: PipelineConfig, spec: JobSpec, images: dict[str, str], extra: tuple = ()) -> dict:
+    """A batch/v1 Job running `spec` once. `extra`: (volume, mount) pairs only this Job needs."""
+    policy = _JOB_POLICY[spec.stage]
+    c = container(cfg, spec, images[spec.image])
+    c["volumeMounts"] += [m for _, m in extra]
     job_spec = {
-        "backoffLimit": r["backoff_limit"],
-        "activeDeadlineSeconds": r["deadline_seconds"],
-        "ttlSecondsAfterFinished": r["ttl_seconds"],
-        "template": pod,
+        "backoffLimit": policy["backoff_limit"],
+        "activeDeadlineSeconds": policy["deadline_seconds"],
+        "ttlSecondsAfterFinished": policy["ttl_seconds"],
+        "template": {"metadata": {"labels": labels(cfg, spec.stage)},
+                     "spec": pod_spec(cfg, spec, [c], tuple(v for v, _ in extra))},
     }
-    digest = hashlib.sha256(json.dumps(job_spec, sort_keys=True).encode()).hexdigest()[:8]
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(cfg, f"{cfg.instance}-{step}-{digest}", step),
+    return {"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": meta(cfg, f"{cfg.instance}-{spec.stage}-{spec_hash(job_spec)}", spec.stage),
             "spec": job_spec}
 
 
-def fetch_args(source: str, dest: str, spec: dict) -> list[str]:
-    args = [source, dest]
-    if spec.get("connections"):
-        args += ["--connections", str(spec["connections"])]
-    if spec.get("checksums"):
-        args += ["--checksums", spec["checksums"]]
-    for g in spec.get("include") or []:
-        args += ["--include", g]
-    for g in spec.get("exclude") or []:
-        args += ["--exclude", g]
-    if spec.get("endpoint_url"):
-        args += ["--endpoint-url", spec["endpoint_url"]]
-    return args
-
-
-def probe_job(cfg: PipelineConfig, images: dict[str, str]) -> dict:
-    """Reports (in its log, as one JSON line) whether the volume already holds verified weights."""
+def probe_job(cfg: PipelineConfig, spec: JobSpec, images: dict[str, str]) -> dict:
     cm = probe_config_map(cfg)["metadata"]["name"]
-    vol = ({"name": "probe", "configMap": {"name": cm}}, {"name": "probe", "mountPath": "/probe", "readOnly": True})
-    return _job(cfg, "probe-weights", "probe", images["fetcher"],
-                ["/probe/weights_probe.py", cfg.on_volume(cfg["weights"]["dest"]), cfg["weights"]["source"]], {},
-                command=["python"], extra_volumes=(vol,))
-
-
-def fetch_weights_job(cfg: PipelineConfig, images: dict[str, str]) -> dict:
-    w = cfg["weights"]
-    return _job(cfg, "fetch-weights", "fetch", images["fetcher"],
-                fetch_args(w["source"], cfg.on_volume(w["dest"]), w), w, secret=w.get("secret"))
-
-
-def fetch_data_job(cfg: PipelineConfig, images: dict[str, str]) -> dict | None:
-    d = cfg["dataset"]
-    if not d.get("source"):
-        return None
-    dest = cfg.on_volume(d.get("dir") or str(Path(d["inputs"][0]).parent))
-    return _job(cfg, "fetch-data", "fetch", images["fetcher"], fetch_args(d["source"], dest, d), d,
-                secret=d.get("secret"))
-
-
-def preprocess_job(cfg: PipelineConfig, images: dict[str, str]) -> dict:
-    d = cfg["dataset"]
-    args = ["--input", *(cfg.on_volume(p) for p in d["inputs"]),
-            "--tokenizer", cfg.on_volume(d["tokenizer"]),
-            "--output-prefix", cfg.on_volume(d["output_prefix"])]
-    if d.get("jsonl_key", "text") != "text":
-        args += ["--jsonl-key", d["jsonl_key"]]
-    if d.get("append_eod", True):
-        args.append("--append-eod")
-    workers = d.get("workers", 8)
-    args += ["--workers", str(workers)]
-    spec = {**d, "resources": {"cpu": str(workers), **(d.get("resources") or {})}}
-    return _job(cfg, "preprocess", "preprocess", images["preprocessor"], args, spec)
+    vol = ({"name": "probe", "configMap": {"name": cm}}, {"name": "probe", "mountPath": PROBE_DIR, "readOnly": True})
+    return job(cfg, spec, images, extra=(vol,))
 
 
 def dump_yaml(obj: dict) -> str:

@@ -1,12 +1,17 @@
 """Validation before anything is applied: every Kubernetes object against the OpenAPI schema of a
 stated Kubernetes version (kubernetes-validate, strict: unknown fields are errors, schemas ship inside
-the package so this works offline), and the experiment config against Determined's own JSON schemas
-with their custom keywords implemented as jsonschema validators (FORMATS.md section 5)."""
+the package so this works offline); TrainJob and JobSet objects against the `openAPIV3Schema` of the
+CRD they target (Kubeflow Trainer v2.3.0, JobSet v0.12.0, vendored in k8s/crds/ without their
+descriptions, held strict the same way); and the experiment config against Determined's own JSON
+schemas with their custom keywords implemented as jsonschema validators (FORMATS.md section 5).
+CEL rules (`x-kubernetes-validations`) are the API server's to run; the one every object meets
+(an RFC 1035 name of at most 63 characters) is checked here."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -24,8 +29,54 @@ SCHEMAS_ENV = "NEOX_DETERMINED_SCHEMAS"
 DEFAULT_SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "determined-expconf-v0"
 
 
+CRD_DIR = Path(__file__).with_name("crds")
+CRD_FILES = {("trainer.kubeflow.org/v1alpha1", "TrainJob"): "trainjob-v1alpha1.json",
+             ("jobset.x-k8s.io/v1alpha2", "JobSet"): "jobset-v1alpha2.json"}
+_DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def strict_schema(schema: Any) -> Any:
+    """An OpenAPI v3 structural schema with unknown fields made errors: every object that lists its
+    properties and neither allows extra ones nor preserves unknown fields gets additionalProperties false."""
+    if isinstance(schema, list):
+        return [strict_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict_schema(v) for k, v in schema.items()}
+    if ("properties" in out and "additionalProperties" not in out
+            and not out.get("x-kubernetes-preserve-unknown-fields")):
+        out["additionalProperties"] = False
+    return out
+
+
+@lru_cache(maxsize=4)
+def crd_validator(file_name: str) -> jsonschema.Draft7Validator:
+    crd = json.loads((CRD_DIR / file_name).read_text())
+    schema = strict_schema(crd["openAPIV3Schema"])
+    schema["properties"]["metadata"] = {"type": "object"}  # ObjectMeta: checked by name below
+    return jsonschema.Draft7Validator(schema)
+
+
+def validate_custom(obj: dict) -> None:
+    name = f"{obj.get('kind', '?')}/{obj.get('metadata', {}).get('name', '?')}"
+    file_name = CRD_FILES.get((obj.get("apiVersion"), obj.get("kind")))
+    if file_name is None:
+        raise JobError(f"{name}: no CRD schema for {obj.get('apiVersion')} {obj.get('kind')}")
+    errors = sorted(crd_validator(file_name).iter_errors(obj), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        where = ".".join(str(p) for p in err.absolute_path) or "<top>"
+        raise JobError(f"{name}: {where}: {err.message} (CRD {file_name.removesuffix('.json')}, strict)")
+    meta_name = obj["metadata"].get("name", "")
+    if not _DNS_1035.match(meta_name) or len(meta_name) > 63:
+        raise JobError(f"{name}: metadata.name must be an RFC 1035 label of at most 63 characters")
+
+
 def validate_k8s(obj: dict, version: str = KUBERNETES_VERSION) -> None:
     name = f"{obj.get('kind', '?')}/{obj.get('metadata', {}).get('name', '?')}"
+    if (obj.get("apiVersion"), obj.get("kind")) in CRD_FILES:
+        validate_custom(obj)
+        return
     try:
         kubernetes_validate.validate(obj, version, strict=True)
     except kubernetes_validate.ValidationError as exc:
