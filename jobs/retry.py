@@ -14,6 +14,11 @@ class RestartFile(Exception):
     """The server ignored a Range request (a 200 reply) or the file changed: restart it from zero."""
 
 
+class SizeMismatch(Exception):
+    """The sizes a source reports (HEAD or listing, Content-Range, Content-Length, bytes received)
+    disagree. Retried a few times per file, on a budget that progress does not refill."""
+
+
 class Backoff:
     attempts = 8  # consecutive failures without progress before giving up
     base = 0.5  # seconds; the n-th wait is uniform in [0, min(cap, base * 2**(n-1))]

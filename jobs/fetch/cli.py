@@ -26,6 +26,9 @@ def parser() -> argparse.ArgumentParser:
                    help="skip files whose relative path or name matches (repeatable)")
     p.add_argument("--endpoint-url", metavar="URL",
                    help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS)")
+    p.add_argument("--allow-redirect-host", action="append", default=[], metavar="HOST",
+                   help="follow https:// redirects to this other host (repeatable; * for any). Credentials "
+                        "are never sent along a redirect")
     p.add_argument("--verify", action="store_true",
                    help="re-hash files already in DEST instead of trusting their size and the manifest")
     return p
@@ -34,7 +37,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     opts = Options(connections=args.connections, checksums=args.checksums, include=args.include,
-                   exclude=args.exclude, endpoint_url=args.endpoint_url, verify=args.verify)
+                   exclude=args.exclude, endpoint_url=args.endpoint_url, verify=args.verify,
+                   redirect_hosts=args.allow_redirect_host)
 
     def body() -> int:
         print(f"{PROG}: {summary_line(fetch(args.source, args.dest, opts))}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import sys
 import threading
@@ -33,23 +34,38 @@ class Options:
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     endpoint_url: str | None = None
+    redirect_hosts: list[str] = field(default_factory=list)  # other hosts an https:// redirect may go to
     verify: bool = False  # re-hash files already in DEST instead of trusting size + manifest
     stream: TextIO | None = None  # progress output (stderr by default)
 
 
-def open_source(source: str, opts: Options) -> Source:
-    if source.startswith(("http://", "https://")):
-        from .http import HttpSource
+FORMS = {"http": "http://host/path", "https": "https://host/path", "s3": "s3://bucket/prefix",
+         "hf": "hf://org/repo[@revision]"}
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 
-        return HttpSource(source, connections=opts.connections)
-    if source.startswith("s3://"):
+
+def open_source(source: str, opts: Options) -> Source:
+    if not source.strip():
+        raise JobError("SOURCE is empty (give an https:// URL, s3://bucket/prefix, hf://org/repo or a path)")
+    if "\x00" in source:
+        raise JobError(f"{source!r}: SOURCE holds a NUL character")
+    m = _SCHEME.match(source)
+    scheme = m[1].lower() if m else ""
+    if scheme in FORMS and not source[m.end():].startswith("//"):
+        raise JobError(f"{source}: malformed URL (expected {FORMS[scheme]})")
+    if scheme in ("http", "https"):
+        from .http import HttpSource, check_url
+
+        check_url(source)
+        return HttpSource(source, connections=opts.connections, redirect_hosts=tuple(opts.redirect_hosts))
+    if scheme == "s3":
         from .s3 import S3Source
 
-        return S3Source(source, opts.endpoint_url, opts.connections)
-    if source.startswith("hf://"):
+        return S3Source("s3" + source[2:], opts.endpoint_url, opts.connections)
+    if scheme == "hf":
         from .hf import HubSource
 
-        return HubSource(source, opts.connections)
+        return HubSource("hf" + source[2:], opts.connections)
     if "://" in source:
         raise JobError(f"{source}: unsupported source (use https://, s3://, hf:// or a local path)")
     from .local import LocalSource
@@ -92,19 +108,27 @@ def fetch(source: str, dest: str | os.PathLike, opts: Options | None = None) -> 
     opts = opts or Options()
     if opts.connections < 1:
         raise JobError(f"--connections must be at least 1, got {opts.connections}")
+    if not str(dest).strip():
+        raise JobError("DEST is empty (give the folder to fill)")
     dest = Path(dest)
+    sums = read_checksums(opts.checksums) if opts.checksums else {}
+    src = open_source(source, opts)
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise JobError(f"cannot create {dest}: {exc.strerror}") from None
-    sums = read_checksums(opts.checksums) if opts.checksums else {}
-    src = open_source(source, opts)
     t0 = time.monotonic()
     lease = Lease(dest)
-    lease.acquire()
-    # Temp files of a killed run's manifest/stats writes: under the lease, nobody else is writing them.
-    for stale in [*dest.glob(f".{MANIFEST_NAME}.*.tmp"), *dest.glob(f".{STATS_NAME}.*.tmp")]:
-        stale.unlink(missing_ok=True)
+    try:
+        lease.acquire()
+    except OSError as exc:  # a read-only DEST (or its staging folder)
+        raise JobError(f"cannot write to {dest}: {exc.strerror} ({exc.filename})") from None
+    # Temp files of a killed run's manifest/stats writes (write_json_atomic's mkstemp names, nothing
+    # else): under the lease, nobody else is writing them.
+    for name in (MANIFEST_NAME, STATS_NAME):
+        for stale in dest.glob(f".{name}.*.tmp"):
+            if re.fullmatch(rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}\.tmp", stale.name):
+                stale.unlink(missing_ok=True)
     stats = Stats()
     summary: dict = {"source": src.description, "dest": str(dest), "ok": False}
     manifest = Manifest(dest, src.description)

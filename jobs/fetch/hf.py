@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 from jobs.cli import JobError
 
-from .http import HttpSource
+from .http import ANY_HOST, HttpSource
 from .plan import RemoteFile, safe_relpath
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -43,8 +43,10 @@ class HubSource:
         self.endpoint = os.environ.get("HF_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
         token = os.environ.get("HF_TOKEN") or None
         self.api = HfApi(endpoint=self.endpoint, token=token)
-        self.http = HttpSource(url, headers=build_hf_headers(token=token), connections=connections,
-                                if_range=False)  # files are pinned to one commit
+        # Files are pinned to one commit (no If-Range); the hub serves large files from its CDN on
+        # other hosts, so its redirects may go anywhere, but the token never follows one.
+        self.http = HttpSource(f"{self.endpoint}/", headers=build_hf_headers(token=token), connections=connections,
+                               if_range=False, redirect_hosts=(ANY_HOST,))
         self.commit: str | None = None
 
     def list_files(self) -> list[RemoteFile]:

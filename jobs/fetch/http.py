@@ -1,8 +1,14 @@
 """HTTP(S) sources: a single file, or a directory listing crawled below the given path (like
-`wget -r --no-parent`, index pages never saved); ranged reads over one pooled Session per thread."""
+`wget -r --no-parent`, index pages never saved); ranged reads over one pooled Session per thread.
+
+Redirects are followed here, not by requests: one to another host is refused unless allowed, and
+credentials (Authorization, cookies) go with the first request only, never with a redirect.
+Every reply's sizes (Content-Range's total, Content-Length) are checked against the listed size."""
 
 from __future__ import annotations
 
+import http.cookiejar
+import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -12,13 +18,51 @@ from urllib.parse import unquote, urldefrag, urljoin, urlsplit
 import requests
 
 from jobs.cli import JobError
-from jobs.retry import Backoff, RestartFile, TransientError
+from jobs.retry import Backoff, RestartFile, SizeMismatch, TransientError
 
 from .plan import RemoteFile, safe_relpath
 
 BLOCK = 1 << 20
 TIMEOUT = (15, 60)  # connect, read (between bytes)
 FATAL = {401: "unauthorized", 403: "forbidden", 404: "not found", 410: "gone"}
+REDIRECTS = (301, 302, 303, 307, 308)
+MAX_REDIRECTS = 10
+CREDENTIALS = ("authorization", "proxy-authorization", "cookie")
+ANY_HOST = "*"
+
+
+def check_url(url: str) -> None:
+    """One clear line for a URL requests would reject with a traceback."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError as exc:
+        raise JobError(f"{url!r}: malformed URL ({exc})") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise JobError(f"{url!r}: not an http:// or https:// URL")
+    if not parts.hostname:
+        raise JobError(f"{url!r}: malformed URL (no host)")
+    if any(c in url for c in "\x00\r\n"):
+        raise JobError(f"{url!r}: malformed URL (control character)")
+
+
+def host_of(url: str) -> str:
+    return (urlsplit(url).hostname or "").lower()
+
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+def _check_total(content_range: str, size: int | None) -> None:
+    """The total after the slash of a Content-Range against the listed size."""
+    total = content_range.rsplit("/", 1)[-1].strip() if "/" in content_range else ""
+    if size is not None and total.isdigit() and int(total) != size:
+        raise SizeMismatch(f"the listing says {size} bytes, Content-Range {total}")
+
+
+class _NoCookies(http.cookiejar.DefaultCookiePolicy):
+    def set_ok(self, cookie, request) -> bool:
+        return False
 
 
 class _Links(HTMLParser):
@@ -43,11 +87,12 @@ def _check(r: requests.Response, url: str) -> None:
 
 class HttpSource:
     def __init__(self, url: str, headers: dict[str, str] | None = None, connections: int = 16,
-                 if_range: bool = True) -> None:
+                 if_range: bool = True, redirect_hosts: tuple[str, ...] = ()) -> None:
         self.url = url
         self.if_range = if_range  # off where identity is not an HTTP validator (hub blob ids)
         self.description = url
-        self.headers = dict(headers or {})
+        self.headers = dict(headers or {})  # sent with first requests only (they may hold credentials)
+        self.redirect_hosts = {h.lower() for h in redirect_hosts}  # other hosts a redirect may lead to
         self.connections = connections
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -57,8 +102,37 @@ class HttpSource:
         s = getattr(self._local, "session", None)
         if s is None:
             s = self._local.session = requests.Session()
-            s.headers.update(self.headers)
+            s.cookies.set_policy(_NoCookies())  # a cookie set by one host is a credential for it
         return s
+
+    def request(self, method: str, url: str, headers: dict[str, str] | None = None,
+                **kw) -> requests.Response:
+        """One request, following redirects by hand: same host or an allowed one, no credentials after
+        the first hop. Raises requests' connection errors (callers retry them), JobError otherwise."""
+        hdrs = {**self.headers, **(headers or {})}
+        home = host_of(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                r = self.session().request(method, url, headers=hdrs, allow_redirects=False, **kw)
+            except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
+                    requests.exceptions.MissingSchema, requests.exceptions.InvalidHeader,
+                    requests.exceptions.TooManyRedirects, UnicodeError) as exc:
+                raise JobError(f"{url!r}: malformed URL ({exc})") from None
+            if r.status_code not in REDIRECTS or not r.headers.get("Location"):
+                return r
+            target = urljoin(url, r.headers["Location"])
+            r.close()
+            check_url(target)
+            host = host_of(target)
+            if host != home and host not in self.redirect_hosts and ANY_HOST not in self.redirect_hosts:
+                shown = urlsplit(target)._replace(query="", fragment="").geturl()  # a signed query is a secret
+                raise JobError(f"{url}: redirects to another host ({shown}); pass --allow-redirect-host "
+                               f"{host} to follow it")
+            if r.status_code == 303 and method != "HEAD":
+                method = "GET"
+            url = target
+            hdrs = {k: v for k, v in hdrs.items() if k.lower() not in CREDENTIALS}
+        raise JobError(f"{url}: more than {MAX_REDIRECTS} redirects")
 
     def _retrying(self, what: str, fn):
         """Listing and HEAD requests: retried like transfers, counted in `retries`."""
@@ -90,12 +164,12 @@ class HttpSource:
 
     def _get_page(self, url: str) -> tuple[str, str] | None:
         """(final URL, HTML) when `url` is a directory listing, None when it is a file."""
-        r = self.session().head(url, allow_redirects=True, timeout=TIMEOUT)
+        r = self.request("HEAD", url, timeout=TIMEOUT)
         if r.status_code not in (405, 501):  # servers without HEAD: decide on the GET below
             _check(r, url)
             if not (r.url.endswith("/") and "html" in r.headers.get("Content-Type", "")):
                 return None
-        with self.session().get(url, stream=True, timeout=TIMEOUT) as r:
+        with self.request("GET", url, stream=True, timeout=TIMEOUT) as r:
             _check(r, url)
             if not (r.url.endswith("/") and "html" in r.headers.get("Content-Type", "")):
                 return None
@@ -125,11 +199,10 @@ class HttpSource:
 
     def _head(self, url: str, rel: str) -> RemoteFile:
         def once():
-            r = self.session().head(url, allow_redirects=True, timeout=TIMEOUT,
-                                    headers={"Accept-Encoding": "identity"})
+            r = self.request("HEAD", url, timeout=TIMEOUT, headers={"Accept-Encoding": "identity"})
             if r.status_code in (405, 501):  # no HEAD: ask for one byte instead
-                r = self.session().get(url, timeout=TIMEOUT, stream=True,
-                                       headers={"Range": "bytes=0-0", "Accept-Encoding": "identity"})
+                r = self.request("GET", url, timeout=TIMEOUT, stream=True,
+                                 headers={"Range": "bytes=0-0", "Accept-Encoding": "identity"})
                 r.close()
             _check(r, url)
             return r
@@ -154,24 +227,29 @@ class HttpSource:
             if file.identity and self.if_range:  # a changed file answers 200: restart it
                 headers["If-Range"] = file.identity
         try:
-            r = self.session().get(file.url, headers=headers, stream=True, timeout=TIMEOUT)
+            r = self.request("GET", file.url, headers=headers, stream=True, timeout=TIMEOUT)
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise TransientError(f"{file.url}: {type(exc).__name__}") from None
         try:
             if r.status_code == 416:  # the file shrank or changed under us
+                _check_total(r.headers.get("Content-Range", ""), file.size)
                 raise RestartFile(f"{file.url}: HTTP 416 for {headers.get('Range')}")
             _check(r, file.url)
+            real, length = 0, file.size
+            if r.status_code == 206:
+                cr = r.headers.get("Content-Range", "")
+                m = _CONTENT_RANGE.fullmatch(cr.strip())
+                if not m:
+                    raise TransientError(f"{file.url}: bad Content-Range {cr!r}")
+                real, length = int(m[1]), int(m[2]) - int(m[1]) + 1
+                _check_total(cr, file.size)
+            cl = r.headers.get("Content-Length", "")
+            if cl.isdigit() and length is not None and int(cl) != length:
+                raise SizeMismatch(f"{'Content-Range' if r.status_code == 206 else 'the listing'} says "
+                                   f"{length} bytes, Content-Length {cl}")
         except BaseException:
             r.close()
             raise
-        real = 0
-        if r.status_code == 206:
-            cr = r.headers.get("Content-Range", "")
-            try:
-                real = int(cr.split()[1].split("-")[0])
-            except (IndexError, ValueError):
-                r.close()
-                raise TransientError(f"{file.url}: bad Content-Range {cr!r}") from None
         return real, self._blocks(r, file.url)
 
     @staticmethod

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from jobs.cli import JobError
+from jobs.retry import RestartFile, SizeMismatch
 
 from .plan import RESERVED, RemoteFile, safe_relpath
 
@@ -50,7 +51,11 @@ class LocalSource:
                     yield b
 
         try:
-            os.stat(file.url)
+            st = os.stat(file.url)
         except OSError as exc:
             raise JobError(f"{file.url}: {exc.strerror}") from None
+        if file.size is not None and st.st_size != file.size:
+            raise SizeMismatch(f"listed with {file.size} bytes, now {st.st_size}")
+        if file.identity and f"{st.st_mtime_ns}-{st.st_size}" != file.identity:
+            raise RestartFile(f"{file.url}: modified while being copied")
         return start, blocks()

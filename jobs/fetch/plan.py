@@ -41,7 +41,7 @@ def safe_relpath(path: str, where: str) -> str:
     """Refuse paths that would escape DEST or collide with the fetcher's own files."""
     norm = posixpath.normpath(path.lstrip("/"))
     parts = norm.split("/")
-    if norm in ("", ".") or ".." in parts or parts[0] in RESERVED:
+    if norm in ("", ".") or ".." in parts or parts[0] in RESERVED or "\x00" in norm:
         raise JobError(f"refusing unsafe file path {path!r} from {where}")
     return norm
 

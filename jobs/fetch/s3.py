@@ -15,7 +15,7 @@ import urllib3.exceptions
 from botocore.config import Config
 
 from jobs.cli import JobError
-from jobs.retry import RestartFile, TransientError
+from jobs.retry import RestartFile, SizeMismatch, TransientError
 
 from .plan import RemoteFile, safe_relpath
 
@@ -111,6 +111,12 @@ class S3Source:
         if "Range" in kw and not resp.get("ContentRange"):
             real = 0  # the store ignored the range
         body = resp["Body"]
+        total = (resp.get("ContentRange") or "").rsplit("/", 1)[-1]
+        if not total.isdigit() and "Range" not in kw:
+            total = str(resp.get("ContentLength", ""))
+        if file.size is not None and total.isdigit() and int(total) != file.size:
+            body.close()
+            raise SizeMismatch(f"listed with {file.size} bytes, the object now has {total}")
 
         def blocks():
             try:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobs.cli import JobError
-from jobs.retry import Backoff, RestartFile, TransientError
+from jobs.retry import Backoff, RestartFile, SizeMismatch, TransientError
 
 from .plan import RemoteFile, Source
 from .staging import PartState, part_paths, plan_chunks, staging_dir
@@ -24,6 +24,10 @@ from .verify import Hashers, mismatch
 
 FLUSH_S = 0.2  # sidecar refresh interval: bounds what a kill -9 makes us fetch twice
 HASH_READ = 8 << 20
+# Per-file budgets that progress never refills: a file that keeps restarting from zero or keeps
+# disagreeing about its size fails by name instead of being fetched forever.
+MAX_RESTARTS = 4
+MAX_MISMATCHES = 3
 
 
 @dataclass
@@ -60,13 +64,19 @@ class FileJob:
         self.flush_lock = threading.Lock()
         self.generation = 0
         self.fd: int | None = None
+        self.restarts = 0
+        # Bytes from two requests may only be joined when something proves they are of one version:
+        # a validator (ETag, Last-Modified, blob id: If-Range/IfMatch) or a checksum checked at the end.
+        # Without either the file is one stream from zero, and a broken stream starts over.
+        self.resumable = bool(file.identity or file.expected)
+        ranges = file.ranges and self.resumable
         state = PartState.load(self.sidecar)
-        if state and not state.sha256 and state.matches(file.url, file.size, file.identity) \
+        if state and self.resumable and not state.sha256 and state.matches(file.url, file.size, file.identity) \
                 and self._part_covers(state):
             self.state = state
         else:
-            self.state = PartState(file.url, file.size, file.identity, file.ranges,
-                                   plan_chunks(file.size, file.ranges, connections))
+            self.state = PartState(file.url, file.size, file.identity, ranges,
+                                   plan_chunks(file.size, ranges, connections))
             self.part.unlink(missing_ok=True)
         self.resumed = sum(c[2] for c in self.state.chunks)
         self._reset_hash()
@@ -188,6 +198,7 @@ class FileJob:
             if gen != self.generation:
                 return None
             self.generation += 1
+            self.restarts += 1
             self.state.ranges = False
             self.state.chunks = plan_chunks(self.file.size, False, 1)
             self._reset_hash()
@@ -348,6 +359,7 @@ class Engine:
     def _run_chunk(self, job: FileJob, idx: int, gen: int) -> bool:
         """Fetch one chunk to its end; True when it is complete (False: dropped or stopped)."""
         backoff = Backoff()
+        mismatches = 0
         while not self.stop.is_set():
             with job.lock:
                 if gen != job.generation:
@@ -357,6 +369,8 @@ class Engine:
             if end >= 0 and pos >= end:
                 return True
             try:
+                if pos > 0 and not job.resumable:
+                    raise RestartFile(f"{job.file.url}: no ETag, Last-Modified or checksum to resume by")
                 real, blocks = self.source.read(job.file, pos, end if end >= 0 else None)
                 try:
                     if real != pos:
@@ -365,6 +379,8 @@ class Engine:
                         if self.stop.is_set():
                             return False
                         if end >= 0:
+                            if len(block) > end - pos and end == job.file.size:
+                                raise SizeMismatch(f"the server sent more than the {end} bytes listed")
                             block = block[: end - pos]
                         if not block:
                             break
@@ -385,12 +401,23 @@ class Engine:
                 if pos < end:
                     raise TransientError(f"{job.file.url}: connection closed at byte {pos} of {end}")
                 return True
-            except RestartFile:
+            except RestartFile as exc:
                 new = job.restart(gen)
                 if new is not None:
+                    if job.restarts > MAX_RESTARTS:
+                        raise JobError(f"{job.file.url}: giving up after restarting it from zero "
+                                       f"{MAX_RESTARTS} times ({exc})") from None
                     self.stats.add(restarts=1)
                     self.q.put((job, 0, new))
                 return False
+            except SizeMismatch as exc:
+                mismatches += 1  # never reset by progress: bytes of a file of the wrong size are no progress
+                if mismatches > MAX_MISMATCHES:
+                    raise JobError(f"{job.file.url}: its size disagrees ({exc}) after {MAX_MISMATCHES} retries; "
+                                   "if the file is changing on the server, run again to fetch its current "
+                                   "version") from None
+                self.stats.add(retries=1)
+                backoff.wait(self.stop)
             except TransientError as exc:
                 self.stats.add(retries=1)
                 if not backoff.wait(self.stop):
