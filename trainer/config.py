@@ -109,6 +109,9 @@ class ModelArgs(_Section):
     attention_dropout: float = 0.1
     checkpoint_activations: bool = False
     checkpoint_num_layers: int = 1
+    fp8: bool = False  # ours: torchao float8 training of the blocks' linear layers (GPUs of capability >= 8.9)
+    fused_output_loss: bool = True  # ours: output layer + cross-entropy in token chunks, no full logits
+    compile_blocks: bool = False  # ours: torch.compile each transformer block (always on with fp8)
     make_vocab_size_divisible_by: int = 128
     padded_vocab_size: int | None = None
     vocab_file: str | None = None
@@ -179,8 +182,6 @@ class ScheduleArgs(_Section):
         self._check_types()
         if self.lr_decay_style not in ("cosine", "linear", "constant"):
             raise JobError(f"config key 'lr-decay-style': {self.lr_decay_style!r} is not one of cosine, linear, constant")
-        if not 0.0 <= self.warmup <= 1.0:
-            raise JobError(f"config key 'warmup' {self.warmup} must be a fraction in [0, 1]")
 
 
 @dataclass
@@ -217,8 +218,6 @@ class BatchArgs(_Section):
 
     def __post_init__(self) -> None:
         self._check_types()
-        if self.train_micro_batch_size_per_gpu < 1 or self.gradient_accumulation_steps < 1:
-            raise JobError("config keys 'train-micro-batch-size-per-gpu' and 'gradient-accumulation-steps' must be >= 1")
 
 
 @dataclass
@@ -265,10 +264,60 @@ class TrainArgs(_Section):
 
     def __post_init__(self) -> None:
         self._check_types()
-        if self.train_iters < 1:
-            raise JobError(f"config key 'train-iters' must be >= 1, got {self.train_iters}")
-        if self.keep_last_n_checkpoints is not None and self.keep_last_n_checkpoints < 1:
-            raise JobError(f"config key 'keep-last-n-checkpoints' must be >= 1, got {self.keep_last_n_checkpoints}")
+
+
+def range_errors(sec: dict[str, Any]) -> list[str]:
+    """Every value outside its range, one phrase each (all reported at once, before any heavy work)."""
+    m, o, sc, b, t = sec["model"], sec["optimizer"], sec["schedule"], sec["batch"], sec["train"]
+    errors = []
+
+    def need(ok: bool, key: str, value: Any, what: str) -> None:
+        if not ok:
+            errors.append(f"config key {key!r} must be {what}, got {value!r}")
+
+    at_least_1 = [("num-layers", m.num_layers), ("hidden-size", m.hidden_size),
+                  ("num-attention-heads", m.num_attention_heads), ("seq-length", m.seq_length),
+                  ("max-position-embeddings", m.max_position_embeddings),
+                  ("intermediate-size", m.intermediate_size), ("padded-vocab-size", m.padded_vocab_size),
+                  ("make-vocab-size-divisible-by", m.make_vocab_size_divisible_by),
+                  ("model-parallel-size", sec["parallel"].model_parallel_size),
+                  ("train-micro-batch-size-per-gpu", b.train_micro_batch_size_per_gpu),
+                  ("gradient-accumulation-steps", b.gradient_accumulation_steps),
+                  ("train-batch-size", b.train_batch_size), ("train-iters", t.train_iters),
+                  ("lr-decay-iters", sc.lr_decay_iters), ("save-interval", t.save_interval),
+                  ("keep-last-n-checkpoints", t.keep_last_n_checkpoints), ("eval-interval", t.eval_interval),
+                  ("eval-iters", t.eval_iters), ("log-interval", t.log_interval),
+                  ("exit-interval", t.exit_interval), ("steps-per-print", t.steps_per_print)]
+    for key, value in at_least_1:
+        need(value is None or value >= 1, key, value, ">= 1")
+    need(sec["parallel"].pipe_parallel_size >= 0, "pipe-parallel-size", sec["parallel"].pipe_parallel_size, ">= 0")
+    if m.hidden_size >= 1 and m.num_attention_heads >= 1 and m.hidden_size % m.num_attention_heads:
+        errors.append(f"config key 'num-attention-heads' {m.num_attention_heads} must divide 'hidden-size' "
+                      f"{m.hidden_size}")
+    for key, value in (("hidden-dropout", m.hidden_dropout), ("attention-dropout", m.attention_dropout)):
+        need(0.0 <= value < 1.0, key, value, "in [0, 1)")
+    need(0.0 <= m.rotary_pct <= 1.0, "rotary-pct", m.rotary_pct, "in [0, 1]")
+    need(m.rotary_emb_base > 0, "rotary-emb-base", m.rotary_emb_base, "> 0")
+    need(m.layernorm_epsilon > 0, "layernorm-epsilon", m.layernorm_epsilon, "> 0")
+    lr = o.optimizer["params"].get("lr")
+    if _type_ok(lr, float):
+        need(lr >= 0, "optimizer.params.lr", lr, ">= 0")
+        if lr >= 0 and sc.min_lr >= 0 and lr < sc.min_lr:
+            errors.append(f"config key 'min-lr' {sc.min_lr} must not exceed 'optimizer.params.lr' {lr}")
+    need(sc.min_lr >= 0, "min-lr", sc.min_lr, ">= 0")
+    need(0.0 <= sc.warmup <= 1.0, "warmup", sc.warmup, "a fraction in [0, 1]")
+    betas = o.optimizer["params"].get("betas")
+    if betas is not None:
+        ok = isinstance(betas, list) and len(betas) == 2 and all(_type_ok(x, float) and 0 <= x < 1 for x in betas)
+        need(ok, "optimizer.params.betas", betas, "two numbers in [0, 1)")
+    eps = o.optimizer["params"].get("eps")
+    if eps is not None:
+        need(_type_ok(eps, float) and eps > 0, "optimizer.params.eps", eps, "a number > 0")
+    need(o.weight_decay >= 0, "weight-decay", o.weight_decay, ">= 0")
+    need(o.gradient_clipping >= 0, "gradient-clipping", o.gradient_clipping, ">= 0 (0: off)")
+    need(sec["data"].seed >= 0, "seed", sec["data"].seed, ">= 0")
+    need(t.peak_tflops > 0, "peak-tflops", t.peak_tflops, "> 0")
+    return errors
 
 
 # Keys understood but honoured differently from gpt-neox; listed at start-up with the reason.
@@ -292,6 +341,70 @@ SECTIONS = {
     "train": TrainArgs,
 }
 _EXTRA_KEYS = ("zero_optimization",)
+
+# Every top-level key gpt-neox's NeoXArgs accepts (megatron/neox_arguments: neox_args.py and
+# deepspeed_args.py, over its releases), `_` spelling. A key that is neither ours nor in here is a
+# mistake (an error naming the closest known key); one in here that we do not implement is a warning.
+GPT_NEOX_KEYS = frozenset("""
+pipe_parallel_size model_parallel_size pipe_partition_method world_size is_pipe_parallel sequence_parallel
+expert_interval precision model_arch num_encoder_layers num_layers hidden_size intermediate_size
+feedforward_size mlp_multiple_of expansion_factor num_attention_heads num_kv_heads seq_length
+decoder_seq_length sliding_window_width max_position_embeddings norm layernorm_fusion rmsnorm_fusion
+use_qk_layernorm layernorm_epsilon rms_norm_epsilon scalenorm_epsilon pos_emb rpe_num_buckets rpe_max_distance
+opt_pos_emb_offset no_weight_tying attention_config sparsity_config num_unique_layers param_sharing_style
+extra_sentinel_tokens make_vocab_size_divisible_by activation scaled_upper_triang_masked_softmax_fusion
+scaled_masked_softmax_fusion bias_gelu_fusion bias_dropout_fusion rope_fusion fp16_lm_cross_entropy
+init_method_std apply_query_key_layer_scaling use_cpu_initialization attention_softmax_in_fp32 rotary_pct
+rotary_emb_base rotary_save_freqs_buffer init_method output_layer_init_method gmlp_attn_dim gpt_j_residual
+gpt_j_tied use_bias_in_norms use_bias_in_attn_linear use_bias_in_mlp mlp_type soft_prompt_tuning
+mamba_selective_scan_fusion mamba_causal_conv_fusion mamba_inner_func_fusion mamba_selective_fp32_params
+mamba_use_bias_in_conv mamba_use_bias_in_linears output_layer_parallelism packing loss_on_targets_only
+masked_lm_prob mean_noise_span_length use_flashattn_swiglu use_fused_rmsnorm dim_att head_size ffn_dim
+te_columnparallel te_rowparallel te_layernorm_mlp te_mha te_fp8_format te_fp8_wgrad te_fp8_amax_history_len
+te_fp8_amax_compute_algo te_fp8_margin te_fp8_mha
+optimizer_type use_bnb_optimizer zero_stage zero_reduce_scatter zero_contiguous_gradients
+zero_reduce_bucket_size zero_allgather_bucket_size lr
+lr_decay_style lr_decay_iters lr_decay_fraction min_lr warmup override_lr_scheduler use_checkpoint_lr_scheduler
+use_wandb wandb_group wandb_team wandb_project wandb_host wandb_init_all_ranks wandb_run_name git_hash log_dir
+tensorboard_writer tensorboard_dir use_comet comet_workspace comet_project comet_experiment_name comet_tags
+comet_others comet_experiment peak_theoretical_tflops log_interval log_grad_pct_zeros log_param_norm
+log_grad_norm log_optimizer_states log_gradient_noise_scale gradient_noise_scale_n_batches
+gradient_noise_scale_cpu_offload memory_profiling memory_profiling_path profile profile_step_start
+profile_step_stop
+distributed_backend local_rank rank lazy_mpu_init short_seq_prob eod_mask_loss adlr_autoresume
+adlr_autoresume_object adlr_autoresume_interval seed onnx_safe deepscale deepscale_config deepspeed_mpi
+deepspeed_slurm user_script iteration do_train do_valid do_test save_iters global_num_gpus
+tokenizer_type padded_vocab_size tokenizer
+data_path use_shared_fs train_data_paths test_data_paths valid_data_paths label_data_paths
+train_label_data_paths test_label_data_paths valid_label_data_paths pos_train_data_paths
+neg_train_data_paths pos_valid_data_paths neg_valid_data_paths pos_test_data_paths neg_test_data_paths
+pos_train_label_data_paths neg_train_label_data_paths pos_valid_label_data_paths neg_valid_label_data_paths
+pos_test_label_data_paths neg_test_label_data_paths precompute_model_name reward_model_scoring
+train_data_weights valid_data_weights test_data_weights weight_by_num_documents weighted_sampler_alpha
+data_impl pack_impl dataset_impl train_impl dpo_fp32 dpo_reference_free dpo_beta kto_fp32
+kto_desirable_weight kto_undesirable_weight kto_beta allow_chopped mmap_warmup save s3_path s3_chunk_size
+config_files load checkpoint_validation_with_forward_pass checkpoint_scale checkpoint_factor extra_save_iters
+save_interval no_save_optim no_save_rng no_load_optim no_load_rng finetune batch_size train_iters train_epochs
+eval_iters keep_last_n_checkpoints eval_interval split vocab_file merge_file num_workers exit_interval
+attention_dropout hidden_dropout weight_decay checkpoint_activations checkpoint_num_layers
+deepspeed_activation_checkpointing contiguous_checkpointing checkpoint_in_cpu synchronize_each_layer
+profile_backward partition_activations gas clip_grad hysteresis dynamic_loss_scale loss_scale
+loss_scale_window min_scale char_level_ppl use_mup coord_check save_base_shapes base_shapes_file
+mup_init_scale mup_attn_temp mup_output_temp mup_embedding_mult mup_rp_embedding_mult mup_width_scale
+z_loss moe_num_experts moe_top_k moe_router_type moe_lbl_in_fp32 moe_jitter_eps moe_type moe_glu
+moe_aux_loss_coeff moe_z_loss_coeff moe_use_residual moe_train_capacity_factor moe_eval_capacity_factor
+moe_min_capacity moe_expert_parallel_size enable_expert_tensor_parallelism moe_token_dropping
+text_gen_type temperature top_p top_k return_logits maximum_tokens prompt_end sample_input_file
+sample_output_file num_samples recompute eval_results_prefix eval_tasks
+deepspeed train_batch_size train_micro_batch_size_per_gpu gradient_accumulation_steps optimizer scheduler
+fp32_allreduce prescale_gradients gradient_predivide_factor sparse_gradients fp16 bf16 amp gradient_clipping
+zero_optimization zero_allow_untested_optimizer curriculum_learning curriculum_seqlen steps_per_print
+wall_clock_breakdown dump_state flops_profiler communication_data_type autotuning activation_checkpointing
+sparse_attention data_efficiency tensorboard wandb csv_monitor elasticity comms_logger compression_training
+checkpoint data_types deepspeed_extra_args load_universal
+hostfile include exclude num_nodes num_gpus master_port master_addr launcher force_multi detect_nvlink_pairs
+autotuning_run no_ssh_check comment account
+""".split())
 
 
 @dataclass
@@ -416,8 +529,34 @@ def apply_override(raw: dict, item: str) -> None:
     set_key(raw, key, _yaml_number(yaml.safe_load(value)) if value else None)
 
 
-def from_dict(raw: dict, files: list[str] | None = None) -> NeoXConfig:
+def _unknown_keys(unknown: list[str], ours: set[str], origins: dict[str, tuple[str, str]]) -> JobError:
+    """One line naming every unknown key, where it was set, and the closest known key (as spelt there)."""
+    import difflib
+
+    known = sorted(ours | GPT_NEOX_KEYS)
+    what = "not known to trainer.train or gpt-neox"
+    parts = []
+    for key in sorted(unknown):
+        spelt, where = origins.get(key, (key, ""))
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = ""
+        if close:
+            hint = f" (did you mean {close[0].replace('_', '-') if '-' in spelt else close[0]!r}?)"
+        parts.append((f"{spelt!r}" + (f" in {where}" if where else ""), hint))
+    if len(parts) == 1:
+        return JobError(f"config key {parts[0][0]} is {what}{parts[0][1]}")
+    return JobError(f"config keys {what}: " + ", ".join(name + hint for name, hint in parts))
+
+
+def from_dict(raw: dict, files: list[str] | None = None,
+              origins: dict[str, tuple[str, str]] | None = None) -> NeoXConfig:
+    """`origins`: {key: (spelling, where it was set)}, for the unknown-key error."""
     raw = {normalise(k): v for k, v in raw.items()}
+    ours = set(_EXTRA_KEYS) | set(HANDLED_DIFFERENTLY) | {
+        f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
+    unknown = [k for k in raw if k not in ours and k not in GPT_NEOX_KEYS]
+    if unknown:  # before the sections: a misspelt key must not fall back to its default silently
+        raise _unknown_keys(unknown, ours, origins or {})
     consumed: set[str] = set()
     sections = {}
     for name, cls in SECTIONS.items():
@@ -425,6 +564,9 @@ def from_dict(raw: dict, files: list[str] | None = None) -> NeoXConfig:
         kwargs = {k: v for k, v in raw.items() if k in names}
         consumed |= kwargs.keys()
         sections[name] = cls(**kwargs)
+    errors = range_errors(sections)
+    if errors:
+        raise JobError(errors[0] if len(errors) == 1 else f"{len(errors)} config errors: " + "; ".join(errors))
     consumed |= set(_EXTRA_KEYS)
     handled = {k: why for k, why in HANDLED_DIFFERENTLY.items() if k in raw}
     unimplemented = {k: v for k, v in raw.items() if k not in consumed and k not in handled}
@@ -440,8 +582,13 @@ def load_config(files: list[str | os.PathLike], overrides: list[str] = ()) -> Ne
     if not files:
         raise JobError("no config file given")
     raw: dict = {}
+    origins: dict[str, tuple[str, str]] = {}
     for f in files:
-        raw.update({normalise(k): v for k, v in read_yaml(f).items()})
+        for k, v in read_yaml(f).items():
+            raw[normalise(k)] = v
+            origins[normalise(k)] = (k, str(f))
     for item in overrides:
         apply_override(raw, item)
-    return from_dict(raw, [str(f) for f in files])
+        key = item.partition("=")[0].split(".")[0]
+        origins.setdefault(normalise(key), (key, "--override"))
+    return from_dict(raw, [str(f) for f in files], origins)
