@@ -1,10 +1,22 @@
 """End-to-end training throughput: our trainer vs Hugging Face GPTNeoXForCausalLM, both under DeepSpeed
 with the same config (ZeRO-1 by default, bf16, FusedAdam, clipping), random weights and random tokens.
 
-    python benchmarks/e2e_throughput.py --impl ours|hf [--preset pythia-1.4b|neox-20b|tiny]
+    python benchmarks/e2e_throughput.py --impl ours hf hf-liger ours+fp8 hf+fp8 [--preset pythia-1.4b|neox-20b|tiny]
         [--micro-batches 4 8] [--seq 2048] [--steps 10] [--warmup 3] [--zero 0-3] [--compile]
-        [--checkpoint-activations] [--save-checkpoint DIR] [--profile FILE] [--out results.jsonl]
+        [--no-fused-loss] [--fp8-recipe tensorwise|rowwise] [--checkpoint-activations]
+        [--save-checkpoint DIR] [--profile FILE] [--out results.jsonl]
     torchrun --nproc-per-node 4 benchmarks/e2e_throughput.py --impl ours --preset neox-20b --zero 3 ...
+
+Implementations: `ours` is the trainer (its NeoX config keys `fused-output-loss`, `compile-blocks` from
+--no-fused-loss / --compile, `fp8` from the `+fp8` suffix); `hf` is the strong baseline of
+../shared/FORMATS.md section 6: Hugging Face GPTNeoXForCausalLM with SDPA attention, every GPTNeoXLayer
+compiled (`layer.compile()`), its own `labels=` loss; `hf-liger` is the same with Liger-Kernel wired in by
+hand (LigerLayerNorm for its three kinds of LayerNorm, LigerFusedLinearCrossEntropyLoss on the final
+hidden states instead of the logits). `+fp8`: torchao float8 training (`convert_to_float8_training` on the
+transformer layers before they are compiled; --fp8-recipe, default tensorwise) for ours and the baselines
+alike. Every implementation's forward and backward run inside
+`sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION])`. Several --impl values run one
+after another, each in a fresh process (same arguments), and a side-by-side table ends the output.
 
 Several processes (torchrun or the deepspeed launcher) make one data-parallel world: tokens/s is given
 per GPU and for the world, peak memory is the largest of any rank, and rank 0 alone prints and writes.
@@ -23,14 +35,16 @@ two device synchronisations. Prints one line per size and appends JSON lines to 
 FLOPs: `6N + 12 l h s` per token (N all parameters, embeddings included), the count
 ../shared/FORMATS.md section 6 uses for its baseline, and the model's own count
 (`ModelConfig.flops_per_token`: matmuls only, causal attention halved); MFU against --peak (989 TFLOP/s).
-`NEOX_KERNELS=0` turns our fused kernels off (the --compile runs use it: inductor fuses those ops itself).
+`NEOX_KERNELS=0` turns our fused kernels off (inside compiled blocks the references are traced anyway).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -59,6 +73,7 @@ def neox_config(args):
         # the 16-bit save gathers ZeRO-3's shards on rank 0
         "zero_optimization": {"stage": args.zero, "stage3_gather_16bit_weights_on_model_save": args.save_weights_only}, "train-micro-batch-size-per-gpu": args.micro_batches[0],
         "train-iters": 1000, "steps-per-print": 10**9,
+        "fp8": args.fp8, "fused-output-loss": args.fused_loss, "compile-blocks": args.compile,
     })
 
 
@@ -91,9 +106,14 @@ def world_max(value: float) -> float:
     return t.item()
 
 
-def build_ours(args, cfg):
-    import contextlib
+def attention_backends():
+    """FORMATS section 6's restriction: cuDNN or flash attention, never SDPA's memory-hungry paths."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    return sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION]) if DEV == "cuda" else contextlib.nullcontext()
+
+
+def build_ours(args, cfg):
     import deepspeed
     import torch.distributed as dist
 
@@ -105,10 +125,7 @@ def build_ours(args, cfg):
     sharded = deepspeed.zero.Init(config_dict_or_path=ds_config(cfg, dist.get_world_size())) if args.zero == 3 else None
     with sharded or contextlib.nullcontext(), torch.device(DEV):
         model = GPTNeoX(cfg.model_config(vocab_size=args.vocab))
-    if args.compile:
-        for block in model.layers:  # identical blocks: one compiled graph, reused
-            block.compile()
-    engine = parallelize(model, cfg)
+    engine = parallelize(model, cfg, fp8_recipe=args.fp8_recipe)  # fused loss, fp8 and compile from the config
     return engine, lambda tokens: lm_loss(engine, tokens), model.cfg.flops_per_token(args.seq)
 
 
@@ -127,17 +144,51 @@ def build_hf(args, cfg):
         model = transformers.GPTNeoXForCausalLM(hf_cfg)
     if args.checkpoint_activations:
         model.gradient_checkpointing_enable()
-    if args.compile:
-        for layer in model.gpt_neox.layers:
+    liger = args.impl_base == "hf-liger"
+    if liger:
+        wire_liger(model)
+    if args.fp8:
+        from trainer.engine import apply_fp8
+
+        apply_fp8(model.gpt_neox.layers, args.fp8_recipe)
+    for layer in model.gpt_neox.layers:
+        if DEV == "cuda":  # a CPU smoke test skips inductor's C++ build
             layer.compile()
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=param_groups(model, 0.01),
                                            config=ds_config(cfg, 1))
+    if liger:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
-    def loss(tokens):
-        x = tokens[:, :-1].to(engine.device)
-        return engine(input_ids=x, labels=x).loss  # HF shifts the labels itself
+        flce = LigerFusedLinearCrossEntropyLoss()
+
+        def loss(tokens):
+            tokens = tokens.to(engine.device)
+            hidden = engine.module.gpt_neox(input_ids=tokens[:, :-1]).last_hidden_state
+            return flce(engine.module.embed_out.weight, hidden.flatten(0, 1), tokens[:, 1:].flatten())
+    else:
+        def loss(tokens):
+            x = tokens[:, :-1].to(engine.device)
+            return engine(input_ids=x, labels=x).loss  # HF shifts the labels itself
 
     return engine, loss, None
+
+
+def wire_liger(model) -> None:
+    """Swap every LayerNorm of HF GPT-NeoX for LigerLayerNorm, keeping its weights."""
+    from liger_kernel.transformers import LigerLayerNorm
+
+    def swap(parent, name):
+        old = getattr(parent, name)
+        new = LigerLayerNorm(old.normalized_shape[0], eps=old.eps, bias=True).to(old.weight.device, old.weight.dtype)
+        with torch.no_grad():
+            new.weight.copy_(old.weight)
+            new.bias.copy_(old.bias)
+        setattr(parent, name, new)
+
+    for layer in model.gpt_neox.layers:
+        swap(layer, "input_layernorm")
+        swap(layer, "post_attention_layernorm")
+    swap(model.gpt_neox, "final_layer_norm")
 
 
 def save_checkpoint(engine, args) -> None:
@@ -167,9 +218,65 @@ def palm_flops_per_token(n_params: int, args) -> float:
     return 6 * n_params + 12 * args.layers * args.hidden * args.seq
 
 
+BASES = ("ours", "hf", "hf-liger")
+OPTIONS = ("fp8", "rowwise", "compile", "unfused-loss")  # +rowwise means +fp8 with the rowwise recipe
+
+
+def impl_spec(text: str) -> str:
+    """`BASE[+OPTION...]`, e.g. `ours+fp8+unfused-loss`; checked here so a typo fails before any run."""
+    base, *opts = text.split("+")
+    if base not in BASES or any(o not in OPTIONS for o in opts):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected one of {BASES} with optional +{'/+'.join(OPTIONS)}")
+    return text
+
+
+def run_each(args, argv) -> int:
+    """Each implementation in a fresh process with the same arguments; then one side-by-side table."""
+    out = args.out or Path(f"/tmp/e2e-{os.getpid()}.jsonl")
+    rest, skip = [], False
+    for a in argv:  # argv without the --impl values
+        if a == "--impl":
+            skip = True
+            continue
+        if skip and not a.startswith("-"):
+            continue
+        skip = False
+        rest.append(a)
+    if not args.out:
+        rest += ["--out", str(out)]
+    failed = []
+    for impl in args.impl:
+        rc = subprocess.call([sys.executable, __file__, "--impl", impl, *rest])
+        if rc:
+            failed.append(impl)
+            print(f"e2e: {impl} exited with {rc}", flush=True)
+    rows = [json.loads(x) for x in out.read_text().splitlines()] if out.exists() else []
+    print_table([r for r in rows if "micro_batch" in r])
+    return 1 if failed else 0
+
+
+def print_table(rows: list[dict]) -> None:
+    if not rows:
+        return
+    best_base = max((r["tokens_per_s"] for r in rows if r["impl"].startswith("hf") and "fp8" not in r["impl"]),
+                    default=None)
+    print(f"{'impl':<24} {'mb':>3} {'tokens/s':>9} {'ms/step':>8} {'MFU 6N+12lhs':>12} {'model MFU':>9} "
+          f"{'peak GiB':>8} {'vs best bf16 HF':>15}")
+    for r in rows:
+        ratio = f"{r['tokens_per_s'] / best_base:.2f}x" if best_base else "-"
+        print(f"{r['impl']:<24} {r['micro_batch']:>3} {r['tokens_per_s']:>9,.0f} {r['step_s'] * 1e3:>8.1f} "
+              f"{100 * r['mfu_palm']:>11.1f}% {100 * r['mfu_model']:>8.1f}% {r['peak_mem_gib']:>8.1f} {ratio:>15}")
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--impl", choices=["ours", "hf"], required=True)
+    p.add_argument("--impl", type=impl_spec, nargs="+", required=True, metavar="BASE[+OPTION]",
+                   help=f"one or more of {BASES}, each with optional +{'/+'.join(OPTIONS)} (these override "
+                        "--compile, --no-fused-loss and --fp8-recipe); several run one after another in fresh processes")
+    p.add_argument("--no-fused-loss", dest="fused_loss", action="store_false",
+                   help="ours: full logits then cross-entropy (config key fused-output-loss: false)")
+    p.add_argument("--fp8-recipe", choices=["tensorwise", "rowwise"], default="tensorwise")
     p.add_argument("--preset", choices=sorted(PRESETS), default="pythia-1.4b", help="model shape")
     p.add_argument("--micro-batches", type=int, nargs="+", default=[4, 8])
     p.add_argument("--seq", type=int, default=2048)
@@ -180,7 +287,8 @@ def main(argv=None) -> int:
     p.add_argument("--zero", type=int, default=1)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
+    p.add_argument("--compile", action="store_true",
+                   help="ours: torch.compile each block (config key compile-blocks); the baselines always are")
     p.add_argument("--checkpoint-activations", action="store_true")
     p.add_argument("--save-checkpoint", type=Path, metavar="DIR", help="time a checkpoint save after the last size")
     p.add_argument("--save-weights-only", action="store_true",
@@ -190,6 +298,15 @@ def main(argv=None) -> int:
     p.add_argument("--peak", type=float, default=989.0, help="dense bf16 TFLOP/s of the device")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
+    if len(args.impl) > 1:
+        return run_each(args, argv)
+    args.impl = args.impl[0]
+    args.impl_base, *opts = args.impl.split("+")
+    args.fp8 = "fp8" in opts or "rowwise" in opts
+    if "rowwise" in opts:
+        args.fp8_recipe = "rowwise"
+    args.compile = args.compile or "compile" in opts
+    args.fused_loss = args.fused_loss and "unfused-loss" not in opts
     for name, value in zip(("hidden", "layers", "heads", "vocab"), PRESETS[args.preset], strict=True):
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -204,7 +321,7 @@ def main(argv=None) -> int:
     world = dist.get_world_size()
     cfg = neox_config(args)
     t0 = time.perf_counter()
-    engine, loss_fn, model_fpt = (build_ours if args.impl == "ours" else build_hf)(args, cfg)
+    engine, loss_fn, model_fpt = (build_ours if args.impl_base == "ours" else build_hf)(args, cfg)
     # a ZeRO-3 parameter holds only its shard; ds_numel is its full size
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())
     palm_fpt = palm_flops_per_token(n_params, args)
@@ -215,15 +332,18 @@ def main(argv=None) -> int:
                                 num_heads=args.heads, max_position_embeddings=args.seq).flops_per_token(args.seq)
     from trainer.kernels import loader
 
-    label = args.impl + ("+compile" if args.compile else "") + ("+ckpt" if args.checkpoint_activations else "")
+    ours = args.impl_base == "ours"
+    label = "+".join([args.impl_base] + [f"fp8-{args.fp8_recipe}"] * args.fp8 + ["compile"] * (ours and args.compile)
+                     + ["unfused-loss"] * (ours and not args.fused_loss) + ["ckpt"] * args.checkpoint_activations)
     say(f"e2e: {label}: {n_params / 1e6:,.1f}M parameters, ZeRO-{args.zero} over {world} GPU(s), built in "
-        f"{time.perf_counter() - t0:.1f}s; {loader.summary() if args.impl == 'ours' else 'HF SDPA attention'}")
+        f"{time.perf_counter() - t0:.1f}s; {loader.summary() if ours else 'HF SDPA attention, layers compiled'}")
     gen = torch.Generator(device=DEV).manual_seed(0)
     engine.train()
 
     def step(tokens):
-        loss = loss_fn(tokens)
-        engine.backward(loss)
+        with attention_backends():
+            loss = loss_fn(tokens)
+            engine.backward(loss)
         engine.step()
         return loss
 
@@ -244,6 +364,8 @@ def main(argv=None) -> int:
             elapsed = time.perf_counter() - start
         except torch.OutOfMemoryError:
             say(f"e2e: {label} micro-batch {mb}: out of memory")
+            engine.zero_grad()
+            loss = None
             torch.cuda.empty_cache()
             continue
         elapsed = world_max(elapsed)  # the step ends when the slowest rank's does
@@ -255,6 +377,8 @@ def main(argv=None) -> int:
                "tflops_model": model_fpt * tok_s / 1e12, "mfu_model": model_fpt * tok_s / 1e12 / args.peak,
                "peak_mem_gib": world_max(torch.cuda.max_memory_allocated() / 2**30 if DEV == "cuda" else 0.0),
                "loss": loss.item(),
+               "fp8": args.fp8_recipe if args.fp8 else None, "fused_loss": ours and args.fused_loss,
+               "compiled": args.compile or not ours or args.fp8,
                "kernels": os.environ.get("NEOX_KERNELS", "1"), "device": torch.cuda.get_device_name() if DEV == "cuda" else "cpu",
                "torch": torch.__version__}
         say(f"e2e: {label:<18} mb {mb:>2}: {tok_s:>9,.0f} tokens/s per GPU  {row['step_s'] * 1e3:7.1f} ms/step  "

@@ -11,6 +11,12 @@ CPU (tests, CI): DeepSpeed 0.19.8's CPU accelerator (`DS_ACCELERATOR=cpu`, picke
 when no GPU is visible) with gloo, and `torch_adam: true` so the optimizer is torch's AdamW
 instead of DeepSpeed's compiled CPU Adam. No oneCCL or IPEX is needed. On GPU: nccl and
 DeepSpeed's FusedAdam.
+
+Speed settings, applied to the model before DeepSpeed sees it (`apply_speedups`): `fused-output-loss`
+(output layer + cross-entropy in token chunks, trainer.fused_loss), `fp8` (torchao's float8 training for
+the blocks' linear layers: their matmuls in fp8 with dynamic scales, the weights, gradients, optimizer
+and checkpoints as without it) and `compile-blocks` (torch.compile of each block; always on with fp8,
+whose casts are only fast once inductor fuses them).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import torch
 from trainer.config import NeoXConfig
 from trainer.schedule import LRSchedule
 
+FP8_RECIPE = "tensorwise"  # picked by measurement on the H200: see BENCHMARKS.md
+FP8_MIN_CAPABILITY = (8, 9)  # Ada and Hopper have fp8 tensor cores
 _FP16_KEYS = ("enabled", "loss_scale", "loss_scale_window", "initial_scale_power", "hysteresis", "min_loss_scale")
 
 
@@ -88,10 +96,56 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def parallelize(model: torch.nn.Module, cfg: NeoXConfig):
+def fp8_refusal() -> str | None:
+    """Why fp8 cannot run here (one line), or None where it can."""
+    if not on_gpu():
+        return "config key 'fp8': FP8 training needs an NVIDIA GPU with compute capability >= 8.9; no GPU is visible"
+    cap = torch.cuda.get_device_capability()
+    if cap < FP8_MIN_CAPABILITY:
+        return (f"config key 'fp8': FP8 training needs compute capability >= 8.9 (Ada, Hopper); "
+                f"{torch.cuda.get_device_name()} is {cap[0]}.{cap[1]}")
+    return None
+
+
+def apply_fp8(layers: torch.nn.Module, recipe: str = FP8_RECIPE) -> int:
+    """Swap the nn.Linear modules under `layers` for torchao's Float8Linear (same parameters, so the
+    same state dict); returns how many were swapped. The output layer stays in bf16."""
+    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+
+    convert_to_float8_training(layers, config=Float8LinearConfig.from_recipe_name(recipe))
+    return sum(type(m).__name__ == "Float8Linear" for m in layers.modules())
+
+
+def apply_speedups(model: torch.nn.Module, cfg: NeoXConfig, fp8_recipe: str = FP8_RECIPE) -> list[str]:
+    """Set the model's speed options from the config (see the module docstring); returns what was done."""
+    from jobs.cli import JobError
+
+    m = cfg.model
+    done = []
+    if hasattr(model, "fused_loss"):
+        model.fused_loss = m.fused_output_loss
+        done.append(f"fused output loss {'on' if m.fused_output_loss else 'off'}")
+    if m.fp8:
+        reason = fp8_refusal()
+        if reason:
+            raise JobError(reason)
+        n = apply_fp8(model.layers, fp8_recipe)
+        done.append(f"fp8 ({fp8_recipe}) in {n} linear layers")
+    if m.compile_blocks or m.fp8:
+        for block in model.layers:  # identical blocks: one compiled graph, reused
+            block.compile()
+        done.append("blocks compiled")
+    return done
+
+
+def parallelize(model: torch.nn.Module, cfg: NeoXConfig, fp8_recipe: str = FP8_RECIPE):
     """DeepSpeed engine around `model`, with our LR schedule; returns the engine."""
     import deepspeed
     import torch.distributed as dist
+
+    done = apply_speedups(model, cfg, fp8_recipe)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"trainer.engine: {', '.join(done) or 'no speed settings'}", flush=True)
 
     config = ds_config(cfg, dist.get_world_size())
     # DeepSpeed builds the optimizer from the config; the schedule then needs that optimizer,

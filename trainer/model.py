@@ -85,7 +85,10 @@ class MLP(nn.Module):
         self.activation = cfg.activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.activation == "gelu_tanh":
+        if self.activation == "gelu_tanh" and type(self.dense_h_to_4h) is not nn.Linear:
+            # swapped for torchao's Float8Linear (fp8: true): its own matmul, then inductor fuses bias + GELU
+            x = F.gelu(self.dense_h_to_4h(x), approximate="tanh")
+        elif self.activation == "gelu_tanh":
             # bias added inside the fused kernel, as gpt-neox's bias-gelu fusion does
             x = kernels.bias_gelu(F.linear(x, self.dense_h_to_4h.weight), self.dense_h_to_4h.bias)
         else:
@@ -173,6 +176,8 @@ class GPTNeoX(nn.Module):
         self.final_layer_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps)
         self.embed_out = None if cfg.tied_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.rotary = Rotary(cfg.rot_dim, cfg.max_position_embeddings, cfg.rotary_base)
+        # a run setting, not architecture: trainer.engine sets it from the NeoX config key 'fused-output-loss'
+        self.fused_loss = False
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -192,8 +197,9 @@ class GPTNeoX(nn.Module):
     def output_weight(self) -> torch.Tensor:
         return self.embed_in.weight if self.embed_out is None else self.embed_out.weight
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """input_ids (b, s) -> logits (b, s, vocab)."""
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (b, s) -> logits (b, s, vocab); with targets (b, s), the mean next-token loss instead
+        (-100 ignored), computed in token chunks without the full logits when `fused_loss` is set."""
         s = input_ids.shape[1]
         if s > self.cfg.max_position_embeddings:
             raise ValueError(f"sequence length {s} exceeds max_position_embeddings {self.cfg.max_position_embeddings}")
@@ -204,4 +210,9 @@ class GPTNeoX(nn.Module):
             else:
                 x = block(x, self.rotary)
         x = self.final_layer_norm(x)
-        return F.linear(x, self.output_weight())  # (b, s, vocab)
+        if targets is not None and self.fused_loss:
+            from trainer.fused_loss import linear_cross_entropy
+
+            return linear_cross_entropy(x, self.output_weight(), targets)
+        logits = F.linear(x, self.output_weight())  # (b, s, vocab)
+        return logits if targets is None else cross_entropy(logits, targets)

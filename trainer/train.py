@@ -4,15 +4,19 @@ Runs under `deepspeed`, `torchrun` or alone (a world of one). Reads top to botto
 (data, weights: before any GPU memory is touched), distributed init, engine, loop, summary.
 
 Where training starts (first match wins):
-1. `save` (then `load`) holds a checkpoint of ours: resume model, optimizer, schedule and data
-   position (with `finetune: true`, only the model weights of a `load` checkpoint are taken);
+1. `save` (then `load`) holds a complete checkpoint of ours: resume model, optimizer, schedule and
+   data position (with `finetune: true`, only the model weights of a `load` checkpoint are taken).
+   Complete means `TAG/complete.json` exists (trainer.checkpoint): the tag `latest` names if it is
+   complete, else the newest complete one; an incomplete folder (a run killed while saving) is
+   reported, left alone, and moved aside (`TAG.incomplete-<time>`) if a save needs its name;
 2. `load` is a Hugging Face folder (has config.json) or the slim GPT-NeoX layout (`latest` ->
    TAG/layer_XX-model_YY-model_states.pt): fine-tune from those weights with a fresh optimizer;
 3. no `load`: random initialisation (announced).
 
-Outputs: checkpoints `save/global_stepN` (+ `latest`), `metrics.jsonl` (one line per logged
-iteration and evaluation) and `train-stats.json` in `log-dir` (else `save`), TensorBoard scalars in
-`tensorboard-dir`.
+Outputs: checkpoints `save/global_stepN` (+ `latest`; `complete.json` written last),
+`metrics.jsonl` (one line per logged iteration and evaluation) and `train-stats.json` in `log-dir`
+(else `save`), TensorBoard scalars in `tensorboard-dir`. With `--mirror s3://BUCKET/PREFIX` (or env
+NEOX_CHECKPOINT_MIRROR) each complete checkpoint is also copied to S3 (trainer.mirror).
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import asdict, replace
@@ -32,8 +35,8 @@ import torch
 from jobs.cli import JobError, human_duration, run_main, write_json_atomic
 from trainer import checkpoint
 from trainer.config import NeoXConfig, load_config
-from trainer.data import MicroBatches, PackedSamples, build_splits, eval_batches
-from trainer.model import GPTNeoX, ModelConfig, cross_entropy
+from trainer.data import MicroBatches, PackedSamples, build_splits, check_token_ids, eval_batches
+from trainer.model import GPTNeoX, ModelConfig
 
 PROG = "trainer.train"
 
@@ -47,14 +50,19 @@ def log(msg: str) -> None:
 
 
 def resume_point(cfg: NeoXConfig) -> tuple[str, str, bool] | None:
-    """(dir, tag, module_only) of a checkpoint of ours to continue from, or None."""
-    if not cfg.train.finetune:
-        for where in (cfg.train.save, cfg.train.load):
-            tag = checkpoint.ds_checkpoint_tag(where)
-            if tag:
-                return where, tag, False
-    tag = checkpoint.ds_checkpoint_tag(cfg.train.load)
-    return (cfg.train.load, tag, True) if tag else None
+    """(dir, tag, module_only) of a complete checkpoint of ours to continue from, or None."""
+    places = [(cfg.train.load, True)] if cfg.train.finetune else [(cfg.train.save, False), (cfg.train.load, False)]
+    seen = set()
+    for where, module_only in places:
+        if not where or where in seen:
+            continue
+        seen.add(where)
+        tag, notes = checkpoint.choose_checkpoint(where)
+        for note in notes:
+            log(f"note: {note}")
+        if tag:
+            return where, tag, module_only
+    return None
 
 
 def build_model(cfg: NeoXConfig, resume: tuple[str, str, bool] | None) -> tuple[GPTNeoX, str]:
@@ -137,7 +145,8 @@ def mean_over_ranks(value: float, device) -> float:
 
 def lm_loss(engine, tokens: torch.Tensor) -> torch.Tensor:
     tokens = tokens.to(engine.device)
-    return cross_entropy(engine(tokens[:, :-1]), tokens[:, 1:])  # (b, s) inputs -> next-token targets
+    # the model takes the targets so that it can fuse the output layer with the loss (fused-output-loss)
+    return engine(tokens[:, :-1], targets=tokens[:, 1:])  # (b, s) inputs -> next-token targets
 
 
 def evaluate(engine, samples: PackedSamples, cfg: NeoXConfig, rank: int, world: int) -> dict:
@@ -151,38 +160,73 @@ def evaluate(engine, samples: PackedSamples, cfg: NeoXConfig, rank: int, world: 
     return {"lm_loss": loss, "lm_loss_ppl": math.exp(min(loss, 50))}
 
 
-def save(engine, cfg: NeoXConfig, mcfg: ModelConfig, iteration: int, loader: MicroBatches) -> None:
+def save(engine, cfg: NeoXConfig, mcfg: ModelConfig, iteration: int, loader: MicroBatches, mirror) -> None:
+    """A checkpoint that counts only once complete: every rank writes and fsyncs its files, then
+    (after a barrier) rank 0 makes what it sees durable and writes complete.json last."""
     import torch.distributed as dist
 
+    rank, save_dir = dist.get_rank(), Path(cfg.train.save)
     tag = f"global_step{iteration}"
+    if rank == 0 and (save_dir / tag).exists():  # an earlier run's leftover: kept, under a clear name
+        log(f"moved {save_dir / tag} aside to {checkpoint.set_aside(save_dir / tag)} (this save needs the name)")
+    dist.barrier()  # no rank writes into the tag folder before it is free
     client = {"iteration": iteration, "data": loader.state_dict()}
-    engine.save_checkpoint(cfg.train.save, tag=tag, client_state=client)  # writes `latest` too
-    if dist.get_rank() == 0:
-        checkpoint.write_model_config(Path(cfg.train.save) / tag, mcfg, cfg.to_dict())
-    log(f"saved checkpoint {cfg.train.save}/{tag}")
-    if cfg.train.keep_last_n_checkpoints:
-        dist.barrier()  # every rank's shards of the new checkpoint are written before old ones go
-        if dist.get_rank() == 0:
-            for old in checkpoint.stale_checkpoints(Path(cfg.train.save), cfg.train.keep_last_n_checkpoints):
-                shutil.rmtree(old)
-                log(f"removed checkpoint {old} (keep-last-n-checkpoints {cfg.train.keep_last_n_checkpoints})")
+    engine.save_checkpoint(str(save_dir), tag=tag, client_state=client)  # writes `latest` too
+    if rank == 0:
+        checkpoint.write_model_config(save_dir / tag, mcfg, cfg.to_dict(), marker_follows=True)
+    checkpoint.sync_rank_files(save_dir / tag, rank)
+    dist.barrier()  # every rank's files are written and durable
+    if rank == 0:
+        checkpoint.mark_complete(save_dir / tag, iteration, dist.get_world_size())
+        log(f"saved checkpoint {save_dir / tag}")
+        if mirror:
+            mirror.submit(save_dir / tag)
+        prune(cfg, mirror)
+    dist.barrier()  # the next save (or exit) sees the marker
+
+
+def prune(cfg: NeoXConfig, mirror) -> None:
+    """keep-last-n-checkpoints over complete checkpoints only (rank 0)."""
+    keep = cfg.train.keep_last_n_checkpoints
+    if not keep:
+        return
+    save_dir = Path(cfg.train.save)
+    for left in checkpoint.finish_removals(save_dir):
+        log(f"finished removing {left} (started by an earlier run)")
+    for old in checkpoint.stale_checkpoints(save_dir, keep, busy=mirror.busy() if mirror else ()):
+        checkpoint.remove_checkpoint(old)
+        log(f"removed checkpoint {old} (keep-last-n-checkpoints {keep})")
 
 
 # ---- the run -----------------------------------------------------------------------------------------
 
 
-def train(cfg: NeoXConfig) -> dict:
+def open_mirror(url: str | None, what: str, cfg: NeoXConfig):
+    """The checkpoint mirror (rank 0 only), or None; a bad setting fails before any heavy work."""
+    if not url:
+        return None
+    from trainer.mirror import Mirror, parse_url
+
+    parse_url(url, what)
+    if not cfg.train.save:
+        raise JobError(f"{what} {url}: needs config key 'save' (the checkpoints it mirrors)")
+    return Mirror(url, what, log) if int(os.environ.get("RANK", "0")) == 0 else None
+
+
+def train(cfg: NeoXConfig, mirror_url: str | None = None, mirror_what: str = "--mirror") -> dict:
     for line in cfg.report():
         log(line)
     # checks that need neither the process group nor a device
     if not cfg.data.data_path:
         raise JobError("config key 'data-path' is not set")
+    mirror = open_mirror(mirror_url, mirror_what, cfg)
     seq = cfg.model.seq_length
     splits = build_splits(cfg.data.data_path, cfg.data.split_weights(), seq, cfg.data.seed)
     resume = resume_point(cfg)
     model, source = build_model(cfg, resume)
     mcfg = model.cfg
     check_model_fits(cfg, mcfg)
+    check_token_ids(cfg.data.data_path, mcfg.vocab_size)
     log(f"model: {mcfg.num_layers} layers, hidden {mcfg.hidden_size}, {mcfg.num_params() / 1e6:.1f}M parameters, "
         f"weights from {source}")
 
@@ -200,6 +244,7 @@ def train(cfg: NeoXConfig) -> dict:
     log(kernel_loader.summary())  # which fused kernels run, so a silent fallback to the references shows
     loader = MicroBatches(splits["train"], cfg.batch.train_micro_batch_size_per_gpu, rank, world)
     iteration = 0
+    t = cfg.train
     if resume:
         where, tag, module_only = resume
         _, client = engine.load_checkpoint(where, tag=tag, load_module_only=module_only,
@@ -209,12 +254,13 @@ def train(cfg: NeoXConfig) -> dict:
             iteration = client["iteration"]
             loader.load_state_dict(client["data"])
         log(f"resumed from {where}/{tag} at iteration {iteration}" + (" (weights only)" if module_only else ""))
+        if mirror and not module_only and Path(where) == Path(t.save):
+            mirror.submit(Path(where) / tag)  # finishes an upload that a stopped run left half done
 
     metrics = Metrics(cfg, rank)
     gas = cfg.batch.gradient_accumulation_steps
     tokens_per_iter = cfg.batch.train_micro_batch_size_per_gpu * gas * world * seq
     flops_per_token = mcfg.flops_per_token(seq)
-    t = cfg.train
     stop = t.train_iters if t.exit_interval is None else min(t.train_iters, iteration + t.exit_interval)
     started, window_start, window_iters = time.monotonic(), time.monotonic(), 0
     last: dict = {}
@@ -250,11 +296,15 @@ def train(cfg: NeoXConfig) -> dict:
             metrics.write("valid", iteration, ev)
             log(f"iter {iteration} validation lm_loss {ev['lm_loss']:.4f} ppl {ev['lm_loss_ppl']:.2f}")
         if t.save and (iteration == stop or (t.save_interval and iteration % t.save_interval == 0)):
-            save(engine, cfg, mcfg, iteration, loader)
+            save(engine, cfg, mcfg, iteration, loader, mirror)
     metrics.close()
     stats = {"iterations": iteration, "stopped_early": iteration < t.train_iters, "world_size": world,
              "seconds": time.monotonic() - started, "last": last, "model": asdict(mcfg),
              "zero_stage": cfg.zero_stage, "precision": cfg.precision.name}
+    if mirror:
+        mirror.close()
+        prune(cfg, None)  # what the uploads held back
+        stats["mirror"] = {"url": mirror.url, "uploaded": mirror.uploaded, "failed": mirror.failed}
     out_dir = t.log_dir or t.save
     if rank == 0 and out_dir:
         write_json_atomic(Path(out_dir) / "train-stats.json", stats)
@@ -266,12 +316,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", nargs="+", required=True, help="NeoX YAML files, merged in order")
     parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
                         help="set a config key after the files (dotted keys reach into sections)")
+    parser.add_argument("--mirror", metavar="s3://BUCKET/PREFIX",
+                        help="also copy each complete checkpoint there (default: env NEOX_CHECKPOINT_MIRROR)")
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
     args = parser.parse_args(argv)
 
     def body() -> int:
         cfg = load_config(args.config, args.override)
-        stats = train(cfg)
+        from_env = not args.mirror and os.environ.get("NEOX_CHECKPOINT_MIRROR")
+        stats = train(cfg, args.mirror or from_env or None,
+                      "env NEOX_CHECKPOINT_MIRROR" if from_env else "--mirror")
         loss = stats["last"].get("lm_loss")
         log(f"done: {stats['iterations']} iterations in {human_duration(stats['seconds'])}, "
             f"lm_loss {loss:.4f}" if loss is not None else "done: nothing to train")

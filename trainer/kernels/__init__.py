@@ -3,7 +3,8 @@
 Each public function dispatches to the compiled CUDA extension (forward and backward kernels wrapped
 in a ``torch.autograd.Function``) when its inputs are CUDA tensors the kernels support and the
 extension loaded; otherwise it runs the reference in ``trainer.kernels.reference``. Set
-``NEOX_KERNELS=0`` to force the reference everywhere.
+``NEOX_KERNELS=0`` to force the reference everywhere. Inside ``torch.compile`` (``compile-blocks``, ``fp8``)
+the references are traced, and inductor generates fused kernels for them.
 """
 
 import torch
@@ -23,7 +24,9 @@ def _fused():
 
 
 def _use_fused(*tensors: torch.Tensor):
-    if not all(t.is_cuda for t in tensors):
+    # inside torch.compile the references are traced instead: inductor fuses them with their neighbours,
+    # where the extension's autograd Functions would break the graph
+    if torch.compiler.is_compiling() or not all(t.is_cuda for t in tensors):
         return None
     return _fused()
 
