@@ -3,16 +3,21 @@
 invoke base                      # a Debian base image from the host's apt mirror (no registry needed)
 invoke build [-n NAME,NAME...]   # build images in dependency order (content-addressed, skipped when unchanged)
 invoke push --registry HOST/NS   # push, read digests back, write images.lock.json
-invoke deploy --config FILE      # Kubernetes Jobs + Determined experiment (see k8s/)
+invoke deploy -c FILE            # Kubernetes Jobs, then the training engine (see k8s/)
+invoke status|logs|teardown|export -c FILE
 invoke local                     # the whole pipeline on this machine (see local/)
+
+Every task answers `--help`; no task has positional arguments. Short flags mean one thing across
+tasks (`-c` config, `-o` out, `-n` namespace) and nothing else gets one.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
-from invoke import Collection, Exit, task
+from invoke import Collection, Exit, Task, task
 
 from images.build import (
     ImageError,
@@ -25,10 +30,31 @@ from images.build import (
 )
 from images.catalog import DEFAULT_BASE_IMAGE, LOCAL_BASE_IMAGE, by_name
 from images.push import check_registry, push_cache, push_image, write_lock
-from k8s import tasks as k8s_tasks
+from jobs.cli import JobError
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_LOCK = ROOT / "images.lock.json"
+SHORT_FLAGS = {"config": "c", "out": "o", "namespace": "n"}
+
+
+class NeoxTask(Task):
+    """Options only (no positionals, so `--help` is never taken as a value), and the few short flags
+    of SHORT_FLAGS instead of invoke's first-free-letter ones."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("positional", [])
+        kwargs["auto_shortflags"] = False
+        super().__init__(*args, **kwargs)
+
+    def arg_opts(self, name, default, taken_names):
+        opts = super().arg_opts(name, default, taken_names)
+        if name in SHORT_FLAGS:
+            opts["names"].append(SHORT_FLAGS[name])
+        return opts
+
+
+def neox_task(*args, **kwargs):
+    return task(*args, klass=NeoxTask, **kwargs)
 
 
 def _log(line: str) -> None:
@@ -39,13 +65,25 @@ def _fail(exc: Exception) -> Exit:
     return Exit(f"error: {exc}", code=1)
 
 
+def _run(prog: str, body: Callable[[], object]) -> None:
+    """The one place that turns a tooling error into one line and a non-zero exit for a task."""
+    from local.containers import StageError
+
+    try:
+        body()
+    except (JobError, ImageError, StageError) as exc:
+        raise Exit(f"{prog}: error: {exc}", code=1) from None
+    except KeyboardInterrupt:
+        raise Exit(f"{prog}: interrupted", code=130) from None
+
+
 def _base_image(c, client, base_image: str | None) -> str:
     from images.base import resolve_base_image
 
     return resolve_base_image(client, base_image or c.config.get("neox", {}).get("base_image"), log=_log)
 
 
-@task(
+@neox_task(
     help={
         "mirror": "Debian mirror URL (default: the first one in the host's apt sources)",
         "tag": "image tag",
@@ -88,7 +126,7 @@ def _build_args(pairs: list[str] | None) -> dict[str, str]:
     return args
 
 
-@task(
+@neox_task(
     positional=[],
     iterable=["build_arg"],
     help={
@@ -114,7 +152,7 @@ def build(c, names=None, base_image=None, force=False, build_arg=None, cache_fro
         _log(f"pruned {prune_stale_images(client, built, log=_log)} stale image(s)")
 
 
-@task(
+@neox_task(
     iterable=["tag", "build_arg"],
     help={
         "registry": "HOST[:PORT]/NAMESPACE to push to",
@@ -126,9 +164,11 @@ def build(c, names=None, base_image=None, force=False, build_arg=None, cache_fro
         "base-image": "base image reference the images were built on",
     },
 )
-def push(c, registry, names=None, lock=None, base_image=None, tag=None, with_cache=False, build_arg=None):
+def push(c, registry=None, names=None, lock=None, base_image=None, tag=None, with_cache=False, build_arg=None):
     """Push built images, read each manifest back and record name -> registry/ns/name@sha256 in the lock file."""
     lock_path = Path(lock) if lock else DEFAULT_LOCK
+    if not registry:
+        raise Exit("push: error: --registry HOST[:PORT]/NAMESPACE is required", code=2)
     try:
         registry = check_registry(registry)
         client = docker_client()
@@ -154,7 +194,7 @@ def _is_shipped(name: str) -> bool:
     return by_name()[name].shipped
 
 
-@task(
+@neox_task(
     iterable=["corpus", "config"],
     help={
         "workdir": "host folder standing in for the shared volume (default out/local)",
@@ -166,6 +206,7 @@ def _is_shipped(name: str) -> bool:
         "clean": "start over: delete the workdir first",
         "gpus": "auto (default: when the engine has the NVIDIA runtime), yes or no",
         "base-image": "base image to build on (see `invoke build`)",
+        "nodes": "train as N trainer containers (one process each) through trainer.launch, as a JobSet would",
     },
 )
 def local(
@@ -179,6 +220,7 @@ def local(
     clean=False,
     gpus="auto",
     base_image=None,
+    nodes=1,
 ):
     """Run the whole pipeline on this machine in Docker: fetch, preprocess, fine-tune, export, generate."""
     from local.containers import StageError
@@ -196,6 +238,9 @@ def local(
         opts.configs = [Path(p) for p in config]
     if train_iters:
         opts.train_iters = int(train_iters)
+    if int(nodes) < 1:
+        raise Exit(f"error: --nodes must be at least 1, not {nodes}", code=1)
+    opts.nodes = int(nodes)
     try:
         client = docker_client()
         built = _build(c, client, None, base_image, None)
@@ -217,14 +262,101 @@ def local(
     _log(f"  generated   {summary['generated']}")
 
 
-ns = Collection(base, build, push, local)
-for deploy_task in (
-    k8s_tasks.deploy,
-    k8s_tasks.secrets,
-    k8s_tasks.status,
-    k8s_tasks.logs,
-    k8s_tasks.teardown,
-    k8s_tasks.export,
-):
-    ns.add_task(deploy_task)
+# ---- the cluster: deploy and day 2 (the work is in k8s.deploy and k8s.export) ------------------------
+
+_COMMON = {
+    "config": "the pipeline config (see pipeline.example.yaml); required",
+    "kubeconfig": "kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or the in-cluster service account)",
+    "context": "kubeconfig context to use (default: its current context)",
+    "namespace": "namespace to use instead of the config's",
+}
+
+
+def _options(prog: str, config: str | None, **kw):
+    from k8s import deploy as _deploy
+
+    if not config:
+        raise Exit(f"{prog}: error: --config FILE is required (see pipeline.example.yaml)", code=2)
+    return _deploy.Options(config=config, **kw)
+
+
+@neox_task(help={**_COMMON, "lock": "images.lock.json (default: the config's lock_file)",
+                 "dry-run": "only render and validate; write everything under --out",
+                 "out": "folder for the rendered manifests (must not exist, or be empty)",
+                 "create-bucket": "create the checkpoint bucket when it does not exist",
+                 "skip-preflight": "skip the bucket/registry/cluster/master checks",
+                 "schemas": "folder of Determined's expconf JSON schemas (or $NEOX_DETERMINED_SCHEMAS)",
+                 "no-wait": "apply and submit, then return: follow with `invoke status` / `invoke logs --follow`",
+                 "force-conflicts": "take over fields another field manager owns (server-side apply)"})
+def deploy(c, config=None, lock=None, dry_run=False, out=None, create_bucket=False, skip_preflight=False,
+           kubeconfig=None, context=None, namespace=None, schemas=None, no_wait=False, force_conflicts=False):
+    """Render, validate, preflight, apply, wait for the Jobs, then start training on the configured engine."""
+    from k8s import deploy as _deploy
+
+    if dry_run and not out:
+        raise Exit("deploy: error: --dry-run needs --out DIR", code=2)
+    opts = _options("deploy", config, lock=lock, out=out, dry_run=dry_run, create_bucket=create_bucket,
+                    skip_preflight=skip_preflight, kubeconfig=kubeconfig, context=context, namespace=namespace,
+                    schemas=schemas, wait_train=not no_wait, force_conflicts=force_conflicts)
+    _run("deploy", lambda: _deploy.deploy(opts))
+
+
+@neox_task(help={**_COMMON})
+def secrets(c, config=None, kubeconfig=None, context=None, namespace=None):
+    """Create the Secrets the config names from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (and HF_TOKEN)."""
+    from k8s import deploy as _deploy
+
+    opts = _options("secrets", config, kubeconfig=kubeconfig, context=context, namespace=namespace)
+    _run("secrets", lambda: _deploy.secrets(opts))
+
+
+@neox_task(help={**_COMMON, "json": "print the report as one JSON object"})
+def status(c, config=None, kubeconfig=None, context=None, namespace=None, json=False):
+    """The volume, each Job, and the training run (TrainJob/JobSet and its pods, or the experiment)."""
+    from k8s import deploy as _deploy
+
+    opts = _options("status", config, kubeconfig=kubeconfig, context=context, namespace=namespace)
+    _run("status", lambda: _deploy.status(opts, as_json=json))
+
+
+@neox_task(help={**_COMMON, "step": "probe-weights, fetch-weights, fetch-data, preprocess, train or export "
+                                    "(default: all)",
+                 "tail": "lines per pod (default 100)", "rank": "node rank of the train pods to show (default 0)",
+                 "follow": "keep streaming (one pod: the train pod of --rank, or the newest of --step)"})
+def logs(c, config=None, step=None, tail=100, rank=None, follow=False, kubeconfig=None, context=None,
+         namespace=None):
+    """Print the logs of this deployment's pods; train pods by node rank."""
+    from k8s import deploy as _deploy
+
+    opts = _options("logs", config, kubeconfig=kubeconfig, context=context, namespace=namespace)
+    _run("logs", lambda: _deploy.logs(opts, step=step, tail=int(tail), rank=None if rank is None else int(rank),
+                                      follow=follow))
+
+
+@neox_task(help={**_COMMON, "volume": "also delete the shared volume (weights, data and checkpoints on it are lost)",
+                 "secrets": "also delete the Secrets"})
+def teardown(c, config=None, volume=False, secrets=False, kubeconfig=None, context=None, namespace=None):
+    """Delete this deployment's Jobs, training run and ConfigMaps; keeps the volume unless --volume."""
+    from k8s import deploy as _deploy
+
+    opts = _options("teardown", config, kubeconfig=kubeconfig, context=context, namespace=namespace)
+    _run("teardown", lambda: _deploy.teardown(opts, volume=volume, secrets_too=secrets))
+
+
+@neox_task(help={**_COMMON, "experiment": "Determined experiment ID: export its latest completed checkpoint",
+                 "checkpoint": "s3://BUCKET/PREFIX/... of a checkpoint (Determined's or the mirror's)",
+                 "out": "local output folder (with --local or a Determined checkpoint; must not exist, or be empty)",
+                 "local": "download the checkpoint and convert it here instead of in a Job in the cluster"})
+def export(c, config=None, out=None, experiment=None, checkpoint=None, local=False, kubeconfig=None, context=None,
+           namespace=None):
+    """Turn the run's checkpoint into a Hugging Face model folder: in the cluster (TrainJob/JobSet
+    engines: on the volume), or here with --local (and for Determined experiments)."""
+    from k8s import deploy as _deploy
+
+    opts = _options("export", config, out=out, kubeconfig=kubeconfig, context=context, namespace=namespace)
+    _run("export", lambda: _deploy.export(opts, experiment_id=int(experiment) if experiment else None,
+                                          checkpoint=checkpoint, local=local))
+
+
+ns = Collection(base, build, push, local, deploy, secrets, status, logs, teardown, export)
 ns.configure({"neox": {"base_image": None}})

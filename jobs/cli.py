@@ -65,9 +65,15 @@ def write_json_atomic(path: str | os.PathLike, payload: dict) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
-    """Build a folder under a temporary name beside `out`; on success it replaces `out`, on error it goes."""
+def atomic_dir(out: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
+    """Build a folder under a temporary name beside `out`; on success it takes `out`'s place, on error it
+    goes. With replace=False an existing `out` that holds anything is refused up front (one line), so a
+    folder the user named is never deleted; an empty one is taken."""
     out = Path(out)
+    if not replace and out.is_dir() and any(out.iterdir()):
+        raise JobError(f"{out}: exists and is not empty; name a new folder (nothing in it was touched)")
+    if not replace and out.exists() and not out.is_dir():
+        raise JobError(f"{out}: exists and is not a folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

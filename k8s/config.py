@@ -21,7 +21,8 @@ ENGINES = ("determined", "trainjob", "jobset")
 # Kubeflow Trainer's runtimes that launch through the MPI plugin: no PET_* variables, so not torchrun.
 MPI_RUNTIMES = ("deepspeed-distributed", "mlx-distributed")
 
-_NAME = {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 63}
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"  # an RFC 1123 label: namespaces, Secrets, claims
+_NAME = {"type": "string", "pattern": NAME_PATTERN, "maxLength": 63}
 _SOURCE = {"type": "string", "pattern": r"^(https?://|s3://|hf://)\S+$"}  # what the fetcher takes
 _REL_PATH = {"type": "string", "minLength": 1, "pattern": r"^(?!/)(?!.*(^|/)\.\.(/|$)).+$"}
 _QUANTITY = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|Pi|M|G|T|P)?$"}

@@ -10,22 +10,25 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import os
+import re
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
 from jobs.cli import JobError
-from k8s import render
+from k8s import render, stages
 from k8s.cluster import Cluster, default_credentials, job_state
-from k8s.config import PipelineConfig, load_config, load_lock
+from k8s.config import NAME_PATTERN, PipelineConfig, load_config, load_lock
 from k8s.determined_api import Master, read_context
 from k8s.engines import kubernetes_engine
 from k8s.plan import Plan, build_plan, write_context, write_plan
 from k8s.preflight import run_preflight
+from k8s.validate import validate_k8s
 
 JOB_TIMEOUT = 24 * 3600
 
@@ -41,6 +44,8 @@ class Options:
     kubeconfig: str | None = None
     context: str | None = None
     schemas: str | None = None
+    namespace: str | None = None  # overrides the config's
+    force_conflicts: bool = False  # server-side apply takes fields other managers own
     poll: float = 5.0
     job_timeout: float = JOB_TIMEOUT
     wait_train: bool = True  # follow a TrainJob/JobSet to its end (Determined runs are followed in its UI)
@@ -57,8 +62,18 @@ class Result:
     summary: dict | None = None
 
 
-def load(opts: Options) -> tuple[PipelineConfig, dict[str, str], Plan]:
+def config(opts: Options) -> PipelineConfig:
+    """The pipeline config, with --namespace in place of its own when given."""
     cfg = load_config(opts.config)
+    if opts.namespace and opts.namespace != cfg.namespace:
+        if not re.match(NAME_PATTERN, opts.namespace) or len(opts.namespace) > 63:
+            raise JobError(f"--namespace {opts.namespace!r}: not a Kubernetes namespace name")
+        cfg = replace(cfg, raw={**cfg.raw, "namespace": opts.namespace})
+    return cfg
+
+
+def load(opts: Options) -> tuple[PipelineConfig, dict[str, str], Plan]:
+    cfg = config(opts)
     lock = opts.lock or str(cfg.path.parent / cfg.raw.get("lock_file", "images.lock.json"))
     images = load_lock(lock)
     return cfg, images, build_plan(cfg, images, opts.schemas)
@@ -94,7 +109,7 @@ def deploy(opts: Options, cluster: Cluster | None = None, master: Master | None 
         raise JobError(f"Secret/{secret}: not in namespace {cfg.namespace}; run `invoke secrets` first")
 
     def apply(obj: dict) -> None:
-        what, live = cluster.apply(obj)
+        what, live = cluster.apply(obj, force=opts.force_conflicts)
         key = f"{obj['kind']}/{obj['metadata']['name']}"
         result.applied[key] = what
         print(f"deploy: {key} {what}", file=out)
@@ -234,7 +249,7 @@ def secret_manifest(cfg: PipelineConfig, env: dict[str, str] | None = None) -> l
 
 def secrets(opts: Options, cluster: Cluster | None = None, out: TextIO | None = None) -> dict[str, str]:
     out = out or sys.stderr
-    cfg = load_config(opts.config)
+    cfg = config(opts)
     cluster = cluster or connect(cfg, opts)[0]
     done = {}
     for secret in secret_manifest(cfg):
@@ -246,9 +261,11 @@ def secrets(opts: Options, cluster: Cluster | None = None, out: TextIO | None = 
 
 
 def status(opts: Options, cluster: Cluster | None = None, master: Master | None = None,
-           out: TextIO | None = None) -> dict:
-    out = out or sys.stdout
-    cfg = load_config(opts.config)
+           out: TextIO | None = None, as_json: bool = False) -> dict:
+    """Where the pipeline stands; `as_json` prints the report as one JSON object instead of lines."""
+    stream = out or sys.stdout
+    out = io.StringIO() if as_json else stream
+    cfg = config(opts)
     if cluster is None or (master is None and cfg.train.engine == "determined"):
         cluster, master = connect(cfg, opts)
     report: dict = {"engine": cfg.train.engine}
@@ -266,9 +283,10 @@ def status(opts: Options, cluster: Cluster | None = None, master: Master | None 
         live = cluster.get(engine.KIND, name)
         state = cluster.state(engine.KIND, live) if live else "absent"
         pods = sorted(cluster.list("Pod", render.selector(cfg, "train")), key=_node_index) if live else []
-        report["train"] = {"kind": engine.KIND, "name": name, "state": state,
+        restarts = (live or {}).get("status", {}).get("restarts", 0)
+        report["train"] = {"kind": engine.KIND, "name": name, "state": state, "restarts": restarts,
                            "pods": {p["metadata"]["name"]: p.get("status", {}).get("phase", "?") for p in pods}}
-        print(f"train    {engine.KIND}/{name}: {state}", file=out)
+        print(f"train    {engine.KIND}/{name}: {state}" + (f" ({restarts} restarts)" if restarts else ""), file=out)
         for pod in pods:
             print(f"  node {_node_index(pod)}  {pod['metadata']['name']}: {pod.get('status', {}).get('phase', '?')}",
                   file=out)
@@ -280,8 +298,10 @@ def status(opts: Options, cluster: Cluster | None = None, master: Master | None 
             state = master.experiment(exp_id).get("state", "?")
         except JobError as exc:
             state = f"unknown ({exc})"
-        report["experiment"] = {"id": exp_id, "state": state}
+        report["experiment"] = {"id": exp_id, "state": state, "url": master.experiment_url(exp_id)}
         print(f"experiment {exp_id}: {state} {master.experiment_url(exp_id)}", file=out)
+    if as_json:
+        print(json.dumps(report, sort_keys=True), file=stream)
     return report
 
 
@@ -297,10 +317,12 @@ def _node_index(pod: dict) -> int:
 
 
 def logs(opts: Options, step: str | None = None, tail: int = 100, cluster: Cluster | None = None,
-         out: TextIO | None = None, rank: int | None = None) -> int:
-    """The logs of this deployment's pods; for the train step only node `rank`'s (default 0)."""
+         out: TextIO | None = None, rank: int | None = None, follow: bool = False) -> int:
+    """The logs of this deployment's pods; for the train step only node `rank`'s (default 0). With
+    `follow`, the one pod that matters (the newest of the step, or the train pod of `rank`) is streamed
+    until it ends."""
     out = out or sys.stdout
-    cfg = load_config(opts.config)
+    cfg = config(opts)
     cluster = cluster or connect(cfg, opts)[0]
     if rank is not None and step is None:
         step = "train"
@@ -313,10 +335,15 @@ def logs(opts: Options, step: str | None = None, tail: int = 100, cluster: Clust
             raise JobError(f"no train pod of node rank {want} (nodes: {', '.join(map(str, sorted(nodes)))})")
     if not pods:
         raise JobError(f"no pods{f' for step {step}' if step else ''} of {cfg.instance} in {cfg.namespace}")
+    if follow:
+        pods = pods[-1:]
     for pod in pods:
         name = pod["metadata"]["name"]
         print(f"==> pod {name} ({pod.get('status', {}).get('phase', '?')})", file=out)
-        print(cluster.pod_log(name, tail).rstrip("\n"), file=out)
+        if follow:
+            cluster.follow_log(name, out, tail_lines=tail)
+        else:
+            print(cluster.pod_log(name, tail).rstrip("\n"), file=out)
     return len(pods)
 
 
@@ -324,7 +351,7 @@ def teardown(opts: Options, volume: bool = False, secrets_too: bool = False, clu
              out: TextIO | None = None) -> list[str]:
     """Delete this deployment's Jobs and ConfigMaps; the volume (and its weights) only when asked."""
     out = out or sys.stderr
-    cfg = load_config(opts.config)
+    cfg = config(opts)
     cluster = cluster or connect(cfg, opts)[0]
     sel = render.selector(cfg)
     gone = []
@@ -346,3 +373,36 @@ def teardown(opts: Options, volume: bool = False, secrets_too: bool = False, clu
     kept = "" if volume else f"; kept PersistentVolumeClaim/{cfg['volume']['name']} (pass --volume to delete it)"
     print(f"teardown: {len(gone)} objects deleted{kept}", file=out)
     return gone
+
+
+def export(opts: Options, experiment_id: int | None = None, checkpoint: str | None = None, local: bool = False,
+           cluster: Cluster | None = None, master: Master | None = None, out: TextIO | None = None,
+           **local_kw) -> str:
+    """A Hugging Face folder from the run's checkpoint. On the Kubernetes-native engines a Job in the
+    cluster (trainer image) converts the newest checkpoint on the volume into `export/<run>/hf` there,
+    so no checkpoint with its optimizer state crosses the network; `local` (and any Determined
+    experiment, whose checkpoints live in the bucket) downloads and converts on this machine."""
+    from k8s import export as _export
+
+    out = out or sys.stderr
+    cfg = config(opts)
+    if local or checkpoint or cfg.train.engine == "determined":
+        if not opts.out:
+            raise JobError("export: --out DIR is required to export on this machine")
+        if checkpoint is None and experiment_id is None and cfg.train.engine != "determined":
+            checkpoint = stages.mirror_url(cfg)
+        if master is None and experiment_id is not None:
+            master = connect(cfg, opts)[1]
+        return str(_export.export(cfg, opts.out, experiment_id=experiment_id, checkpoint=checkpoint, master=master,
+                                  stream=out, **local_kw))
+    lock = opts.lock or str(cfg.path.parent / cfg.raw.get("lock_file", "images.lock.json"))
+    images = load_lock(lock, ("trainer",))
+    dest = cfg.on_volume(f"export/{cfg.instance}/hf")
+    job = render.job(cfg, stages.export(cfg, stages.save_dir(cfg), dest), images)
+    validate_k8s(job)
+    cluster = cluster or connect(cfg, opts)[0]
+    what, _ = cluster.apply(job, force=opts.force_conflicts)
+    print(f"export: Job/{job['metadata']['name']} {what}", file=out)
+    cluster.wait_job(job["metadata"]["name"], opts.job_timeout, opts.poll, out)
+    print(f"export: Hugging Face model folder at {dest} on PersistentVolumeClaim/{cfg['volume']['name']}", file=out)
+    return dest

@@ -105,9 +105,10 @@ def write_context(plan: Plan, dest: Path) -> Path:
 
 
 def write_plan(plan: Plan, out: str | os.PathLike, images: dict[str, str]) -> dict:
-    """Write the dry-run tree into `out` (built under a temporary name, then renamed into place)."""
+    """Write the dry-run tree into `out` (built under a temporary name, then renamed into place); an
+    existing `out` with anything in it is refused, never replaced."""
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, replace=False) as tmp:
         k8s_dir = tmp / "kubernetes"
         k8s_dir.mkdir()
         files = []

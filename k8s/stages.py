@@ -114,8 +114,7 @@ def train(cfg: PipelineConfig, neox: dict[str, dict]) -> js.JobSpec:
     args = js.train_args([f"{CONFIG_DIR}/{name}" for name in neox], overrides)
     env = {"PYTHONUNBUFFERED": "1", "HOME": "/tmp", "NCCL_SOCKET_IFNAME": "ens,eth,ib"}
     if t.mirror_checkpoints:
-        prefix = "/".join(p for p in ((ck.get("prefix") or "").strip("/"), cfg.instance) if p)
-        env["NEOX_CHECKPOINT_MIRROR"] = f"s3://{ck['bucket']}/{prefix}"
+        env["NEOX_CHECKPOINT_MIRROR"] = mirror_url(cfg)
         if ck.get("endpoint_url"):
             env["AWS_ENDPOINT_URL"] = ck["endpoint_url"]
     keys = tuple((k, ck["secret"], k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))
@@ -123,6 +122,13 @@ def train(cfg: PipelineConfig, neox: dict[str, dict]) -> js.JobSpec:
     files = tuple((f"{CONFIG_DIR}/{name}", dump_yaml(conf)) for name, conf in neox.items())
     return js.JobSpec("train", js.TRAINER, args, command=js.LAUNCH, env=tuple(env.items()), secret_keys=keys,
                       resources=resources, nodes=t.nodes, procs_per_node=t.processes_per_node, files=files)
+
+
+def mirror_url(cfg: PipelineConfig) -> str:
+    """Where the trainer mirrors complete checkpoints on the Kubernetes-native engines."""
+    ck = cfg["checkpoints"]
+    prefix = "/".join(p for p in ((ck.get("prefix") or "").strip("/"), cfg.instance) if p)
+    return f"s3://{ck['bucket']}/{prefix}"
 
 
 def export(cfg: PipelineConfig, checkpoint: str, out: str) -> js.JobSpec:

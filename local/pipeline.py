@@ -8,13 +8,17 @@ shared volume:
   fetch       the fetcher downloads those weights over HTTP from a server container it starts
   preprocess  the preprocessor tokenizes the corpus into the indexed dataset
   train       the trainer fine-tunes (CPU, or GPU when the engine has one); checkpoints are then
-              stored in a local S3-compatible server (moto) as Determined's checkpoint storage would
+              stored in a local S3-compatible server (moto) as Determined's checkpoint storage would.
+              With --nodes N it runs as N trainer containers through `trainer.launch`, with the
+              environment the JobSet backend renders (master 127.0.0.1, host networking)
   export      the checkpoint comes back from S3 and is written as a Hugging Face folder
   generate    a few tokens from the exported model
 
 Each stage records a fingerprint of its inputs (and of the stages before it) in
 `WORKDIR/state.json` only after it succeeded; a re-run skips stages whose fingerprint is
 unchanged, so nothing from a failed stage is taken as done. `--clean` starts over.
+
+The fetch, preprocess, train and export command lines come from jobs/spec.py, as the cluster's do.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jobs import spec as js
 from jobs.cli import write_json_atomic
 from local.containers import MOUNT, Runner, StageError
 
@@ -47,6 +52,7 @@ class LocalOptions:
     train_iters: int | None = None
     clean: bool = False
     gpus: bool | None = None  # None: use a GPU when the engine has the NVIDIA runtime
+    nodes: int = 1  # trainer containers, one process each: the multi-node path on one machine
 
 
 def _fingerprint(*parts: object) -> str:
@@ -195,15 +201,11 @@ class LocalPipeline:
                 try:
                     _wait_for_port(port)
                     url = f"http://127.0.0.1:{port}/{source.name}/"
-                    logs = self.runner.run(
-                        "fetch", self.images["fetcher"], [url, _in_volume(self.workdir, dest)]
-                    )
+                    logs = self._run("fetch", js.FETCHER, js.fetch_args(url, _in_volume(self.workdir, dest)))
                 finally:
                     server.remove(force=True)
             else:
-                logs = self.runner.run(
-                    "fetch", self.images["fetcher"], [source, _in_volume(self.workdir, dest)]
-                )
+                logs = self._run("fetch", js.FETCHER, js.fetch_args(source, _in_volume(self.workdir, dest)))
             return {"summary": _last_line(logs)}
 
         self._stage("fetch", fp, [dest / "fetch-manifest.json"], body)
@@ -214,20 +216,8 @@ class LocalPipeline:
         fp = _fingerprint("preprocess", corpus, fp)
 
         def body() -> dict:
-            logs = self.runner.run(
-                "preprocess",
-                self.images["preprocessor"],
-                [
-                    "--input",
-                    *corpus,
-                    "--tokenizer",
-                    _in_volume(self.workdir, tokenizer),
-                    "--output-prefix",
-                    _in_volume(self.workdir, prefix),
-                    "--append-eod",
-                ],
-            )
-            return {"summary": _last_line(logs)}
+            args = js.preprocess_args(corpus, _in_volume(self.workdir, tokenizer), _in_volume(self.workdir, prefix))
+            return {"summary": _last_line(self._run("preprocess", js.PREPROCESSOR, args))}
 
         out = Path(f"{prefix}_text_document")
         self._stage("preprocess", fp, [out.with_suffix(".bin"), out.with_suffix(".idx")], body)
@@ -236,35 +226,23 @@ class LocalPipeline:
     def _train(self, configs: list[Path], tokenizer: Path, weights: Path, data: Path, fp: str) -> dict:
         save = self.workdir / "checkpoints"
         logs_dir = self.workdir / "train-logs"
-        overrides = {
-            "vocab-file": _in_volume(self.workdir, tokenizer),
-            "data-path": _in_volume(self.workdir, data),
-            "load": _in_volume(self.workdir, weights),
-            "save": _in_volume(self.workdir, save),
-            "log-dir": _in_volume(self.workdir, logs_dir),
-            "tensorboard-dir": _in_volume(self.workdir, self.workdir / "tensorboard"),
-        }
+        vol = self.workdir
+        overrides: dict[str, object] = js.train_paths(
+            tokenizer=_in_volume(vol, tokenizer), data_path=_in_volume(vol, data), load=_in_volume(vol, weights),
+            save=_in_volume(vol, save), log_dir=_in_volume(vol, logs_dir),
+            tensorboard_dir=_in_volume(vol, vol / "tensorboard"))
         if self.opts.train_iters:
             overrides["train-iters"] = str(self.opts.train_iters)
-        fp = _fingerprint("train", [c.read_text() for c in configs], overrides, fp)
+        nodes = self.opts.nodes
+        spec = js.JobSpec("train", js.TRAINER, js.train_args([_in_volume(vol, c) for c in configs], overrides),
+                          command=js.LAUNCH if nodes > 1 else ("python", "-m", "trainer.train"), nodes=nodes)
+        fp = _fingerprint("train", [c.read_text() for c in configs], overrides, nodes, fp)
 
         def body() -> dict:
             shutil.rmtree(save, ignore_errors=True)  # a changed run starts from the fetched weights
             shutil.rmtree(logs_dir, ignore_errors=True)
             self.runner.prepare_volume()
-            self.runner.run(
-                "train",
-                self.images["trainer"],
-                [
-                    "-m",
-                    "trainer.train",
-                    "--config",
-                    *[_in_volume(self.workdir, c) for c in configs],
-                    "--override",
-                    *[f"{k}={v}" for k, v in overrides.items()],
-                ],
-                entrypoint=["python"],
-            )
+            self.runner.run_spec(spec, self.images, port=_free_port() if nodes > 1 else None)
             stats = json.loads((logs_dir / "train-stats.json").read_text())
             return {"train_stats": stats}
 
@@ -288,19 +266,8 @@ class LocalPipeline:
                 shutil.rmtree(out, ignore_errors=True)
                 s3.download_folder(BUCKET, "local/checkpoints", out / "checkpoint")
             self.runner.prepare_volume()
-            self.runner.run(
-                "export",
-                self.images["trainer"],
-                [
-                    "-m",
-                    "trainer.export",
-                    "--checkpoint",
-                    _in_volume(self.workdir, out / "checkpoint"),
-                    "--out",
-                    _in_volume(self.workdir, hf),
-                ],
-                entrypoint=["python"],
-            )
+            args = js.export_args(_in_volume(self.workdir, out / "checkpoint"), _in_volume(self.workdir, hf))
+            self._run("export", js.TRAINER, args, command=("python",))
             return {"s3_files": uploaded}
 
         record = self._stage("export", fp, [hf / "config.json"], body)
@@ -324,6 +291,9 @@ class LocalPipeline:
             return {"text": _last_line(logs).split(" -> ", 1)[-1]}
 
         return self._stage("generate", _fingerprint("generate", PROMPT, fp), [], generate)["text"]
+
+    def _run(self, stage: str, image: str, args: tuple[str, ...], command: tuple[str, ...] | None = None) -> str:
+        return self.runner.run_spec(js.JobSpec(stage, image, args, command=command), self.images)
 
     def _summary(self, train: dict, export: dict, generated: str) -> dict:
         from local.report import loss_curve

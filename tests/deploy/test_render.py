@@ -187,16 +187,14 @@ def test_lock_file_problems(tmp_path):
 
 def test_invoke_dry_run_and_bad_input_exit_codes(config_file, lock_file, make_config, tmp_path, secret_env):
     """Through invoke itself, as `invoke deploy --config F --lock L --dry-run --out DIR` runs."""
-    script = ("import sys; from invoke import Collection, Program; import k8s.tasks as t; "
-              "ns = Collection(*(getattr(t, n) for n in ('deploy', 'secrets', 'status', 'logs', 'teardown', "
-              "'export'))); Program(namespace=ns).run(['invoke', *sys.argv[1:]])")
+    invoke = [sys.executable, "-m", "invoke"]
     out = tmp_path / "out"
-    ok = subprocess.run([sys.executable, "-c", script, "deploy", "--config", str(config_file), "--lock",
+    ok = subprocess.run([*invoke, "deploy", "--config", str(config_file), "--lock",
                          str(lock_file), "--dry-run", "--out", str(out)], capture_output=True, text=True, cwd=REPO)
     assert ok.returncode == 0, ok.stderr
     assert (out / "render.json").is_file() and "wrote 7 manifests" in ok.stderr
     bad = make_config(lambda r: r["volume"].update(sise="1Ti"), name="bad.yaml")
-    fail = subprocess.run([sys.executable, "-c", script, "deploy", "--config", str(bad), "--dry-run", "--out",
+    fail = subprocess.run([*invoke, "deploy", "--config", str(bad), "--dry-run", "--out",
                            str(tmp_path / "out2")], capture_output=True, text=True, cwd=REPO)
     assert fail.returncode == 1
     assert fail.stderr.strip().splitlines() == [f"deploy: error: config {bad}: unknown key 'sise' in volume"]
@@ -254,11 +252,9 @@ def test_invoke_deploy_unreachable_cluster_and_master(make_config, lock_file, tm
         "current-context": "c", "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
         "clusters": [{"name": "k", "cluster": {"server": "http://127.0.0.1:9"}}],
         "users": [{"name": "u", "user": {"token": "t"}}]}))
-    script = ("import sys; from invoke import Collection, Program; import k8s.tasks as t; "
-              "Program(namespace=Collection(t.deploy)).run(['invoke', *sys.argv[1:]])")
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "AWS_DEFAULT_REGION": "us-east-1"}
     env.pop("KUBERNETES_SERVICE_HOST", None)
-    r = subprocess.run([sys.executable, "-c", script, "deploy", "--config", str(cfg)], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "invoke", "deploy", "--config", str(cfg)], capture_output=True,
                        text=True, cwd=REPO, env=env, timeout=120)
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()

@@ -14,10 +14,10 @@ def invoke(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_build_passes_build_args_and_names_through():
-    proc = invoke("build", "-n", "fetcher", "--build-arg", "TORCH_VERSION=2.11.0")
+    proc = invoke("build", "--names", "fetcher", "--build-arg", "TORCH_VERSION=2.11.0")
     assert proc.returncode == 1
     assert "build arg 'TORCH_VERSION' is not declared by any image being built" in proc.stderr
-    proc = invoke("build", "-n", "nope")
+    proc = invoke("build", "--names", "nope")
     assert proc.returncode == 1 and "unknown image 'nope'" in proc.stderr
     proc = invoke("build", "--build-arg", "novalue")
     assert proc.returncode == 1 and "must be KEY=VALUE" in proc.stderr
@@ -31,3 +31,29 @@ def test_push_checks_the_registry_argument_before_anything_else():
 def test_local_rejects_an_unknown_gpus_choice():
     proc = invoke("local", "--gpus", "maybe")
     assert proc.returncode == 1 and "--gpus must be auto, yes or no" in proc.stderr
+
+
+def test_every_task_answers_help_and_short_flags_mean_one_thing():
+    """`invoke TASK --help` for every task `invoke --list` shows; no option takes -h; the only short
+    flags are -c (config), -o (out) and -n (namespace), each meaning the same everywhere."""
+    import re
+
+    listing = invoke("--list")
+    assert listing.returncode == 0, listing.stderr
+    names = re.findall(r"^  ([a-z][a-z-]*)\s", listing.stdout, flags=re.M)
+    assert {"build", "push", "local", "deploy", "status", "logs", "teardown", "export"} <= set(names)
+    allowed = {"-c": "--config", "-o": "--out", "-n": "--namespace"}
+    for name in names:
+        proc = invoke(name, "--help")
+        assert proc.returncode == 0, (name, proc.stdout, proc.stderr)
+        assert "Options:" in proc.stdout and "Positional arguments" not in proc.stdout, name
+        for short, long in re.findall(r"^\s+(-[a-zA-Z])(?:[ =][A-Z]+)?, (--[a-z-]+)", proc.stdout, flags=re.M):
+            assert allowed.get(short) == long, (name, short, long)
+        assert not re.search(r"^\s+-h[ ,]", proc.stdout, flags=re.M), name
+
+
+def test_cluster_tasks_without_config_say_so():
+    for name in ("deploy", "status", "logs", "teardown", "secrets", "export"):
+        proc = invoke(name)
+        assert proc.returncode == 2, (name, proc.stderr)
+        assert proc.stderr.strip().splitlines()[-1] == f"{name}: error: --config FILE is required (see pipeline.example.yaml)"
