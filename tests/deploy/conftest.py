@@ -71,11 +71,35 @@ def config_file(make_config):
     return make_config()
 
 
+@pytest.fixture(scope="session")
+def kube_pki(tmp_path_factory):
+    """The stand-in API server's throwaway CA and certificate; only kubeconfigs the tests write name it."""
+    return standins.make_pki(tmp_path_factory.mktemp("kube-pki"))
+
+
 @pytest.fixture
-def kube():
-    server = standins.FakeKube().start()
+def kube(kube_pki):
+    server = standins.FakeKube(tls=kube_pki).start()
     yield server
     server.stop()
+
+
+def write_kubeconfig(path: Path, server: str, ca: Path | None, token: str | None = None, user: dict | None = None,
+                     context: str = "stand-in", namespace: str = "tenant-finetune") -> Path:
+    """A kubeconfig as kubectl writes it: one cluster (CA by path), one user, one context."""
+    cluster = {"server": server, **({"certificate-authority": str(ca)} if ca else {})}
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": context, "preferences": {},
+        "clusters": [{"name": "stand-in", "cluster": cluster}],
+        "users": [{"name": "tester", "user": user if user is not None else {"token": token}}],
+        "contexts": [{"name": context, "context": {"cluster": "stand-in", "user": "tester", "namespace": namespace}}],
+    }, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def kubeconfig(tmp_path, kube):
+    return write_kubeconfig(tmp_path / "kubeconfig", kube.url, kube.ca_file, kube.token)
 
 
 @pytest.fixture
@@ -86,10 +110,11 @@ def det():
 
 
 @pytest.fixture
-def cluster(kube):
-    from k8s.cluster import Cluster, Credentials
+def cluster(kube, kubeconfig):
+    """The official client, its credentials loaded from `kubeconfig` as kubectl would, over TLS."""
+    from k8s.cluster import Cluster, default_credentials
 
-    return Cluster(Credentials(server=kube.url, token=kube.token), "tenant-finetune", timeout=5)
+    return Cluster(default_credentials(str(kubeconfig)), "tenant-finetune", timeout=10)
 
 
 @pytest.fixture
