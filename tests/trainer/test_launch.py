@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -220,6 +221,10 @@ def kill_tree(pid: int) -> None:
             pass
 
 
+def tail(logs: Path, rank: int, attempt: str = "") -> str:
+    return (logs / f"node{rank}{attempt}.log").read_text()[-3000:]
+
+
 def node_line(log: Path) -> str:
     return log.read_text().splitlines()[0]
 
@@ -270,8 +275,12 @@ def test_a_killed_node_and_a_jobset_restart_resume_from_the_last_checkpoint(corp
     procs = start_nodes(cfg, port, "jobset", tmp_path)
     try:
         deadline = time.monotonic() + TIMEOUT
-        while not (save / "global_step4" / "model_config.json").exists():
-            assert all(p.poll() is None for p in procs), "a node ended before the first checkpoint"
+        # rank 0 logs this once the save is over (every rank's part written)
+        while f"saved checkpoint {save}/global_step4" not in (tmp_path / "node0.log").read_text():
+            ended = [rank for rank, p in enumerate(procs) if p.poll() is not None]
+            assert not ended, f"node {ended[0]} ended before the first checkpoint:\n" + tail(
+                tmp_path, ended[0]
+            )
             assert time.monotonic() < deadline, "timed out waiting for the checkpoint global_step4"
             time.sleep(0.02)
         kill_tree(procs[1].pid)  # node 1's pod dies
@@ -283,9 +292,7 @@ def test_a_killed_node_and_a_jobset_restart_resume_from_the_last_checkpoint(corp
             if p.poll() is None:
                 kill_tree(p.pid)
     assert rcs[0] != 0 and rcs[1] == -signal.SIGKILL
-    latest = (save / "latest").read_text().strip()
-    resumed_from = int(latest.removeprefix("global_step"))
-    assert resumed_from in (4, 8) and not (save / "global_step12").exists()
+    assert not (save / "global_step12").exists(), "the kill came too late: the run had finished"
 
     before = len((save / "metrics.jsonl").read_text().splitlines())
     procs = start_nodes(cfg, port, "jobset", tmp_path, attempt="-restart")
@@ -293,7 +300,10 @@ def test_a_killed_node_and_a_jobset_restart_resume_from_the_last_checkpoint(corp
     log0 = (tmp_path / "node0-restart.log").read_text()
     assert rcs == [0, 0], log0[-3000:] + (tmp_path / "node1-restart.log").read_text()[-3000:]
     assert node_line(tmp_path / "node1-restart.log").endswith(f"master 127.0.0.1:{port} (from jobset)")
-    assert f"resumed from {save}/{latest} at iteration {resumed_from}" in log0
+    resumed = re.search(rf"resumed from {re.escape(str(save))}/global_step(\d+) at iteration (\d+)\n", log0)
+    assert resumed, "the restarted run did not resume from a checkpoint:\n" + log0[-3000:]
+    resumed_from = int(resumed[2])
+    assert resumed[1] == resumed[2] and resumed_from in (4, 8)
     lines = [json.loads(x) for x in (save / "metrics.jsonl").read_text().splitlines()[before:]]
     got = {m["iteration"]: m["lm_loss"] for m in lines if m["kind"] == "train"}
     assert sorted(got) == list(range(resumed_from + 1, 13))
