@@ -23,10 +23,10 @@ from typing import TextIO
 from jobs.cli import JobError
 from k8s import render, stages
 from k8s.cluster import Cluster, default_credentials, job_state
-from k8s.config import NAME_PATTERN, PipelineConfig, load_config, load_lock
+from k8s.config import IMAGES, NAME_PATTERN, PipelineConfig, load_config, load_lock
 from k8s.determined_api import Master, read_context
 from k8s.engines import kubernetes_engine
-from k8s.plan import Plan, build_plan, write_context, write_plan
+from k8s.plan import REPO_ROOT, Plan, build_plan, write_context, write_plan
 from k8s.preflight import run_preflight
 from k8s.validate import validate_k8s
 
@@ -72,11 +72,23 @@ def config(opts: Options) -> PipelineConfig:
     return cfg
 
 
+def unpinned_images() -> dict[str, str]:
+    """What a dry run without a lock file shows: the images by the git tag `invoke push` gives them."""
+    from images.build import git_revision
+
+    return {name: f"neox-pipeline/{name}:git-{git_revision(REPO_ROOT)}" for name in IMAGES}
+
+
 def load(opts: Options) -> tuple[PipelineConfig, dict[str, str], Plan]:
     cfg = config(opts)
-    lock = opts.lock or str(cfg.path.parent / cfg.raw.get("lock_file", "images.lock.json"))
-    images = load_lock(lock)
-    return cfg, images, build_plan(cfg, images, opts.schemas)
+    lock = Path(opts.lock or cfg.path.parent / cfg.raw.get("lock_file", "images.lock.json"))
+    unpinned = not lock.exists() and opts.dry_run
+    images = unpinned_images() if unpinned else load_lock(lock)
+    plan = build_plan(cfg, images, opts.schemas)
+    if unpinned:
+        plan.warnings.insert(0, f"no lock file {lock}: images shown by tag, NOT pinned by digest; "
+                                "`invoke push` writes it, and a real deploy needs it")
+    return cfg, images, plan
 
 
 def connect(cfg: PipelineConfig, opts: Options) -> tuple[Cluster, Master | None]:
@@ -92,6 +104,8 @@ def deploy(opts: Options, cluster: Cluster | None = None, master: Master | None 
     result = Result()
     for note in plan.notes:
         print(f"deploy: NeoX path rewritten: {note}", file=out)
+    for warning in plan.warnings:
+        print(f"deploy: warning: {warning}", file=out)
     if opts.out:
         result.summary = write_plan(plan, opts.out, images)
         what = "and the experiment config " if plan.experiment is not None else ""

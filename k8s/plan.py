@@ -35,7 +35,8 @@ class Plan:
     train: list[dict]  # the Kubernetes-native engine's objects (empty for Determined)
     experiment: dict | None  # the Determined experiment config (None for the other engines)
     neox: dict[str, dict]
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # NeoX paths rewritten
+    warnings: list[str] = field(default_factory=list)  # checks that could not run, images not pinned
 
     @property
     def objects(self) -> list[dict]:
@@ -80,8 +81,8 @@ def build_plan(cfg: PipelineConfig, images: dict[str, str], schema_dir: str | os
                 experiment=experiment, neox=neox, notes=notes)
     for obj in plan.objects:
         validate_k8s(obj)
-    if experiment is not None:
-        validate_experiment(experiment, schema_dir)
+    if experiment is not None and (note := validate_experiment(experiment, schema_dir)):
+        plan.warnings.append(note)
     # Last guard: nothing rendered may carry a credential, whatever path it came in by.
     for obj in [*plan.objects, *([experiment] if experiment else [])]:
         if (where := find_secret(obj)) is not None:
@@ -127,6 +128,7 @@ def write_plan(plan: Plan, out: str | os.PathLike, images: dict[str, str]) -> di
             "kubernetes_version": KUBERNETES_VERSION,
             "objects": [f"{o['kind']}/{o['metadata']['name']}" for o in plan.objects],
             "images": images,
+            "warnings": plan.warnings,
             "neox_configs": sorted(plan.neox),
             "rewritten": plan.notes,
         }

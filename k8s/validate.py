@@ -24,9 +24,8 @@ from jobs.cli import JobError
 
 KUBERNETES_VERSION = "1.30"
 EXPCONF_URL = "http://determined.ai/schemas/expconf/v0/experiment.json"
-# The schemas live in the shared/ folder beside the repository root unless told otherwise.
+# Determined's expconf schemas are not shipped here: `--schemas DIR` or this variable names them.
 SCHEMAS_ENV = "NEOX_DETERMINED_SCHEMAS"
-DEFAULT_SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "determined-expconf-v0"
 
 
 CRD_DIR = Path(__file__).with_name("crds")
@@ -216,12 +215,21 @@ def _expconf_validator(schema_dir: str, complete: bool):
     return cls(registry.contents(EXPCONF_URL), registry=registry)
 
 
-def schemas_dir(explicit: str | os.PathLike | None = None) -> Path:
-    return Path(explicit or os.environ.get(SCHEMAS_ENV) or DEFAULT_SCHEMAS)
+def schemas_dir(explicit: str | os.PathLike | None = None) -> Path | None:
+    """Where Determined's schemas are: `explicit`, else $NEOX_DETERMINED_SCHEMAS, else None (skipped)."""
+    where = explicit or os.environ.get(SCHEMAS_ENV)
+    if not where:
+        return None
+    if not Path(where).is_dir():
+        raise JobError(f"Determined schemas: {where} is not a folder (from {'--schemas' if explicit else SCHEMAS_ENV})")
+    return Path(where)
 
 
 def expconf_errors(config: dict, schema_dir: str | os.PathLike | None = None, complete: bool = False) -> list[str]:
-    validator = _expconf_validator(str(schemas_dir(schema_dir)), complete)
+    where = schemas_dir(schema_dir)
+    if where is None:
+        raise JobError(f"Determined schemas: none given (--schemas DIR or {SCHEMAS_ENV})")
+    validator = _expconf_validator(str(where), complete)
     out = []
     for err in sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path)):
         where = ".".join(str(p) for p in err.absolute_path) or "<top>"
@@ -229,11 +237,17 @@ def expconf_errors(config: dict, schema_dir: str | os.PathLike | None = None, co
     return out
 
 
-def validate_experiment(config: dict, schema_dir: str | os.PathLike | None = None) -> None:
-    errors = expconf_errors(config, schema_dir)
-    if errors:
+def validate_experiment(config: dict, schema_dir: str | os.PathLike | None = None) -> str | None:
+    """Check the experiment config; returns a note when Determined's schemas were not given (then only
+    its pod_spec, a Kubernetes Pod, is checked)."""
+    note = None
+    if schemas_dir(schema_dir) is None:
+        note = (f"Determined schema validation skipped: give --schemas DIR or set {SCHEMAS_ENV} "
+                "(Determined's expconf v0 JSON schemas)")
+    elif errors := expconf_errors(config, schema_dir):
         raise JobError(f"experiment config: {errors[0]} (Determined expconf v0 schema)")
     # The pod_spec is a Kubernetes Pod: hold it to the same strict schema as the rest.
     pod = (config.get("environment") or {}).get("pod_spec")
     if pod:
         validate_k8s({**pod, "metadata": {**pod.get("metadata", {}), "name": "determined-trial"}})
+    return note

@@ -2,12 +2,29 @@
 
 import os
 import re
+from pathlib import Path
 
 import pytest
 
 # testcontainers' Ryuk reaper image cannot be pulled on hosts without registry access;
 # fixtures clean up their own containers instead.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+
+# ../shared sits beside CI's and developers' clones only (never a GitHub runner's): tests that need a
+# file from it skip with the reason where it is absent.
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+DETERMINED_SCHEMAS = SHARED / "schemas" / "determined-expconf-v0"
+if DETERMINED_SCHEMAS.is_dir():
+    os.environ.setdefault("NEOX_DETERMINED_SCHEMAS", str(DETERMINED_SCHEMAS))
+
+
+@pytest.fixture
+def determined_schemas() -> Path:
+    """Determined's expconf schemas (FORMATS section 5), which only ../shared holds."""
+    where = os.environ.get("NEOX_DETERMINED_SCHEMAS")
+    if not where or not Path(where).is_dir():
+        pytest.skip(f"Determined's expconf schemas are not at {DETERMINED_SCHEMAS} and NEOX_DETERMINED_SCHEMAS is unset")
+    return Path(where)
 
 
 @pytest.fixture(scope="session")

@@ -105,7 +105,7 @@ def test_guide_files_accepted_as_they_are(plan):
     (lambda e: e["resources"].update(slots_per_trial="many"), "is not of type"),  # through optionalRef
     (lambda e: e["searcher"].update(name="bayes"), ""),
 ])
-def test_determined_custom_keywords_are_enforced(plan, mutate, message):
+def test_determined_custom_keywords_are_enforced(plan, mutate, message, determined_schemas):
     exp = copy.deepcopy(plan[2].experiment)
     mutate(exp)
     errors = expconf_errors(exp)
@@ -114,7 +114,7 @@ def test_determined_custom_keywords_are_enforced(plan, mutate, message):
         validate_experiment(exp)
 
 
-def test_optional_ref_accepts_null(plan):
+def test_optional_ref_accepts_null(plan, determined_schemas):
     exp = copy.deepcopy(plan[2].experiment)
     exp["checkpoint_storage"] = None  # cluster default
     exp["profiling"] = None
@@ -264,3 +264,51 @@ def test_invoke_deploy_unreachable_cluster_and_master(make_config, lock_file, tm
     assert any("bucket model-checkpoints" in line for line in fails)
     assert lines[-1].startswith("deploy: error: preflight: 6 check(s) failed, nothing applied")
     assert not any(v in r.stderr + r.stdout for v in secret_env.values())
+
+
+def test_experiment_validation_is_skipped_with_one_warning_without_schemas(config_file, lock_file, monkeypatch):
+    monkeypatch.delenv("NEOX_DETERMINED_SCHEMAS", raising=False)
+    cfg = load_config(config_file)
+    p = build_plan(cfg, load_lock(lock_file))
+    assert p.experiment is not None
+    assert p.warnings == ["Determined schema validation skipped: give --schemas DIR or set NEOX_DETERMINED_SCHEMAS "
+                          "(Determined's expconf v0 JSON schemas)"]
+    with pytest.raises(JobError, match="Determined schemas: /nope is not a folder"):
+        build_plan(cfg, load_lock(lock_file), "/nope")
+
+
+def test_dry_run_into_a_folder_with_files_keeps_them(plan, tmp_path):
+    cfg, images, p = plan
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(JobError, match=r"mine: exists and is not empty; name a new folder"):
+        write_plan(p, out, images)
+    assert [f.name for f in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "keep me"
+    assert [f.name for f in tmp_path.iterdir() if f.name.startswith(".mine")] == []
+
+
+def test_fresh_clone_renders_with_nothing_beside_it(tmp_path):
+    """`git clone` + `invoke deploy --config pipeline.example.yaml --dry-run --out DIR` with no ../shared
+    and no images.lock.json: images shown by tag and marked unpinned, one warning each, exit 0."""
+    clone = tmp_path / "clone" / "neox-pipeline"  # no shared/ beside it
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=120)
+    for name in subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True,
+                               check=True).stdout.splitlines():
+        path = name[3:]  # the work in progress too, so the test checks this tree, not the last commit
+        if (REPO / path).is_file() and not path.startswith(".."):
+            (clone / path).parent.mkdir(parents=True, exist_ok=True)
+            (clone / path).write_bytes((REPO / path).read_bytes())
+    assert not (clone / "images.lock.json").exists() and not (clone.parent / "shared").exists()
+    env = {k: v for k, v in os.environ.items() if k != "NEOX_DETERMINED_SCHEMAS"}
+    r = subprocess.run([sys.executable, "-m", "invoke", "deploy", "-c", "pipeline.example.yaml", "--dry-run",
+                        "-o", str(tmp_path / "rendered")], cwd=clone, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("deploy: warning:")]
+    assert len(warnings) == 2 and "NOT pinned by digest" in warnings[0] and "schema validation skipped" in warnings[1]
+    summary = json.loads((tmp_path / "rendered" / "render.json").read_text())
+    assert all(":git-" in ref and "@sha256" not in ref for ref in summary["images"].values())
+    real = subprocess.run([sys.executable, "-m", "invoke", "deploy", "-c", "pipeline.example.yaml"], cwd=clone,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert real.returncode == 1 and "images.lock.json: cannot read" in real.stderr.splitlines()[-1]
