@@ -1,7 +1,7 @@
 """neox-pipeline's invoke collection: thin tasks over `images/`, `k8s/` and the local pipeline.
 
 invoke base                      # a Debian base image from the host's apt mirror (no registry needed)
-invoke build [-n NAME,NAME...]   # build images in dependency order (content-addressed, skipped when unchanged)
+invoke build [--names A,B]        # build images in dependency order (content-addressed, skipped when unchanged)
 invoke push --registry HOST/NS   # push, read digests back, write images.lock.json
 invoke deploy -c FILE            # Kubernetes Jobs, then the training engine (see k8s/)
 invoke status|logs|teardown|export -c FILE
