@@ -15,10 +15,12 @@ an HF folder, or a checkpoint of ours).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -175,12 +177,14 @@ def save_hf(
     dtype: torch.dtype = torch.float32,
     max_shard_bytes: int = 5 * 1024**3,
     tokenizer: str | os.PathLike | None = None,
+    replace: bool = True,
 ) -> Path:
-    """Write a Hugging Face folder (safetensors shards, index, config.json) via a temp dir + rename."""
+    """Write a Hugging Face folder (safetensors shards, index, config.json) via a temp dir + rename;
+    `replace=False`: only into a new or empty folder (checked again at the rename)."""
     from safetensors.torch import save_file
 
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out) if replace else _new_dir(out) as tmp:
         state = {}
         for name, tensor in model.state_dict().items():
             hf_name = "embed_out.weight" if name == "embed_out.weight" else f"gpt_neox.{name}"
@@ -207,6 +211,23 @@ def save_hf(
         if tokenizer is not None and Path(tokenizer).is_file():
             shutil.copyfile(tokenizer, tmp / "tokenizer.json")
     return out
+
+
+@contextlib.contextmanager
+def _new_dir(out: Path):
+    """As jobs.cli.atomic_dir, but the finished folder only takes the place of nothing or an empty folder."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+        if out.is_dir():
+            try:
+                out.rmdir()  # fails unless empty
+            except OSError:
+                raise JobError(f"{out}: folder is not empty (filled while writing); nothing replaced") from None
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---- GPT-NeoX slim layout ----------------------------------------------------------------------
@@ -240,8 +261,14 @@ def slim_tag_dir(path: str | os.PathLike) -> Path | None:
     latest = path / "latest"
     if not latest.is_file():
         return None
+    first = "layer_00-model_00-model_states.pt"
     tag_dir = path / latest.read_text().strip()
-    return tag_dir if (tag_dir / "layer_00-model_00-model_states.pt").exists() else None
+    if (tag_dir / first).exists():
+        return tag_dir
+    # `load` and `save` may be one folder (the guide's setup): once the trainer has saved there,
+    # `latest` names its own checkpoint, and the slim tag is the one folder holding layer files
+    slim = [d for d in sorted(path.iterdir()) if d.is_dir() and (d / first).exists()]
+    return slim[0] if len(slim) == 1 else None
 
 
 def load_slim_state(path: str | os.PathLike, num_layers: int) -> dict[str, torch.Tensor]:
@@ -303,29 +330,22 @@ def empty_model(cfg: ModelConfig) -> GPTNeoX:
     return model
 
 
-def ds_checkpoint_tag(path: str | os.PathLike | None) -> str | None:
-    """The tag of a DeepSpeed checkpoint written by our trainer at `path`, or None.
-
-    Ours: `latest` names TAG and TAG/model_config.json exists (the slim layout has layer files instead).
-    """
-    if not path:
-        return None
-    latest = Path(path) / "latest"
-    if not latest.is_file():
-        return None
-    tag = latest.read_text().strip()
-    return tag if (Path(path) / tag / MODEL_CONFIG).is_file() else None
-
-
 MODEL_CONFIG = "model_config.json"
+COMPLETE = "complete.json"  # written last, after every rank's files are durable: the checkpoint counts
+_STEP = re.compile(r"global_step(\d+)$")
 
 
-def write_model_config(tag_dir: str | os.PathLike, cfg: ModelConfig, neox: dict) -> None:
+def write_model_config(tag_dir: str | os.PathLike, cfg: ModelConfig, neox: dict, marker_follows: bool = False) -> None:
+    """`marker_follows`: this checkpoint counts only once COMPLETE exists (trainer.train); without it
+    (Determined, whose own upload decides completeness) model_config.json is the last file written."""
     from dataclasses import asdict
 
     from jobs.cli import write_json_atomic
 
-    write_json_atomic(Path(tag_dir) / MODEL_CONFIG, {"model": asdict(cfg), "neox": neox})
+    payload = {"model": asdict(cfg), "neox": neox}
+    if marker_follows:
+        payload["complete_marker"] = True
+    write_json_atomic(Path(tag_dir) / MODEL_CONFIG, payload)
 
 
 def read_model_config(tag_dir: str | os.PathLike) -> tuple[ModelConfig, dict]:
@@ -352,13 +372,200 @@ def load_pretrained(path: str | os.PathLike, yaml_cfg: ModelConfig | None) -> tu
     raise JobError(f"load {path}: neither a Hugging Face folder (config.json), a slim checkpoint nor ours")
 
 
-def stale_checkpoints(save_dir: Path, keep: int) -> list[Path]:
-    """The `global_stepN` folders beyond the newest `keep`, never the one `latest` names."""
-    steps = sorted(
-        (int(d.name.removeprefix("global_step")), d)
-        for d in save_dir.glob("global_step*")
-        if d.is_dir() and d.name.removeprefix("global_step").isdigit()
-    )
-    latest = save_dir / "latest"
-    pinned = save_dir / latest.read_text().strip() if latest.is_file() else None
-    return [d for _, d in steps[: max(0, len(steps) - keep)] if d != pinned]
+# ---- which of our checkpoints count: completeness markers, resume choice, pruning -----------------
+#
+# A checkpoint of trainer.train is complete once TAG/complete.json exists: it is written by rank 0
+# after every rank has saved and the files are fsynced, and lists every file with its size. DeepSpeed
+# writes `latest` before that, so `latest` alone proves nothing. Checkpoints written before markers
+# existed ("legacy": model_config.json, written last then, without the `complete_marker` flag, plus
+# DeepSpeed model states) count as complete. Folders that are neither (a run killed while saving)
+# are reported and left alone; a later save that needs the name first moves such a folder aside.
+# Folders that are not ours (the slim 20B layout, which may share the `save` folder) are never touched.
+
+COMPLETE_STATES = ("complete", "legacy")
+
+
+def step_of(tag: str) -> int | None:
+    m = _STEP.match(tag)
+    return int(m[1]) if m else None
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _files(tag_dir: Path) -> list[Path]:
+    """The checkpoint's files; hidden temporaries (an interrupted atomic write) and the marker excluded."""
+    return sorted(p for p in tag_dir.rglob("*") if p.is_file() and p.name != COMPLETE
+                  and not any(part.startswith(".") for part in p.relative_to(tag_dir).parts))
+
+
+def sync_rank_files(tag_dir: str | os.PathLike, rank: int) -> None:
+    """fsync the shards DeepSpeed names after this data-parallel rank (zero_pp_rank_R_...)."""
+    for p in _files(Path(tag_dir)):
+        if p.name.startswith(f"zero_pp_rank_{rank}_"):
+            _fsync(p)
+
+
+def mark_complete(tag_dir: str | os.PathLike, iteration: int, world_size: int) -> dict:
+    """Rank 0, after a barrier that every rank passed once its files were written: make what rank 0 sees
+    durable, then write COMPLETE atomically (temp name, fsync, rename, fsync of the folder)."""
+    import datetime
+    import uuid
+
+    tag_dir = Path(tag_dir)
+    files = _files(tag_dir)
+    for p in files:
+        _fsync(p)
+    for d in {p.parent for p in files} | {tag_dir}:
+        _fsync(d)
+    marker = {
+        "id": uuid.uuid4().hex,  # tells this save from an older one under the same tag (the mirror)
+        "tag": tag_dir.name,
+        "iteration": iteration,
+        "world_size": world_size,
+        "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "files": {p.relative_to(tag_dir).as_posix(): p.stat().st_size for p in files},
+    }
+    tmp = tag_dir / f".{COMPLETE}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(marker, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, tag_dir / COMPLETE)
+    _fsync(tag_dir)
+    return marker
+
+
+def checkpoint_state(tag_dir: str | os.PathLike) -> tuple[str, str]:
+    """(state, why) of a tag folder: complete, legacy (complete, pre-marker), incomplete, or foreign."""
+    tag_dir = Path(tag_dir)
+    marker = tag_dir / COMPLETE
+    if marker.is_file():
+        try:
+            files = json.loads(marker.read_text())["files"]
+        except (ValueError, KeyError, TypeError):
+            return "incomplete", f"{COMPLETE} is unreadable"
+        for rel, size in files.items():
+            p = tag_dir / rel
+            if not p.is_file():
+                return "incomplete", f"{rel}, listed in {COMPLETE}, is missing"
+            if p.stat().st_size != size:
+                return "incomplete", f"{rel} has {p.stat().st_size} bytes, {COMPLETE} says {size}"
+        return "complete", ""
+    config = tag_dir / MODEL_CONFIG
+    if config.is_file():
+        try:
+            flagged = json.loads(config.read_text()).get("complete_marker", False)
+        except (ValueError, AttributeError):
+            return "incomplete", f"{MODEL_CONFIG} is unreadable"
+        if flagged:
+            return "incomplete", f"no {COMPLETE}: the run stopped while saving"
+        if any(tag_dir.glob("*model_states.pt")):
+            return "legacy", f"written before {COMPLETE} markers"
+        return "incomplete", "no DeepSpeed model states"
+    if (tag_dir / "layer_00-model_00-model_states.pt").exists():
+        return "foreign", "a slim GPT-NeoX checkpoint"
+    return "incomplete", f"no {COMPLETE}: the run stopped while saving"
+
+
+def scan(save_dir: str | os.PathLike) -> dict[str, tuple[str, str]]:
+    """{tag: (state, why)} of the global_stepN folders (and the tag `latest` names) that are ours."""
+    save_dir = Path(save_dir)
+    if not save_dir.is_dir():
+        return {}
+    tags = {d.name for d in save_dir.iterdir() if d.is_dir() and step_of(d.name) is not None}
+    latest = latest_tag(save_dir)
+    if latest and (save_dir / latest).is_dir():
+        tags.add(latest)
+    found = {t: checkpoint_state(save_dir / t) for t in tags}
+    return {t: s for t, s in found.items() if s[0] != "foreign"}
+
+
+def latest_tag(save_dir: str | os.PathLike) -> str | None:
+    latest = Path(save_dir) / "latest"
+    if not latest.is_file():
+        return None
+    return latest.read_text().strip() or None
+
+
+def _order(tag: str) -> tuple[int, str]:
+    step = step_of(tag)
+    return (-1 if step is None else step, tag)
+
+
+def choose_checkpoint(save_dir: str | os.PathLike | None) -> tuple[str | None, list[str]]:
+    """(tag to resume from, lines for the log). The tag `latest` names if it is complete (DeepSpeed's
+    convention; editing `latest` rolls back), else the newest complete one; newer incomplete
+    folders are reported, one line each, and left as they are."""
+    if not save_dir:
+        return None, []
+    found = scan(save_dir)
+    complete = sorted((t for t, (state, _) in found.items() if state in COMPLETE_STATES), key=_order)
+    latest = latest_tag(save_dir)
+    if latest in complete:
+        chosen = latest
+    else:
+        chosen = complete[-1] if complete else None
+    notes = []
+    for tag in sorted(found, key=_order):
+        state, why = found[tag]
+        if state == "incomplete" and (chosen is None or _order(tag) > _order(chosen)):
+            named = ", the one 'latest' names" if tag == latest else ""
+            notes.append(f"incomplete checkpoint {Path(save_dir) / tag}{named}, left as is ({why})")
+    if latest and latest not in found and chosen:
+        notes.append(f"'latest' names {latest}, which is not a checkpoint here; using {chosen}")
+    return chosen, notes
+
+
+def ds_checkpoint_tag(path: str | os.PathLike | None) -> str | None:
+    """The tag of the complete checkpoint of ours to use at `path`, or None."""
+    return choose_checkpoint(path)[0]
+
+
+def set_aside(tag_dir: str | os.PathLike) -> Path:
+    """Rename an existing folder that a new save needs the name of, never deleting it:
+    global_step8 -> global_step8.incomplete-20260101T120000 (or .replaced-... if it was complete)."""
+    import datetime
+
+    tag_dir = Path(tag_dir)
+    state = "replaced" if checkpoint_state(tag_dir)[0] in COMPLETE_STATES else "incomplete"
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
+    target = tag_dir.with_name(f"{tag_dir.name}.{state}-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = tag_dir.with_name(f"{tag_dir.name}.{state}-{stamp}-{n}")
+    os.replace(tag_dir, target)
+    return target
+
+
+def stale_checkpoints(save_dir: Path, keep: int, busy: tuple[Path, ...] | set = ()) -> list[Path]:
+    """Complete checkpoints beyond the newest `keep` complete ones. Incomplete folders neither count
+    nor go; the newest complete one, the one `latest` names and `busy` ones (being mirrored) stay."""
+    found = scan(save_dir)
+    complete = sorted((t for t, (state, _) in found.items() if state in COMPLETE_STATES), key=_order)
+    pinned = latest_tag(save_dir)
+    busy = {Path(b) for b in busy}
+    return [save_dir / t for t in complete[: max(0, len(complete) - keep)]
+            if t != pinned and step_of(t) is not None and save_dir / t not in busy]
+
+
+def remove_checkpoint(tag_dir: Path) -> None:
+    """Rename first, so a removal cut short leaves a folder named as such, not a damaged checkpoint."""
+    doomed = tag_dir.with_name(f"{tag_dir.name}.removing")
+    os.replace(tag_dir, doomed)
+    shutil.rmtree(doomed)
+
+
+def finish_removals(save_dir: Path) -> list[Path]:
+    """Folders whose removal (keep-last-n-checkpoints) an earlier run started: finish it."""
+    left = [d for d in Path(save_dir).glob("global_step*.removing") if d.is_dir()]
+    for d in left:
+        shutil.rmtree(d)
+    return left

@@ -90,14 +90,3 @@ def test_untied_config_without_output_layer_is_refused(tmp_path):
     root = write_slim(ref, tmp_path / "slim", untied=False)
     with pytest.raises(JobError, match="embed_out.weight .* is missing"):
         load_pretrained(root, tiny_cfg())
-
-
-def test_stale_checkpoints_keeps_the_newest_and_the_one_latest_names(tmp_path):
-    from trainer.checkpoint import stale_checkpoints
-
-    for step in (2, 10, 4, 8, 6):
-        (tmp_path / f"global_step{step}").mkdir()
-    (tmp_path / "global_stepX").mkdir()  # not a checkpoint of ours: never touched
-    (tmp_path / "latest").write_text("global_step4\n")  # e.g. a resumed run that went back
-    assert [p.name for p in stale_checkpoints(tmp_path, 2)] == ["global_step2", "global_step6"]
-    assert stale_checkpoints(tmp_path, 10) == []
