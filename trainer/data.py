@@ -107,6 +107,32 @@ def build_splits(prefix: str, split_weights: list[float], seq_len: int, seed: in
     return out
 
 
+def token_id_range(ds: IndexedDataset, chunk: int = 1 << 26) -> tuple[int, int]:
+    """(smallest, largest) token id in the .bin, read through the memmap in chunks (bounded memory)."""
+    tokens = ds.tokens
+    low, high = 0, -1
+    for start in range(0, len(tokens), chunk):
+        part = tokens[start : start + chunk]
+        low, high = min(low, int(part.min())), max(high, int(part.max()))
+    return low, high
+
+
+def check_token_ids(prefix: str, vocab_size: int) -> None:
+    """Refuse, before any device work, a dataset whose ids the model's embedding cannot index
+    (another tokenizer, or an unpadded vocabulary)."""
+    ds = open_dataset(prefix)
+    unsigned = np.issubdtype(ds.dtype, np.unsignedinteger)
+    if unsigned and np.iinfo(ds.dtype).max < vocab_size:
+        return  # the dtype cannot hold an id that large: nothing to read
+    low, high = token_id_range(ds)
+    if high >= vocab_size or low < 0:
+        bad = high if high >= vocab_size else low
+        raise JobError(
+            f"data-path {prefix}: token id {bad} is outside the model's vocabulary of {vocab_size} "
+            f"(ids 0..{vocab_size - 1}); was it tokenized with another tokenizer?"
+        )
+
+
 class MicroBatches:
     """Endless micro-batches (tokens (b, seq_len + 1)) for one data-parallel rank; resumable."""
 

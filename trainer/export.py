@@ -4,6 +4,10 @@ DIR is a `save` folder of trainer.train (`latest` + TAG/), a tag folder itself, 
 checkpoint directory holding one (NeoXTrial saves a DeepSpeed checkpoint into it). Weights come
 from the fp32 master copy for ZeRO stages 1-3 (DeepSpeed's zero_to_fp32) and from the module state
 at stage 0. The output loads with `transformers.GPTNeoXForCausalLM.from_pretrained`.
+
+Only complete checkpoints are exported (trainer.checkpoint: `complete.json`, or a folder written before
+markers existed); for a `save` folder that is the one `latest` names if complete, else the newest
+complete one. `--out` must not exist or be an empty folder: an existing one is never replaced.
 """
 
 from __future__ import annotations
@@ -26,13 +30,25 @@ def find_checkpoint(path: str | Path) -> tuple[Path, str]:
     path = Path(path)
     if not path.exists():
         raise JobError(f"--checkpoint {path}: does not exist")
-    if (path / checkpoint.MODEL_CONFIG).is_file():
+    if (path / checkpoint.MODEL_CONFIG).is_file() or (path / checkpoint.COMPLETE).is_file():
+        state, why = checkpoint.checkpoint_state(path)
+        if state not in checkpoint.COMPLETE_STATES:
+            raise JobError(f"--checkpoint {path}: incomplete checkpoint ({why})")
         return path.parent, path.name
     for candidate in (path, *sorted(p for p in path.iterdir() if p.is_dir())):
         tag = checkpoint.ds_checkpoint_tag(candidate)
         if tag:
             return candidate, tag
-    raise JobError(f"--checkpoint {path}: no checkpoint of trainer.train here (no latest -> TAG/model_config.json)")
+    raise JobError(f"--checkpoint {path}: no complete checkpoint of trainer.train here "
+                   f"(TAG/complete.json, or latest -> TAG/model_config.json)")
+
+
+def check_out(out: Path) -> None:
+    """Never replace what is there: a file or a non-empty folder at --out is refused."""
+    if out.is_dir() and any(out.iterdir()):
+        raise JobError(f"--out {out}: folder exists and is not empty; name a new folder (nothing was written)")
+    if out.exists() and not out.is_dir():
+        raise JobError(f"--out {out}: exists and is not a folder")
 
 
 def load_state(folder: Path, tag: str) -> dict[str, torch.Tensor]:
@@ -48,6 +64,7 @@ def load_state(folder: Path, tag: str) -> dict[str, torch.Tensor]:
 
 
 def export(checkpoint_dir: str | Path, out: str | Path, dtype: str = "auto") -> dict:
+    check_out(Path(out))
     folder, tag = find_checkpoint(checkpoint_dir)
     mcfg, neox = checkpoint.read_model_config(folder / tag)
     state = {k: v for k, v in load_state(folder, tag).items() if not k.startswith("rotary.")}
@@ -57,7 +74,7 @@ def export(checkpoint_dir: str | Path, out: str | Path, dtype: str = "auto") -> 
         dtype = {"fp16": "float16", "bf16": "bfloat16"}.get(neox.get("precision_name", ""), "float32")
     model = checkpoint.build_model(mcfg, {k: v.float() for k, v in state.items()})
     vocab_file = (neox.get("model") or {}).get("vocab_file")
-    checkpoint.save_hf(model, out, DTYPES[dtype], tokenizer=vocab_file)
+    checkpoint.save_hf(model, out, DTYPES[dtype], tokenizer=vocab_file, replace=False)
     size = sum(p.stat().st_size for p in Path(out).glob("*.safetensors"))
     stats = {"checkpoint": str(folder / tag), "out": str(out), "dtype": dtype, "bytes": size,
              "parameters": sum(t.numel() for t in model.state_dict().values())}
@@ -68,7 +85,7 @@ def export(checkpoint_dir: str | Path, out: str | Path, dtype: str = "auto") -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True, help="save folder, tag folder or Determined checkpoint")
-    parser.add_argument("--out", required=True, help="Hugging Face folder to write (replaced if present)")
+    parser.add_argument("--out", required=True, help="Hugging Face folder to write (new, or an empty folder)")
     parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
                         help="weights dtype (auto: the training precision)")
     args = parser.parse_args(argv)
