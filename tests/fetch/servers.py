@@ -134,12 +134,13 @@ class FileHandler(BaseHTTPRequestHandler):
             rng = None
         start, end = rng or (0, len(data))
         self.send_response(206 if rng else 200)
-        self.send_header("Content-Length", str(end - start))
+        self.send_header("Content-Length", str(end - start + (srv.head_lie if head else 0)))
         if srv.ranges:
             self.send_header("Accept-Ranges", "bytes")
         if rng:
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
-        self.send_header("ETag", srv.etag(path))
+        if srv.validators:
+            self.send_header("ETag", srv.etag(path))
         for k, v in (extra or {}).items():
             self.send_header(k, v)
         self.end_headers()
@@ -186,7 +187,23 @@ class FileHandler(BaseHTTPRequestHandler):
     def handle_request(self, head: bool) -> None:
         with self.server.lock:
             self.server.requests.append((self.command, self.path, self.headers.get("Range")))
+            self.server.seen_headers.append((self.path, dict(self.headers)))
         if self.fail_if_asked():
+            return
+        if page := self.server.pages.get(urlsplit(self.path).path):
+            body = page.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if not head:
+                self.wfile.write(body)
+            return
+        if target := self.server.redirects.get(urlsplit(self.path).path):
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
         p = self.resolve()
         if p is None:
@@ -197,7 +214,9 @@ class FileHandler(BaseHTTPRequestHandler):
 
 class FileServer(ThreadingHTTPServer):
     """A threaded HTTP server on 127.0.0.1 serving `root`. `faults` maps a kind ("503", "reset", "cut") to
-    how many requests to spoil, optionally only those whose path contains `fault_match`."""
+    how many requests to spoil, optionally only those whose path contains `fault_match`.
+    `head_lie` bytes are added to HEAD's Content-Length; `validators=False` sends no ETag (and, like
+    it, no Last-Modified); `redirects` maps a path to the Location of a 302 reply."""
 
     daemon_threads = True
     handler = FileHandler
@@ -210,6 +229,11 @@ class FileServer(ThreadingHTTPServer):
         self.faults: dict[str, int] = {}
         self.fault_match = ""
         self.requests: list[tuple[str, str, str | None]] = []
+        self.seen_headers: list[tuple[str, dict[str, str]]] = []  # (path, request headers)
+        self.head_lie = 0
+        self.validators = True
+        self.redirects: dict[str, str] = {}
+        self.pages: dict[str, str] = {}  # path (ending in /) -> HTML of a directory listing
         self.sent = 0
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
