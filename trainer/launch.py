@@ -11,6 +11,7 @@ reaches torchrun, which passes it on to the workers, and the exit code is torchr
   JOB_COMPLETION_INDEX ("from jobset");
 - with none of them, one node on this machine ("from env").
 
+Missing or inconsistent values are one line naming the variable and exit 2, before torchrun starts.
 Rendezvous is static (node 0 hosts the store at the master address); `--max-restarts 0` because the
 engine restarts pods, and the trainer resumes from the latest checkpoint in `save`.
 """
@@ -107,7 +108,8 @@ def world_from_env(env: Mapping[str, str], gpus: int | None = None) -> World:
         present = [name for name in _ENGINE_VARS if name in env]
         if present:
             raise JobError(
-                f"PET_NNODES is not set but {', '.join(present)} is; the engine's variables are incomplete"
+                f"PET_NNODES is not set but {' and '.join(present)} {'is' if len(present) == 1 else 'are'}; "
+                "the engine's variables are incomplete"
             )
         if index:
             raise JobError(
