@@ -64,7 +64,11 @@ KINDS = {
     "JobSet": Kind("jobset.x-k8s.io", "v1alpha2", "jobsets"),
 }
 # kind -> (condition that means done, condition that means failed)
-TERMINAL = {"Job": ("Complete", "Failed"), "JobSet": ("Completed", "Failed"), "TrainJob": ("Complete", "Failed")}
+TERMINAL = {
+    "Job": ("Complete", "Failed"),
+    "JobSet": ("Completed", "Failed"),
+    "TrainJob": ("Complete", "Failed"),
+}
 # How the controllers label the pods of each workload kind (name -> label selector).
 POD_SELECTOR = {
     "Job": "job-name={}",
@@ -100,17 +104,24 @@ class Credentials:
 
 
 def _from_configuration(c: Configuration, source: str) -> Credentials:
-    bearer = c.api_key.get("BearerToken", "")
+    scheme, _, token = (c.api_key.get("BearerToken") or "").partition(" ")
     return Credentials(
-        server=c.host, token=bearer[len("Bearer "):] if bearer.startswith("Bearer ") else None,
+        server=c.host,
+        token=token if scheme.lower() == "bearer" else None,
         verify=False if not c.verify_ssl else (c.ssl_ca_cert or True),
-        cert=(c.cert_file, c.key_file) if c.cert_file else None, configuration=c, source=source)
+        cert=(c.cert_file, c.key_file) if c.cert_file else None,
+        configuration=c,
+        source=source,
+    )
 
 
 # -- credentials
 
 
-_PATH_KEYS = {"cluster": ("certificate-authority",), "user": ("client-certificate", "client-key", "tokenFile")}
+_PATH_KEYS = {
+    "cluster": ("certificate-authority",),
+    "user": ("client-certificate", "client-key", "tokenFile"),
+}
 
 
 def _resolve_relative(merged) -> None:
@@ -125,6 +136,15 @@ def _resolve_relative(merged) -> None:
             for key in _PATH_KEYS[inner]:
                 if isinstance(entry.get(key), str) and entry[key] and not os.path.isabs(entry[key]):
                     entry[key] = os.path.join(base, os.path.expanduser(entry[key]))
+            if inner == "user" and entry.get("tokenFile"):
+                # read here, trimmed as client-go does (the client would send a trailing newline along)
+                try:
+                    entry["token"] = Path(entry.pop("tokenFile")).read_text().strip()
+                except OSError as exc:
+                    raise JobError(
+                        f"kubeconfig {node.path}: user {node.value.get('name')!r}: tokenFile "
+                        f"{exc.filename}: cannot read ({exc.strerror})"
+                    ) from exc
             cmd = (entry.get("exec") or {}).get("command")
             if isinstance(cmd, str) and os.sep in cmd and not os.path.isabs(cmd):  # bare names come from PATH
                 entry["exec"]["command"] = os.path.join(base, cmd)
@@ -147,7 +167,9 @@ def _captured_log() -> Iterator[list[str]]:
         root.removeHandler(handler)
 
 
-def credentials_from_kubeconfig(path: str | os.PathLike | None = None, context: str | None = None) -> Credentials:
+def credentials_from_kubeconfig(
+    path: str | os.PathLike | None = None, context: str | None = None
+) -> Credentials:
     """`path` as kubectl's --kubeconfig (one file that must exist); else KUBECONFIG (files joined by
     ':' and merged, first wins, missing ones skipped); else ~/.kube/config."""
     if path is not None:
@@ -157,9 +179,13 @@ def credentials_from_kubeconfig(path: str | os.PathLike | None = None, context: 
         files = [os.path.expanduser(p) for p in spec.split(os.pathsep) if p]
         files = [f for f in files if os.path.exists(f)] or files[:1]
     where = f"kubeconfig {os.pathsep.join(files)}"
+    first_current = (
+        None  # kubectl: the first file that sets current-context wins (the client's merger keeps the last)
+    )
     for f in files:
         try:
-            yaml.safe_load(Path(f).read_text())
+            doc = yaml.safe_load(Path(f).read_text())
+            first_current = first_current or (doc.get("current-context") if isinstance(doc, dict) else None)
         except OSError as exc:
             raise JobError(f"kubeconfig {f}: cannot read ({exc.strerror or exc})") from exc
         except yaml.YAMLError as exc:
@@ -169,9 +195,11 @@ def credentials_from_kubeconfig(path: str | os.PathLike | None = None, context: 
     except ConfigException as exc:
         raise JobError(f"{where}: {exc}") from exc
     contexts = [c["name"] for c in merged.value.get("contexts") or [] if "name" in c]
-    ctx = context or merged.value.get("current-context")
+    ctx = context or first_current
     if not ctx:
-        raise JobError(f"{where}: no current-context; pass --context (one of: {', '.join(contexts) or 'none'})")
+        raise JobError(
+            f"{where}: no current-context; pass --context (one of: {', '.join(contexts) or 'none'})"
+        )
     if ctx not in contexts:
         raise JobError(f"{where}: no context {ctx!r} (contexts: {', '.join(contexts) or 'none'})")
     _resolve_relative(merged)
@@ -189,12 +217,16 @@ def credentials_from_kubeconfig(path: str | os.PathLike | None = None, context: 
     if not configuration.api_key.get("BearerToken") and not configuration.cert_file:
         if "exec" in user:
             why = messages[-1] if messages else "printed no token or client certificate"
-            raise JobError(f"{where}, context {ctx!r}: user {user_name!r}: exec/auth-provider plugin "
-                           f"{user['exec'].get('command')!r} failed ({why.splitlines()[0]})")
+            raise JobError(
+                f"{where}, context {ctx!r}: user {user_name!r}: exec/auth-provider plugin "
+                f"{user['exec'].get('command')!r} failed ({why.splitlines()[0]})"
+            )
         if "auth-provider" in user:
             name = (user["auth-provider"] or {}).get("name")
-            raise JobError(f"{where}, context {ctx!r}: user {user_name!r}: exec/auth-provider plugin {name!r} is not "
-                           "supported by the Kubernetes client; use an exec credential plugin")
+            raise JobError(
+                f"{where}, context {ctx!r}: user {user_name!r}: exec/auth-provider plugin {name!r} is not "
+                "supported by the Kubernetes client; use an exec credential plugin"
+            )
     if not configuration.host or configuration.host == Configuration().host:
         raise JobError(f"{where}, context {ctx!r}: names no cluster server")
     return _from_configuration(configuration, f"{where}, context {ctx!r}")
@@ -207,8 +239,9 @@ def credentials_in_cluster(root: Path = IN_CLUSTER, environ: dict | None = None)
         return None
     configuration = Configuration()
     try:
-        InClusterConfigLoader(token_filename=str(root / "token"), cert_filename=str(root / "ca.crt"),
-                              environ=environ).load_and_set(configuration)
+        InClusterConfigLoader(
+            token_filename=str(root / "token"), cert_filename=str(root / "ca.crt"), environ=environ
+        ).load_and_set(configuration)
     except ConfigException as exc:
         raise JobError(f"in-cluster service account {root}: {exc}") from exc
     return _from_configuration(configuration, f"in-cluster service account {root}")
@@ -248,14 +281,18 @@ def _conflict_line(what: str, status: dict) -> str:
         by_manager.setdefault(manager, []).append(cause.get("field", "?"))
     if not by_manager:
         return f"{what}: conflict ({status.get('message', 'Conflict')})"
-    owners = "; ".join(f"{', '.join(fields)} owned by field manager {m!r}" for m, fields in by_manager.items())
+    owners = "; ".join(
+        f"{', '.join(fields)} owned by field manager {m!r}" for m, fields in by_manager.items()
+    )
     return f"{what}: conflict: {owners}; rerun with --force-conflicts to take them over"
 
 
 def _unreachable(exc: Exception) -> str:
     reason = getattr(exc, "reason", None) or exc
     if isinstance(reason, urllib3.exceptions.SSLError) or "SSL" in type(reason).__name__:
-        m = re.search(r"\] ([^(\]]+?)\s*\(_ssl", str(reason))  # "[SSL: X] certificate verify failed: why (_ssl.c:1006)"
+        m = re.search(
+            r"\] ([^(\]]+?)\s*\(_ssl", str(reason)
+        )  # "[SSL: X] certificate verify failed: why (_ssl.c:1006)"
         return f"TLS: {m.group(1) if m else 'handshake failed'}"
     if isinstance(reason, urllib3.exceptions.NewConnectionError):  # a subclass of the timeout error
         return "ConnectionError"
@@ -277,8 +314,9 @@ class Cluster:
         self.api = ApiClient(creds.client_configuration())
 
     @classmethod
-    def from_kubeconfig(cls, namespace: str, kubeconfig: str | None = None, context: str | None = None,
-                        timeout: float = 30.0) -> Cluster:
+    def from_kubeconfig(
+        cls, namespace: str, kubeconfig: str | None = None, context: str | None = None, timeout: float = 30.0
+    ) -> Cluster:
         return cls(default_credentials(kubeconfig, context), namespace, timeout)
 
     # -- plumbing
@@ -289,19 +327,36 @@ class Cluster:
         path = f"{k.prefix}/namespaces/{self.namespace}/{k.plural}"
         return path + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
 
-    def _call(self, method: str, path: str, what: str, query: list | None = None, body=None,
-              content_type: str | None = None, timeout: float | None = None) -> urllib3.HTTPResponse:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        query: list | None = None,
+        body=None,
+        content_type: str | None = None,
+        timeout: float | None = None,
+    ) -> urllib3.HTTPResponse:
         """One request; the raw response (callers read JSON, text or a stream); errors as one line."""
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
         try:
-            return self.api.call_api(path, method, query_params=query or [], header_params=headers, body=body,
-                                     auth_settings=["BearerToken"], _preload_content=False,
-                                     _request_timeout=timeout or self.timeout)
+            return self.api.call_api(
+                path,
+                method,
+                query_params=query or [],
+                header_params=headers,
+                body=body,
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _request_timeout=timeout or self.timeout,
+            )
         except ApiException as exc:
             if not exc.status:  # the client's own wrapping of a TLS failure
-                raise JobError(f"Kubernetes API {self.creds.server}: unreachable ({_unreachable(exc)})") from exc
+                raise JobError(
+                    f"Kubernetes API {self.creds.server}: unreachable ({_unreachable(exc)})"
+                ) from exc
             status = _status_body(exc.body)
             if exc.status == 409 and status.get("reason") == "Conflict" and method == "PATCH":
                 raise ApiError(_conflict_line(what, status), 409) from exc
@@ -337,8 +392,14 @@ class Cluster:
         kind, name = obj["kind"], obj["metadata"]["name"]
         before = self.get(kind, name)
         query = [("fieldManager", FIELD_MANAGER)] + ([("force", "true")] if force else [])
-        live = self._json("PATCH", self._path(kind, name), f"apply {kind}/{name}", query=query, body=obj,
-                          content_type="application/apply-patch+yaml")  # the client sends it as JSON, which is YAML
+        live = self._json(
+            "PATCH",
+            self._path(kind, name),
+            f"apply {kind}/{name}",
+            query=query,
+            body=obj,
+            content_type="application/apply-patch+yaml",
+        )  # the client sends it as JSON, which is YAML
         if before is None:
             return "created", live
         same = before["metadata"].get("resourceVersion") == live["metadata"].get("resourceVersion")
@@ -346,8 +407,12 @@ class Cluster:
 
     def delete(self, kind: str, name: str) -> bool:
         try:
-            self._json("DELETE", self._path(kind, name), f"delete {kind}/{name}",
-                       body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"})
+            self._json(
+                "DELETE",
+                self._path(kind, name),
+                f"delete {kind}/{name}",
+                body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"},
+            )
         except ApiError as exc:
             if exc.status == 404:
                 return False
@@ -377,14 +442,25 @@ class Cluster:
         finally:
             resp.release_conn()
 
-    def follow_log(self, pod: str, out: TextIO, container: str | None = None, tail_lines: int | None = None,
-                   prefix: str = "") -> None:
+    def follow_log(
+        self,
+        pod: str,
+        out: TextIO,
+        container: str | None = None,
+        tail_lines: int | None = None,
+        prefix: str = "",
+    ) -> None:
         """Stream the pod's log to `out` as it is written (kubectl logs -f), until the container ends."""
         query = [("follow", "true")] + ([("container", container)] if container else [])
         query += [("tailLines", str(tail_lines))] if tail_lines is not None else []
         # No read timeout: a quiet training step may print nothing for a long while.
-        resp = self._call("GET", self._path("Pod", pod, "log"), f"log of pod {pod}", query=query,
-                          timeout=(self.timeout, None))
+        resp = self._call(
+            "GET",
+            self._path("Pod", pod, "log"),
+            f"log of pod {pod}",
+            query=query,
+            timeout=(self.timeout, None),
+        )
         try:
             for line in k8s_watch.watch.iter_resp_lines(resp):
                 print(f"{prefix}{line}", file=out, flush=True)
@@ -402,8 +478,16 @@ class Cluster:
         return state(kind, obj)
 
     # -- waiting
-    def wait(self, kind: str, name: str, timeout: float, out: TextIO | None = None, log_tail: int = 40,
-             clock: Callable[[], float] = time.monotonic, progress_every: float = PROGRESS_EVERY) -> dict:
+    def wait(
+        self,
+        kind: str,
+        name: str,
+        timeout: float,
+        out: TextIO | None = None,
+        log_tail: int = 40,
+        clock: Callable[[], float] = time.monotonic,
+        progress_every: float = PROGRESS_EVERY,
+    ) -> dict:
         """Follow `kind`/`name` with a watch until it completes; on failure print the failed pod's
         log tail and raise. A progress line every `progress_every` seconds."""
         out = out or sys.stderr
@@ -423,7 +507,9 @@ class Cluster:
             if now - start > timeout:
                 raise JobError(f"{what}: still running after {human_duration(timeout)}; see `invoke logs`")
             if now >= next_line:
-                print(f"deploy: {what}: {_progress(kind, obj)}, {human_duration(now - start)} elapsed", file=out)
+                print(
+                    f"deploy: {what}: {_progress(kind, obj)}, {human_duration(now - start)} elapsed", file=out
+                )
                 next_line = now + progress_every
             window = max(1.0, min(next_line - now, timeout - (now - start) + 1))
             try:
@@ -433,9 +519,16 @@ class Cluster:
                     raise
                 obj, rv = self._get_listed(kind, name)  # our resourceVersion was compacted away: re-list
 
-    def wait_job(self, name: str, timeout: float, poll: float = 5.0, out: TextIO | None = None,
-                 log_tail: int = 40, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] | None = None) -> dict:
+    def wait_job(
+        self,
+        name: str,
+        timeout: float,
+        poll: float = 5.0,
+        out: TextIO | None = None,
+        log_tail: int = 40,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] | None = None,
+    ) -> dict:
         """Wait for Job `name` (kept for callers from before `wait`; `poll` and `sleep` are unused:
         the watch is told of each change)."""
         return self.wait("Job", name, timeout, out=out, log_tail=log_tail, clock=clock)
@@ -450,12 +543,19 @@ class Cluster:
         """Follow changes for up to `seconds`; return at the first terminal state or deletion."""
         what = f"watch {kind}/{name}"
 
-        def list_fn(*, watch=True, resource_version=None, timeout_seconds=None, _preload_content=False,
-                    **_ignored):
-            query = [("watch", "true"), ("fieldSelector", f"metadata.name={name}"),
-                     ("allowWatchBookmarks", "true"), ("timeoutSeconds", str(timeout_seconds))]
+        def list_fn(
+            *, watch=True, resource_version=None, timeout_seconds=None, _preload_content=False, **_ignored
+        ):
+            query = [
+                ("watch", "true"),
+                ("fieldSelector", f"metadata.name={name}"),
+                ("allowWatchBookmarks", "true"),
+                ("timeoutSeconds", str(timeout_seconds)),
+            ]
             query += [("resourceVersion", resource_version)] if resource_version else []
-            return self._call("GET", self._path(kind), what, query=query, timeout=(self.timeout, timeout_seconds + 30))
+            return self._call(
+                "GET", self._path(kind), what, query=query, timeout=(self.timeout, timeout_seconds + 30)
+            )
 
         w = k8s_watch.Watch(return_type="object")  # "object": events stay dicts
         try:
@@ -479,12 +579,16 @@ class Cluster:
         pods = self.pods_of(kind, name)
         failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
         if kind == "TrainJob":  # the trainer step's pods say why, not the initializers'
-            failed = [p for p in failed if _label(p, "trainer.kubeflow.org/trainjob-ancestor-step") == "trainer"] \
-                or failed
+            failed = [
+                p for p in failed if _label(p, "trainer.kubeflow.org/trainjob-ancestor-step") == "trainer"
+            ] or failed
         pod = (failed or pods or [None])[0 if failed else -1]
         if pod is not None:
             pod_name = pod["metadata"]["name"]
-            print(f"deploy: {kind}/{name} failed ({reason}); last {log_tail} log lines of pod {pod_name}:", file=out)
+            print(
+                f"deploy: {kind}/{name} failed ({reason}); last {log_tail} log lines of pod {pod_name}:",
+                file=out,
+            )
             for line in self.pod_log(pod_name, log_tail).rstrip("\n").splitlines():
                 print(f"  | {line}", file=out)
         raise JobError(f"{kind}/{name} failed: {reason}")
@@ -495,7 +599,11 @@ def _label(obj: dict, key: str) -> str | None:
 
 
 def _true_conditions(obj: dict) -> dict[str, dict]:
-    return {c.get("type"): c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("status") == "True"}
+    return {
+        c.get("type"): c
+        for c in (obj.get("status") or {}).get("conditions") or []
+        if c.get("status") == "True"
+    }
 
 
 def _child_jobs(kind: str, status: dict) -> list[dict]:
@@ -506,7 +614,9 @@ def state(kind: str, obj: dict) -> str:
     """Pending | Running | Complete | Failed, from the conditions each controller sets."""
     status = obj.get("status") or {}
     if kind == "Pod":
-        return {"Succeeded": "Complete", "Failed": "Failed", "Running": "Running"}.get(status.get("phase"), "Pending")
+        return {"Succeeded": "Complete", "Failed": "Failed", "Running": "Running"}.get(
+            status.get("phase"), "Pending"
+        )
     done, failed = TERMINAL.get(kind, ("Complete", "Failed"))
     conds = _true_conditions(obj)
     if failed in conds or status.get("terminalState") == "Failed":
@@ -515,7 +625,9 @@ def state(kind: str, obj: dict) -> str:
         return "Complete"
     if kind == "Job":
         return "Running" if status.get("active") else "Pending"
-    return "Running" if any(j.get("active") or j.get("ready") for j in _child_jobs(kind, status)) else "Pending"
+    return (
+        "Running" if any(j.get("active") or j.get("ready") for j in _child_jobs(kind, status)) else "Pending"
+    )
 
 
 def job_state(job: dict) -> str:

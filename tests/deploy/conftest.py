@@ -28,8 +28,12 @@ _spec.loader.exec_module(standins)
 
 DIGESTS = {"trainer": "1" * 64, "fetcher": "2" * 64, "preprocessor": "3" * 64}
 # Credentials the tests put in the environment; none may appear in any rendered file or log.
-SECRET_ENV = {"AWS_ACCESS_KEY_ID": "AKIDTESTVALUE7Q3Z", "AWS_SECRET_ACCESS_KEY": "s3cr3t-Xq9-never-print-me",
-              "HF_TOKEN": "hf-token-never-print-me", "DET_PASS": "det-pass-123"}
+SECRET_ENV = {
+    "AWS_ACCESS_KEY_ID": "AKIDTESTVALUE7Q3Z",
+    "AWS_SECRET_ACCESS_KEY": "s3cr3t-Xq9-never-print-me",
+    "HF_TOKEN": "hf-token-never-print-me",
+    "DET_PASS": "det-pass-123",
+}
 
 
 @pytest.fixture
@@ -44,7 +48,9 @@ def secret_env(monkeypatch):
 @pytest.fixture
 def lock_file(tmp_path):
     path = tmp_path / "images.lock.json"
-    path.write_text(json.dumps({"images": {n: f"127.0.0.1:5999/neox/{n}@sha256:{d}" for n, d in DIGESTS.items()}}))
+    path.write_text(
+        json.dumps({"images": {n: f"127.0.0.1:5999/neox/{n}@sha256:{d}" for n, d in DIGESTS.items()}})
+    )
     return path
 
 
@@ -84,22 +90,9 @@ def kube(kube_pki):
     server.stop()
 
 
-def write_kubeconfig(path: Path, server: str, ca: Path | None, token: str | None = None, user: dict | None = None,
-                     context: str = "stand-in", namespace: str = "tenant-finetune") -> Path:
-    """A kubeconfig as kubectl writes it: one cluster (CA by path), one user, one context."""
-    cluster = {"server": server, **({"certificate-authority": str(ca)} if ca else {})}
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": context, "preferences": {},
-        "clusters": [{"name": "stand-in", "cluster": cluster}],
-        "users": [{"name": "tester", "user": user if user is not None else {"token": token}}],
-        "contexts": [{"name": context, "context": {"cluster": "stand-in", "user": "tester", "namespace": namespace}}],
-    }, sort_keys=False))
-    return path
-
-
 @pytest.fixture
 def kubeconfig(tmp_path, kube):
-    return write_kubeconfig(tmp_path / "kubeconfig", kube.url, kube.ca_file, kube.token)
+    return standins.write_kubeconfig(tmp_path / "kubeconfig", kube.url, kube.ca_file, kube.token)
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ the outcome scripted per `app.kubernetes.io/component` label in `outcomes` (defa
 the conditions each controller sets: Job Complete/Failed (BackoffLimitExceeded), JobSet
 Completed/Failed (+ terminalState), TrainJob Complete/Failed; a failure fails pod index 0.
 
-FakeDetermined (plain HTTP): GET /api/v1/master, POST /api/v1/auth/login (checks the SDK's salted
+FakeDetermined (HTTP, or HTTPS given a Pki): GET /api/v1/master, POST /api/v1/auth/login (checks the SDK's salted
 password hash), POST /api/v1/experiments (checks the config YAML and the v1File context), GET an
 experiment and its checkpoints."""
 
@@ -61,8 +61,11 @@ SCHEMAS = Path(__file__).resolve().parents[3] / "shared" / "schemas"
 CRD_DIRS = ("jobset-v0.12.0", "kubeflow-trainer-v2.3.0")
 # (group, version, plural) -> kind: what a Kubernetes 1.30 API server serves for the core kinds.
 CORE_ROUTES = {
-    ("", "v1", "persistentvolumeclaims"): "PersistentVolumeClaim", ("", "v1", "configmaps"): "ConfigMap",
-    ("", "v1", "secrets"): "Secret", ("", "v1", "pods"): "Pod", ("", "v1", "services"): "Service",
+    ("", "v1", "persistentvolumeclaims"): "PersistentVolumeClaim",
+    ("", "v1", "configmaps"): "ConfigMap",
+    ("", "v1", "secrets"): "Secret",
+    ("", "v1", "pods"): "Pod",
+    ("", "v1", "services"): "Service",
     ("batch", "v1", "jobs"): "Job",
 }
 WORKLOADS = ("Job", "JobSet", "TrainJob")
@@ -71,18 +74,25 @@ COMPONENT = "app.kubernetes.io/component"
 
 
 @functools.cache
-def crd_routes(dirs: tuple[Path, ...] = tuple(SCHEMAS / d for d in CRD_DIRS)) -> dict[tuple[str, str, str], str]:
+def crd_routes(
+    dirs: tuple[Path, ...] = tuple(SCHEMAS / d for d in CRD_DIRS),
+) -> dict[tuple[str, str, str], str]:
     """The namespaced custom resources the CRD files define, by their served versions."""
     routes = {}
     for d in dirs:
         for f in sorted(Path(d).glob("*.yaml")):
             for doc in yaml.load_all(f.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
-                if not doc or doc.get("kind") != "CustomResourceDefinition" or doc["spec"]["scope"] != "Namespaced":
+                if (
+                    not doc
+                    or doc.get("kind") != "CustomResourceDefinition"
+                    or doc["spec"]["scope"] != "Namespaced"
+                ):
                     continue
                 for v in doc["spec"]["versions"]:
                     if v.get("served"):
-                        routes[(doc["spec"]["group"], v["name"], doc["spec"]["names"]["plural"])] = \
-                            doc["spec"]["names"]["kind"]
+                        routes[(doc["spec"]["group"], v["name"], doc["spec"]["names"]["plural"])] = doc[
+                            "spec"
+                        ]["names"]["kind"]
     return routes
 
 
@@ -106,32 +116,95 @@ def make_pki(directory: Path, name: str = "neox-test") -> Pki:
     now = datetime.datetime.now(datetime.UTC)
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(days=2))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-          .sign(ca_key, hashes.SHA256()))
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     pki = Pki(directory / "ca.crt", directory / "server.crt", directory / "server.key")
     pki.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     pki.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pki.key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
+    pki.key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     return pki
+
+
+def write_kubeconfig(
+    path: Path,
+    server: str,
+    ca: Path | None,
+    token: str | None = None,
+    user: dict | None = None,
+    context: str = "stand-in",
+    namespace: str = "tenant-finetune",
+) -> Path:
+    """A kubeconfig as kubectl writes it: one cluster (CA by path), one user, one context."""
+    cluster = {"server": server, **({"certificate-authority": str(ca)} if ca else {})}
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": context,
+                "preferences": {},
+                "clusters": [{"name": "stand-in", "cluster": cluster}],
+                "users": [{"name": "tester", "user": user if user is not None else {"token": token}}],
+                "contexts": [
+                    {
+                        "name": context,
+                        "context": {"cluster": "stand-in", "user": "tester", "namespace": namespace},
+                    }
+                ],
+            },
+            sort_keys=False,
+        )
+    )
+    return path
 
 
 class Stream:
@@ -149,8 +222,12 @@ class _Server:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(tls.cert_file, tls.key_file)
             # The handshake runs in the connection's thread, so a client that refuses us blocks no one.
-            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True, do_handshake_on_connect=False)
-        self.httpd.handle_error = lambda request, address: None  # clients hanging up, refusing our certificate
+            self.httpd.socket = ctx.wrap_socket(
+                self.httpd.socket, server_side=True, do_handshake_on_connect=False
+            )
+        self.httpd.handle_error = lambda request, address: (
+            None
+        )  # clients hanging up, refusing our certificate
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.httpd.server_address[1]}"
         self.lock = threading.RLock()
         self.requests: list[tuple[str, str, bytes]] = []  # (method, path, body)
@@ -223,10 +300,25 @@ class _Server:
 
 
 def _status(code: int, message: str, reason: str = "", details: dict | None = None):
-    reasons = {400: "BadRequest", 401: "Unauthorized", 404: "NotFound", 405: "MethodNotAllowed", 409: "Conflict",
-               410: "Expired", 415: "UnsupportedMediaType", 422: "Invalid"}
-    body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
-            "reason": reason or reasons.get(code, ""), "code": code}
+    reasons = {
+        400: "BadRequest",
+        401: "Unauthorized",
+        404: "NotFound",
+        405: "MethodNotAllowed",
+        409: "Conflict",
+        410: "Expired",
+        415: "UnsupportedMediaType",
+        422: "Invalid",
+    }
+    body = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason or reasons.get(code, ""),
+        "code": code,
+    }
     if details:
         body["details"] = details
     return code, body, "application/json"
@@ -267,8 +359,9 @@ def _set(obj: dict, path: str, value) -> None:
 
 
 class FakeKube(_Server):
-    def __init__(self, token: str = "test-token", job_polls: int = 1, tls: Pki | None = None,
-                 tick: float = 0.02) -> None:
+    def __init__(
+        self, token: str = "test-token", job_polls: int = 1, tls: Pki | None = None, tick: float = 0.02
+    ) -> None:
         super().__init__(tls)
         self.token = token
         self.tokens = {token}  # bearer tokens it accepts
@@ -297,11 +390,19 @@ class FakeKube(_Server):
             self._bump(self.objects[(kind, name)])
 
     def secret_values(self) -> list[str]:
-        return [base64.b64decode(v).decode() for (k, _), o in self.objects.items() if k == "Secret"
-                for v in o.get("data", {}).values()]
+        return [
+            base64.b64decode(v).decode()
+            for (k, _), o in self.objects.items()
+            if k == "Secret"
+            for v in o.get("data", {}).values()
+        ]
 
     def pods(self, selector: str = "") -> list[dict]:
-        return [o for (k, _), o in self.objects.items() if k == "Pod" and _matches(o["metadata"]["labels"], selector)]
+        return [
+            o
+            for (k, _), o in self.objects.items()
+            if k == "Pod" and _matches(o["metadata"]["labels"], selector)
+        ]
 
     # -- routing
     def _bump(self, obj: dict) -> None:
@@ -309,7 +410,8 @@ class FakeKube(_Server):
         obj["metadata"]["resourceVersion"] = str(self._last_rv)
 
     def handle(self, method, url, headers, body):
-        if headers.get("Authorization", "").removeprefix("Bearer ") not in self.tokens:
+        scheme, _, token = (headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or token not in self.tokens:  # auth schemes are case-insensitive
             return _status(401, "Unauthorized")
         if url.path == "/version":
             return 200, {"major": "1", "minor": "30", "gitVersion": "v1.30.4"}, "application/json"
@@ -321,7 +423,9 @@ class FakeKube(_Server):
             group, version, rest = parts[1], parts[2], parts[3:]
         else:
             return _status(404, f"the server could not find the requested resource ({url.path})")
-        kind = self.routes.get((group, version, rest[2])) if len(rest) >= 3 and rest[0] == "namespaces" else None
+        kind = (
+            self.routes.get((group, version, rest[2])) if len(rest) >= 3 and rest[0] == "namespaces" else None
+        )
         if kind is None:
             return _status(404, f"the server could not find the requested resource ({url.path})")
         name = rest[3] if len(rest) > 3 else None
@@ -356,7 +460,9 @@ class FakeKube(_Server):
         for term in filter(None, query.get("fieldSelector", "").split(",")):
             k, _, v = term.partition("=")
             if k not in ("metadata.name", "metadata.namespace"):
-                raise ValueError(f'"{k}" is not a known field selector: only "metadata.name", "metadata.namespace"')
+                raise ValueError(
+                    f'"{k}" is not a known field selector: only "metadata.name", "metadata.namespace"'
+                )
             fields[k] = v
         out = []
         for (k, n), o in list(self.objects.items()):
@@ -373,8 +479,16 @@ class FakeKube(_Server):
             return _status(400, f"field label not supported: {exc}")
         if query.get("watch") in ("true", "1"):
             return 200, Stream(self._watch(kind, query)), "application/json"
-        return 200, {"kind": f"{kind}List", "apiVersion": api_version, "items": items,
-                     "metadata": {"resourceVersion": str(self._last_rv)}}, "application/json"
+        return (
+            200,
+            {
+                "kind": f"{kind}List",
+                "apiVersion": api_version,
+                "items": items,
+                "metadata": {"resourceVersion": str(self._last_rv)},
+            },
+            "application/json",
+        )
 
     def _watch(self, kind, query):
         """Events after `resourceVersion`, one step of every watched workload per tick."""
@@ -433,53 +547,94 @@ class FakeKube(_Server):
         self._last_rv = next(self._rv)
         owner_label = {"Job": "job-name", "JobSet": JOBSET_NAME, "TrainJob": JOBSET_NAME}.get(kind)
         if owner_label:  # background propagation: the controllers' pods go too
-            for key in [k for k, o in self.objects.items() if k[0] == "Pod" and
-                        o["metadata"]["labels"].get(owner_label) == name]:
+            for key in [
+                k
+                for k, o in self.objects.items()
+                if k[0] == "Pod" and o["metadata"]["labels"].get(owner_label) == name
+            ]:
                 del self.objects[key]
         return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}, "application/json"
 
     def _apply(self, kind, name, api_version, plural, query, headers, body):
         if headers.get("Content-Type") != "application/apply-patch+yaml":
-            return _status(415, f"the body of the request was in an unknown format ({headers.get('Content-Type')}); "
-                                "apply needs application/apply-patch+yaml")
+            return _status(
+                415,
+                f"the body of the request was in an unknown format ({headers.get('Content-Type')}); "
+                "apply needs application/apply-patch+yaml",
+            )
         if not query.get("fieldManager"):
-            return _status(400, "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: "
-                                "is required for apply patch")
+            return _status(
+                400,
+                'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: '
+                "is required for apply patch",
+            )
         obj = yaml.safe_load(body)
         if obj.get("apiVersion") != api_version:
-            return _status(400, f"the API version in the data ({obj.get('apiVersion')}) does not match the "
-                                f"expected API version ({api_version})")
+            return _status(
+                400,
+                f"the API version in the data ({obj.get('apiVersion')}) does not match the "
+                f"expected API version ({api_version})",
+            )
         if obj.get("kind") != kind or obj.get("metadata", {}).get("name") != name:
             return _status(400, "the name of the object (or its kind) does not match the URL")
         key = (kind, name)
         live_before = self.objects.get(key)
         force = query.get("force") == "true"
-        clashes = [(f, m) for f, m in (self.conflicts.get(key) or {}).items() if m != query["fieldManager"]
-                   and _at(obj, f) is not _MISSING and live_before is not None and _at(obj, f) != _at(live_before, f)]
+        clashes = [
+            (f, m)
+            for f, m in (self.conflicts.get(key) or {}).items()
+            if m != query["fieldManager"]
+            and _at(obj, f) is not _MISSING
+            and live_before is not None
+            and _at(obj, f) != _at(live_before, f)
+        ]
         if clashes and not force:
-            causes = [{"type": "FieldManagerConflict", "message": f'conflict with "{m}" using {api_version}',
-                       "field": f} for f, m in clashes]
-            msg = f"Apply failed with {len(clashes)} conflict{'s' if len(clashes) > 1 else ''}: " + \
-                "; ".join(f"{c['message']}: {c['field']}" for c in causes)
-            return _status(409, msg, "Conflict", {"name": name, "group": api_version.rpartition("/")[0],
-                                                  "kind": plural, "causes": causes})
+            causes = [
+                {
+                    "type": "FieldManagerConflict",
+                    "message": f'conflict with "{m}" using {api_version}',
+                    "field": f,
+                }
+                for f, m in clashes
+            ]
+            msg = f"Apply failed with {len(clashes)} conflict{'s' if len(clashes) > 1 else ''}: " + "; ".join(
+                f"{c['message']}: {c['field']}" for c in causes
+            )
+            return _status(
+                409,
+                msg,
+                "Conflict",
+                {"name": name, "group": api_version.rpartition("/")[0], "kind": plural, "causes": causes},
+            )
         for f, _ in clashes:  # forced: the fields are ours now
             del self.conflicts[key][f]
         prev = self.applied.get(key)
         if prev == obj and not clashes:  # same intent from the same manager: nothing changes
             return 200, live_before, "application/json"
         if prev is not None and kind == "Job" and prev["spec"]["template"] != obj["spec"]["template"]:
-            return _status(422, f'Job.batch "{name}" is invalid: spec.template: Invalid value: field is immutable')
+            return _status(
+                422, f'Job.batch "{name}" is invalid: spec.template: Invalid value: field is immutable'
+            )
         live = json.loads(json.dumps(obj))
         meta = live["metadata"]
         self._bump(live)
         meta["uid"] = (live_before or {}).get("metadata", {}).get("uid") or f"uid-{meta['resourceVersion']}"
-        meta["creationTimestamp"] = (live_before or {}).get("metadata", {}).get("creationTimestamp") or \
-            f"2026-11-28T00:{int(meta['resourceVersion']) // 60 % 60:02d}:{int(meta['resourceVersion']) % 60:02d}Z"
-        meta["managedFields"] = [{"manager": query["fieldManager"], "operation": "Apply", "apiVersion": api_version,
-                                  "fieldsType": "FieldsV1"}]
-        meta["managedFields"] += [{"manager": m, "operation": "Update", "apiVersion": api_version,
-                                   "fieldsType": "FieldsV1"} for m in sorted(set((self.conflicts.get(key) or {}).values()))]
+        meta["creationTimestamp"] = (
+            (live_before or {}).get("metadata", {}).get("creationTimestamp")
+            or f"2026-11-28T00:{int(meta['resourceVersion']) // 60 % 60:02d}:{int(meta['resourceVersion']) % 60:02d}Z"
+        )
+        meta["managedFields"] = [
+            {
+                "manager": query["fieldManager"],
+                "operation": "Apply",
+                "apiVersion": api_version,
+                "fieldsType": "FieldsV1",
+            }
+        ]
+        meta["managedFields"] += [
+            {"manager": m, "operation": "Update", "apiVersion": api_version, "fieldsType": "FieldsV1"}
+            for m in sorted(set((self.conflicts.get(key) or {}).values()))
+        ]
         if live_before is not None and "status" in live_before:  # status belongs to the controllers
             live["status"] = live_before["status"]
         elif kind == "PersistentVolumeClaim":
@@ -495,10 +650,18 @@ class FakeKube(_Server):
 
     # -- the controllers
     def _pod(self, owner: dict, name: str, labels: dict, annotations: dict | None = None) -> None:
-        pod = {"apiVersion": "v1", "kind": "Pod", "status": {"phase": "Running"},
-               "metadata": {"name": name, "labels": labels, "annotations": annotations or {},
-                            "creationTimestamp": owner["metadata"]["creationTimestamp"],
-                            "resourceVersion": str(next(self._rv))}}
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "status": {"phase": "Running"},
+            "metadata": {
+                "name": name,
+                "labels": labels,
+                "annotations": annotations or {},
+                "creationTimestamp": owner["metadata"]["creationTimestamp"],
+                "resourceVersion": str(next(self._rv)),
+            },
+        }
         self.objects[("Pod", name)] = pod
         self._born[("Pod", name)] = int(pod["metadata"]["resourceVersion"])
 
@@ -506,13 +669,21 @@ class FakeKube(_Server):
         """(replicated job, replicas, pods per child Job, pod template labels) of a JobSet/TrainJob."""
         spec = obj.get("spec") or {}
         if kind == "JobSet":
-            return [(rj["name"], rj.get("replicas", 1), rj["template"]["spec"].get("parallelism", 1),
-                     ((rj["template"]["spec"].get("template") or {}).get("metadata") or {}).get("labels") or {})
-                    for rj in spec.get("replicatedJobs") or []]
+            return [
+                (
+                    rj["name"],
+                    rj.get("replicas", 1),
+                    rj["template"]["spec"].get("parallelism", 1),
+                    ((rj["template"]["spec"].get("template") or {}).get("metadata") or {}).get("labels")
+                    or {},
+                )
+                for rj in spec.get("replicatedJobs") or []
+            ]
         labels = {"trainer.kubeflow.org/trainjob-ancestor-step": "trainer"}
         for patch in spec.get("runtimePatches") or []:
-            for rj in (((patch.get("trainingRuntimeSpec") or {}).get("template") or {}).get("spec") or {}) \
-                    .get("replicatedJobs") or []:
+            for rj in (
+                ((patch.get("trainingRuntimeSpec") or {}).get("template") or {}).get("spec") or {}
+            ).get("replicatedJobs") or []:
                 if rj.get("name") == "node":
                     tmpl = ((rj.get("template") or {}).get("spec") or {}).get("template") or {}
                     labels = {**((tmpl.get("metadata") or {}).get("labels") or {}), **labels}
@@ -522,8 +693,11 @@ class FakeKube(_Server):
         name = obj["metadata"]["name"]
         self._polls[(kind, name)] = 0
         if kind == "Job":
-            labels = {**((obj["spec"]["template"].get("metadata") or {}).get("labels") or {}), "job-name": name,
-                      "batch.kubernetes.io/job-name": name}
+            labels = {
+                **((obj["spec"]["template"].get("metadata") or {}).get("labels") or {}),
+                "job-name": name,
+                "batch.kubernetes.io/job-name": name,
+            }
             self._pod(obj, f"{name}-x1", labels)
             obj["status"] = {"active": 1}
             return
@@ -532,26 +706,58 @@ class FakeKube(_Server):
             for j in range(replicas):
                 child = f"{name}-{rj}-{j}"
                 for i in range(parallelism):
-                    labels = {**tmpl_labels, "job-name": child, "batch.kubernetes.io/job-name": child,
-                              "batch.kubernetes.io/job-completion-index": str(i), JOBSET_NAME: name,
-                              "jobset.sigs.k8s.io/replicatedjob-name": rj, "jobset.sigs.k8s.io/job-index": str(j),
-                              "jobset.sigs.k8s.io/replicatedjob-replicas": str(replicas)}
-                    self._pod(obj, f"{child}-{i}-p{j}{i}x", labels,
-                              {"batch.kubernetes.io/job-completion-index": str(i)})
-            children.append({"name": rj, "active": replicas, "ready": replicas, "succeeded": 0, "failed": 0,
-                             "suspended": 0})
+                    labels = {
+                        **tmpl_labels,
+                        "job-name": child,
+                        "batch.kubernetes.io/job-name": child,
+                        "batch.kubernetes.io/job-completion-index": str(i),
+                        JOBSET_NAME: name,
+                        "jobset.sigs.k8s.io/replicatedjob-name": rj,
+                        "jobset.sigs.k8s.io/job-index": str(j),
+                        "jobset.sigs.k8s.io/replicatedjob-replicas": str(replicas),
+                    }
+                    self._pod(
+                        obj,
+                        f"{child}-{i}-p{j}{i}x",
+                        labels,
+                        {"batch.kubernetes.io/job-completion-index": str(i)},
+                    )
+            children.append(
+                {
+                    "name": rj,
+                    "active": replicas,
+                    "ready": replicas,
+                    "succeeded": 0,
+                    "failed": 0,
+                    "suspended": 0,
+                }
+            )
         if kind == "JobSet":
             obj["status"] = {"replicatedJobsStatus": children, "restarts": 0}
         else:
-            obj["status"] = {"jobsStatus": children, "conditions": [
-                {"type": "Created", "status": "True", "reason": "JobsCreationSucceeded",
-                 "message": "succeeded to create Jobs"}]}
+            obj["status"] = {
+                "jobsStatus": children,
+                "conditions": [
+                    {
+                        "type": "Created",
+                        "status": "True",
+                        "reason": "JobsCreationSucceeded",
+                        "message": "succeeded to create Jobs",
+                    }
+                ],
+            }
 
     def _advance(self, kind: str, name: str) -> None:
         obj = self.objects[(kind, name)]
         status = obj.setdefault("status", {})
-        done = {"Job": ("Complete", "Failed"), "JobSet": ("Completed", "Failed"), "TrainJob": ("Complete", "Failed")}
-        if any(c.get("type") in done[kind] and c.get("status") == "True" for c in status.get("conditions") or []):
+        done = {
+            "Job": ("Complete", "Failed"),
+            "JobSet": ("Completed", "Failed"),
+            "TrainJob": ("Complete", "Failed"),
+        }
+        if any(
+            c.get("type") in done[kind] and c.get("status") == "True" for c in status.get("conditions") or []
+        ):
             return
         key = (kind, name)
         self._polls[key] = self._polls.get(key, 0) + 1
@@ -560,28 +766,62 @@ class FakeKube(_Server):
         component = (obj["metadata"].get("labels") or {}).get(COMPONENT, "")
         outcome, log = self.outcomes.get(component, ("Complete", f"{component}: done\n"))
         owner_label = "job-name" if kind == "Job" else JOBSET_NAME
-        pods = sorted((o for (k, _), o in self.objects.items() if k == "Pod" and
-                       o["metadata"]["labels"].get(owner_label) == name),
-                      key=lambda p: (p["metadata"]["labels"].get("jobset.sigs.k8s.io/job-index", ""),
-                                     int(p["metadata"]["labels"].get("batch.kubernetes.io/job-completion-index", 0))))
+        pods = sorted(
+            (
+                o
+                for (k, _), o in self.objects.items()
+                if k == "Pod" and o["metadata"]["labels"].get(owner_label) == name
+            ),
+            key=lambda p: (
+                p["metadata"]["labels"].get("jobset.sigs.k8s.io/job-index", ""),
+                int(p["metadata"]["labels"].get("batch.kubernetes.io/job-completion-index", 0)),
+            ),
+        )
         for i, pod in enumerate(pods):
             failed = outcome == "Failed" and i == 0
-            self.logs[pod["metadata"]["name"]] = log if failed or outcome == "Complete" else f"{component}: stopped\n"
+            self.logs[pod["metadata"]["name"]] = (
+                log if failed or outcome == "Complete" else f"{component}: stopped\n"
+            )
             pod["status"]["phase"] = "Failed" if failed else "Succeeded"
             self._bump(pod)
         ok = outcome == "Complete"
         if kind == "Job":
-            obj["status"] = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]} if ok else \
-                {"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-                                              "message": "Job has reached the specified backoff limit"}]}
+            obj["status"] = (
+                {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
+                if ok
+                else {
+                    "failed": 1,
+                    "conditions": [
+                        {
+                            "type": "Failed",
+                            "status": "True",
+                            "reason": "BackoffLimitExceeded",
+                            "message": "Job has reached the specified backoff limit",
+                        }
+                    ],
+                }
+            )
         else:
-            cond = {"type": "Completed" if kind == "JobSet" else "Complete", "status": "True",
-                    "reason": "AllJobsCompleted", "message": "jobset completed successfully"} if ok else \
-                {"type": "Failed", "status": "True", "reason": "FailedJobs",
-                 "message": "jobset failed due to one or more job failures"}
+            cond = (
+                {
+                    "type": "Completed" if kind == "JobSet" else "Complete",
+                    "status": "True",
+                    "reason": "AllJobsCompleted",
+                    "message": "jobset completed successfully",
+                }
+                if ok
+                else {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "FailedJobs",
+                    "message": "jobset failed due to one or more job failures",
+                }
+            )
             jobs = status.get("replicatedJobsStatus" if kind == "JobSet" else "jobsStatus") or []
             for j in jobs:
-                j.update(active=0, ready=0, succeeded=j["succeeded"] + (0 if not ok else 1), failed=0 if ok else 1)
+                j.update(
+                    active=0, ready=0, succeeded=j["succeeded"] + (0 if not ok else 1), failed=0 if ok else 1
+                )
             status["conditions"] = [*(status.get("conditions") or []), cond]
             if kind == "JobSet":
                 status["terminalState"] = "Completed" if ok else "Failed"
@@ -589,8 +829,10 @@ class FakeKube(_Server):
 
 
 class FakeDetermined(_Server):
-    def __init__(self, username: str = "determined", password: str = "det-pass-123") -> None:
-        super().__init__()
+    def __init__(
+        self, username: str = "determined", password: str = "det-pass-123", tls: Pki | None = None
+    ) -> None:
+        super().__init__(tls)
         self.username = username
         self.password = password
         self.token = "det-session-token"
@@ -604,8 +846,11 @@ class FakeDetermined(_Server):
             return 200, {"version": "0.38.1", "clusterName": "stand-in"}, "application/json"
         if path == "/api/v1/auth/login" and method == "POST":
             req = json.loads(body)
-            if (req.get("username") != self.username or not req.get("isHashed")
-                    or req.get("password") != salt_and_hash(self.password)):
+            if (
+                req.get("username") != self.username
+                or not req.get("isHashed")
+                or req.get("password") != salt_and_hash(self.password)
+            ):
                 return 401, {"message": "invalid credentials"}, "application/json"
             return 200, {"token": self.token, "user": {"username": self.username}}, "application/json"
         if headers.get("Authorization") != f"Bearer {self.token}":
@@ -614,12 +859,23 @@ class FakeDetermined(_Server):
             req = json.loads(body)
             config = yaml.safe_load(req["config"])
             files = req["modelDefinition"]
-            if not isinstance(config, dict) or not all({"path", "type", "content", "mode"} <= set(f) for f in files):
+            if not isinstance(config, dict) or not all(
+                {"path", "type", "content", "mode"} <= set(f) for f in files
+            ):
                 return 400, {"message": "bad request"}, "application/json"
             exp_id = next(self._ids)
-            self.experiments[exp_id] = {"id": exp_id, "state": "STATE_ACTIVE", "config": config, "files": files,
-                                        "activate": req.get("activate")}
-            return 200, {"experiment": {"id": exp_id, "state": "STATE_ACTIVE"}, "config": config}, "application/json"
+            self.experiments[exp_id] = {
+                "id": exp_id,
+                "state": "STATE_ACTIVE",
+                "config": config,
+                "files": files,
+                "activate": req.get("activate"),
+            }
+            return (
+                200,
+                {"experiment": {"id": exp_id, "state": "STATE_ACTIVE"}, "config": config},
+                "application/json",
+            )
         parts = path.strip("/").split("/")
         if len(parts) >= 4 and parts[:3] == ["api", "v1", "experiments"] and method == "GET":
             exp = self.experiments.get(int(parts[3]))
@@ -631,5 +887,8 @@ class FakeDetermined(_Server):
         return 404, {"message": f"no route {path}"}, "application/json"
 
     def context_files(self, exp_id: int) -> dict[str, bytes]:
-        return {f["path"]: base64.b64decode(f["content"]) for f in self.experiments[exp_id]["files"]
-                if f["type"] == ord("0")}
+        return {
+            f["path"]: base64.b64decode(f["content"])
+            for f in self.experiments[exp_id]["files"]
+            if f["type"] == ord("0")
+        }
