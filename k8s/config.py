@@ -14,6 +14,7 @@ import jsonschema
 import yaml
 
 from jobs.cli import JobError
+from k8s.secret_scan import SECRET_HELP, find_secret
 
 IMAGES = ("fetcher", "preprocessor", "trainer")
 # Training engines: Determined (the guide's), Kubeflow Trainer v2 and plain JobSet (Kubernetes-native).
@@ -145,52 +146,6 @@ SCHEMA: dict[str, Any] = {
     },
 }
 
-# Keys whose value is the NAME of a Secret, never a secret itself.
-_SECRET_NAME_KEYS = {"secret"}
-_SECRET_WORDS = {"secret", "password", "passwd", "token", "credentials"}
-_SECRET_PAIRS = ("access_key", "secret_key", "api_key", "private_key", "session_token")
-_SECRET_VALUE_RES = (
-    re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"),  # AWS access key id
-    re.compile(r"\bhf_[A-Za-z0-9]{30,}\b"),  # Hugging Face token
-    re.compile(r"\b(ghp|gho|ghs|github_pat)_[A-Za-z0-9_]{20,}\b"),
-    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
-    re.compile(r"^[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@"),  # URL with a password in it
-)
-# Environment variables whose values must never be written anywhere.
-SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HF_TOKEN", "DET_PASS",
-              "DET_SESSION_TOKEN", "REGISTRY_PASSWORD")
-
-
-def secret_values_in_env() -> list[str]:
-    return [v for k in SECRET_ENV if len(v := os.environ.get(k, "")) >= 6]
-
-
-def _secret_key(key: str) -> bool:
-    norm = re.sub(r"[-.\s]+", "_", key.lower())
-    return bool(_SECRET_WORDS & set(norm.split("_"))) or any(p in norm for p in _SECRET_PAIRS)
-
-
-def find_secret(data: Any, where: str = "") -> str | None:
-    """The dotted path of the first value that looks like a credential, or None."""
-    env_values = secret_values_in_env()
-    stack = [(where, data)]
-    while stack:
-        path, value = stack.pop()
-        if isinstance(value, dict):
-            for k, v in value.items():
-                key = str(k)
-                sub = f"{path}.{key}" if path else key
-                if isinstance(v, str) and v and key not in _SECRET_NAME_KEYS and _secret_key(key):
-                    return sub
-                stack.append((sub, v))
-        elif isinstance(value, list):
-            stack.extend((f"{path}[{i}]", v) for i, v in enumerate(value))
-        elif isinstance(value, str):
-            if any(r.search(value) for r in _SECRET_VALUE_RES) or any(s in value for s in env_values):
-                return path or "<top>"
-    return None
-
-
 def _describe(err: jsonschema.ValidationError) -> str:
     where = ".".join(str(p) for p in err.absolute_path) or "<top>"
     if err.validator == "additionalProperties":
@@ -301,8 +256,7 @@ def load_config(path: str | os.PathLike) -> PipelineConfig:
         raise JobError(f"config {path}: expected a mapping at the top")
     # Secrets first: a credential pasted under an unknown key must be named as a secret, not as a typo.
     if (where := find_secret(raw)) is not None:
-        raise JobError(f"config {path}: {where} holds a secret value; put it in a Kubernetes Secret "
-                       f"(`invoke secrets`) and give only the Secret's name")
+        raise JobError(f"config {path}: {where} holds a secret value; {SECRET_HELP}")
     errors = sorted(jsonschema.Draft7Validator(SCHEMA).iter_errors(raw), key=lambda e: list(e.absolute_path))
     if errors:
         raise JobError(f"config {path}: {_describe(errors[0])}")
@@ -329,7 +283,7 @@ def load_neox(path: Path) -> dict:
     if not isinstance(data, dict):
         raise JobError(f"NeoX config {path}: expected a mapping at the top")
     if (where := find_secret(data)) is not None:
-        raise JobError(f"NeoX config {path}: {where} holds a secret value; pass it through a Secret instead")
+        raise JobError(f"NeoX config {path}: {where} holds a secret value; {SECRET_HELP}")
     return data
 
 

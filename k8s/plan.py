@@ -16,9 +16,10 @@ import yaml
 
 from jobs.cli import JobError, atomic_dir, write_json_atomic
 from k8s import render, stages
-from k8s.config import PipelineConfig, find_secret, secret_values_in_env
+from k8s.config import PipelineConfig
 from k8s.engines import kubernetes_engine
 from k8s.engines.determined import CONF_DIR, experiment_config
+from k8s.secret_scan import SECRET_HELP, find_secret, secret_values_in_env
 from k8s.validate import KUBERNETES_VERSION, validate_experiment, validate_k8s
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +58,8 @@ def _experiment_base(cfg: PipelineConfig) -> dict | None:
         raise JobError(f"experiment_base {cfg.base_path}: is not valid YAML ({exc})") from exc
     if not isinstance(base, dict):
         raise JobError(f"experiment_base {cfg.base_path}: expected a mapping at the top")
+    if (where := find_secret(base)) is not None:
+        raise JobError(f"experiment_base {cfg.base_path}: {where} holds a secret value; {SECRET_HELP}")
     return base
 
 
