@@ -46,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
         help="tokenizers: the tokenizers library; tiktoken: its faster BPE, used only where it gives the same "
         "ids (checked at start); auto (default): tiktoken where possible, else tokenizers",
     )
+    p.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="accept inputs (or a whole run) without a single document instead of failing",
+    )
     p.add_argument("--endpoint-url", default=None, help="S3 endpoint for s3:// inputs (or AWS_ENDPOINT_URL)")
     return p
 
@@ -66,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             skip_bad_lines=args.skip_bad_lines,
             endpoint_url=args.endpoint_url,
             engine=args.engine,
+            allow_empty=args.allow_empty,
         )
         bad = f", {s.bad_lines:,} bad lines skipped" if s.bad_lines else ""
         print(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import glob
 import os
 import queue
+import re
 import socket
 import threading
 import time
@@ -19,7 +20,7 @@ import numpy as np
 from jobs.cli import JobError, Progress, human_bytes, human_duration, write_json_atomic
 from jobs.indexed_dataset import TEMP_MARK, IndexedDatasetWriter, data_path, dtype_for_vocab, index_path
 from jobs.preprocess.fast_bpe import load_fast_bpe
-from jobs.preprocess.sources import Source, expand_inputs, read_source
+from jobs.preprocess.sources import Source, expand_inputs, format_of, read_source
 
 PROG = "preprocess"
 BATCH_CHARS = 1 << 20  # ~1 MB of text a batch: enough work to spread over Rayon threads
@@ -126,7 +127,13 @@ class _Worker(threading.Thread):
             self._stop_event.set()
 
 
-def _read_batches(sources: list[Source], key: str, skip_bad: bool, stats: Stats, out: queue.Queue, stop):
+def _no_documents(where: str) -> JobError:
+    return JobError(f"{where}: no documents (an empty or truncated input?); --allow-empty accepts that")
+
+
+def _read_batches(
+    sources: list[Source], key: str, skip_bad: bool, allow_empty: bool, stats: Stats, out: queue.Queue, stop
+):
     done_bytes = 0
 
     def on_bad(where: str, reason: str) -> None:
@@ -139,16 +146,22 @@ def _read_batches(sources: list[Source], key: str, skip_bad: bool, stats: Stats,
     chars = dropped = 0
     for src in sources:
         counter, docs = read_source(src, key, skip_bad, on_bad)
+        found = 0
         for doc in docs:
             if doc.text is None:
                 dropped += 1
                 continue
+            found += 1
             texts.append(doc.text)
             wheres.append(doc.where)
             chars += len(doc.text)
             if chars >= BATCH_CHARS or len(texts) >= BATCH_DOCS:
                 _put(out, _Batch(texts, wheres, dropped, done_bytes + counter.count), stop)
                 texts, wheres, chars, dropped = [], [], 0, 0
+        # A .txt file is one document, so an empty one is an empty document (dropped, as FORMATS.md
+        # says); a .jsonl or .parquet input without a single document is a broken input.
+        if not found and not allow_empty and format_of(src.name) != "txt":
+            raise _no_documents(src.name)
         done_bytes += counter.count
     _put(out, _Batch(texts, wheres, dropped, done_bytes), stop)
     _put(out, _DONE, stop)
@@ -198,6 +211,9 @@ def _remove_stale_temps(prefix: str) -> None:
     now, host = time.time(), socket.gethostname()
     for final in (data_path(prefix), index_path(prefix)):
         for tmp in glob.glob(glob.escape(str(final)) + TEMP_MARK + "*"):
+            # Only names the writer makes (PREFIX.bin.tmp.HOST.PID); any other file is the user's.
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+\.\d+", tmp[len(str(final)) + len(TEMP_MARK) :]):
+                continue
             owner_host, _, pid = tmp[len(str(final)) + len(TEMP_MARK) :].rpartition(".")
             try:
                 if owner_host == host and pid.isdigit():
@@ -231,8 +247,11 @@ def preprocess(
     skip_bad_lines: bool = False,
     endpoint_url: str | None = None,
     engine: str = "auto",
+    allow_empty: bool = False,
 ) -> Stats:
-    """Tokenize every document of `inputs`, in order, into OUTPUT_PREFIX_<key>_document.{bin,idx}."""
+    """Tokenize every document of `inputs`, in order, into OUTPUT_PREFIX_<key>_document.{bin,idx}.
+
+    Zero documents (from an input, or from all of them) is an error unless `allow_empty`."""
     workers = workers or default_workers()
     set_workers(workers)
     start = time.monotonic()
@@ -274,9 +293,14 @@ def preprocess(
     stop = threading.Event()
     batches: queue.Queue = queue.Queue(QUEUE_BATCHES)
     encoded: queue.Queue = queue.Queue(2)
-    writer = IndexedDatasetWriter(prefix, dtype)
+    try:
+        writer = IndexedDatasetWriter(prefix, dtype)
+    except OSError as exc:  # a read-only output folder, a file where a folder should be, ...
+        raise JobError(f"cannot write {exc.filename or prefix}: {exc.strerror}") from None
     reader_t = _Worker(
-        "reader", lambda: _read_batches(sources, jsonl_key, skip_bad_lines, stats, batches, stop), stop
+        "reader",
+        lambda: _read_batches(sources, jsonl_key, skip_bad_lines, allow_empty, stats, batches, stop),
+        stop,
     )
     writer_t = _Worker("writer", lambda: _write_batches(writer, eod, stats, progress, encoded, stop), stop)
     threads = (reader_t, writer_t)
@@ -297,17 +321,24 @@ def preprocess(
         for t in threads:
             if t.error is not None:
                 raise t.error
+        if stats.documents == 0 and not allow_empty:
+            raise _no_documents(sources[0].name if len(sources) == 1 else f"all {len(sources)} inputs")
         writer.finalize()
-    except BaseException:
+    except BaseException as exc:
         stop.set()
         for t in threads:
             if t.is_alive():
                 t.join(timeout=10)
         writer.abort()
+        if isinstance(exc, OSError):
+            raise JobError(f"cannot write {exc.filename or prefix}: {exc.strerror}") from exc
         raise
     finally:
         progress.close()
     stats.seconds = round(time.monotonic() - start, 3)
     stats.tokens_per_second = round(stats.tokens / max(stats.seconds, 1e-9), 1)
-    write_json_atomic(Path(f"{prefix}.stats.json"), asdict(stats))
+    try:
+        write_json_atomic(Path(f"{prefix}.stats.json"), asdict(stats))
+    except OSError as exc:
+        raise JobError(f"cannot write {prefix}.stats.json: {exc.strerror}") from None
     return stats

@@ -107,7 +107,8 @@ def open_http(url: str) -> ResumingReader:
                 headers["If-Range"] = first["etag"]
         try:
             resp = requests.get(url, stream=True, timeout=(30, 300), headers=headers)
-        except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema) as exc:
+        except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
+                requests.exceptions.MissingSchema, requests.exceptions.InvalidHeader, UnicodeError) as exc:
             raise JobError(f"{url}: {exc}") from exc
         if resp.status_code >= 500 or resp.status_code in (408, 429):
             resp.close()

@@ -13,12 +13,13 @@ import gzip
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit
 
 from jobs.cli import JobError
 
@@ -130,11 +131,37 @@ def _expand_http(spec: str) -> list[Source]:
     return [Source(spec, None, lambda: open_http(spec))]
 
 
+URL_FORMS = {"s3": "s3://bucket/key", "http": "http://host/path", "https": "https://host/path"}
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+
+
+def _check_spec(spec: str) -> str:
+    """One clear line for an input that is empty or a malformed URL; returns its scheme ('' for paths)."""
+    if not spec.strip():
+        raise JobError("--input: an empty path")
+    if "\x00" in spec:
+        raise JobError(f"--input {spec!r}: holds a NUL character")
+    m = _SCHEME.match(spec)
+    scheme = m[1].lower() if m else ""
+    if scheme not in URL_FORMS:
+        return ""
+    if not spec[m.end() :].startswith("//"):
+        raise JobError(f"{spec}: malformed URL (expected {URL_FORMS[scheme]})")
+    try:
+        url = urlsplit(spec)
+        url.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError as exc:
+        raise JobError(f"{spec}: malformed URL ({exc})") from None
+    if not url.netloc or (scheme != "s3" and not url.hostname) or any(c in spec for c in " \r\n\t"):
+        raise JobError(f"{spec}: malformed URL (expected {URL_FORMS[scheme]})")
+    return scheme
+
+
 def expand_inputs(specs: list[str], endpoint_url: str | None = None) -> list[Source]:
     """Each spec in the order given; within a directory, glob or prefix, sorted by name."""
     sources: list[Source] = []
     for spec in specs:
-        scheme = urlparse(spec).scheme
+        scheme = _check_spec(spec)
         if scheme == "s3":
             sources += _expand_s3(spec, endpoint_url)
         elif scheme in ("http", "https"):
@@ -178,15 +205,57 @@ class BadLine(Exception):
     """A line that is not valid JSON; `--skip-bad-lines` counts these instead of failing."""
 
 
-def _decompressed(name: str, stream: io.BufferedReader) -> io.BufferedIOBase:
-    lower = name.lower()
-    if lower.endswith(".gz"):
-        return gzip.GzipFile(fileobj=stream, mode="rb")
-    if lower.endswith(".zst"):
+class Truncated(EOFError):
+    """A compressed input ends inside a frame (zstd) or member (gzip): the file was cut short."""
+
+
+class ZstdFrames(io.RawIOBase):
+    """Every zstd frame of a stream, in order; ending inside a frame is an error, not the end.
+
+    zstandard's stream_reader stops quietly where the input stops, even mid-frame, so a file cut at
+    a block boundary would read as a complete, shorter corpus. Here each frame must reach its end."""
+
+    def __init__(self, raw) -> None:
         import zstandard
 
-        reader = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
-        return io.BufferedReader(reader, buffer_size=CHUNK)
+        self._raw = raw
+        self._new = zstandard.ZstdDecompressor().decompressobj
+        self._obj = None  # the frame being decoded; None between frames
+        self._out = b""
+        self._at = 0  # bytes of _out already passed on
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while self._at == len(self._out) and not self._eof:
+            self._out, self._at = b"", 0
+            data = self._raw.read(CHUNK)
+            if not data:
+                self._eof = True
+                if self._obj is not None:
+                    raise Truncated("the zstd stream ends inside a frame")
+                break
+            while data:
+                if self._obj is None:
+                    self._obj = self._new()
+                self._out += self._obj.decompress(data)
+                if not self._obj.eof:
+                    break
+                data, self._obj = self._obj.unused_data, None  # the next frame starts here
+        n = min(len(b), len(self._out) - self._at)
+        b[:n] = self._out[self._at : self._at + n]
+        self._at += n
+        return n
+
+
+def _decompressed(name: str, stream: io.BufferedReader) -> io.BufferedIOBase:
+    lower = name.lower()
+    if lower.endswith(".gz"):  # gzip itself raises EOFError when a member ends early
+        return gzip.GzipFile(fileobj=stream, mode="rb")
+    if lower.endswith(".zst"):
+        return io.BufferedReader(ZstdFrames(stream), buffer_size=CHUNK)
     return stream
 
 
@@ -297,7 +366,9 @@ def read_source(
                     yield from read_jsonl(src.name, stream, key, skip_bad, on_bad)
                 else:
                     yield from read_txt(src.name, stream)
-            except (OSError, EOFError) as exc:
+            except (Truncated, EOFError) as exc:
+                raise JobError(f"{src.name}: cannot read: the file is truncated ({exc})") from exc
+            except OSError as exc:
                 raise JobError(f"{src.name}: cannot read: {exc}") from exc
             except Exception as exc:
                 if type(exc).__module__.startswith("zstandard") or "Zstd" in type(exc).__name__:
