@@ -1,0 +1,132 @@
+"""Deploy with the Kubernetes-native engines against the API server stand-in (tests/deploy/standins.py,
+through the official client over TLS): no API server, Kubeflow Trainer or JobSet controller can run
+here, so the stand-in plays their part (indexed pods, conditions) as standins.py describes. The flow is
+the one a cluster sees: Jobs first, then the TrainJob/JobSet, followed to its end; status, logs by node
+rank, teardown, and a second deploy that changes nothing."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from jobs.cli import JobError
+from k8s import deploy as d
+
+ENGINES = {"trainjob": "TrainJob", "jobset": "JobSet"}
+
+
+def _opts(config_file, **kw):
+    return d.Options(config=str(config_file), skip_preflight=True, poll=0.01, **kw)
+
+
+def _verdict() -> str:
+    return json.dumps({"weights_verified": True, "reason": "all files present", "files": 3}) + "\n"
+
+
+@pytest.fixture(params=sorted(ENGINES))
+def engine_config(request, make_config):
+    engine = request.param
+    path = make_config(lambda r: (r.update(train={"engine": engine, "nodes": 3, "gpus_per_node": 8}),
+                                  r.pop("determined_master")))
+    return engine, ENGINES[engine], path
+
+
+def _secrets(config_file, cluster):
+    d.secrets(_opts(config_file), cluster=cluster, out=io.StringIO())
+
+
+def test_deploy_runs_the_jobs_then_the_engine_to_completion_and_again_changes_nothing(
+        engine_config, kube, cluster, secret_env):
+    engine, kind, config = engine_config
+    _secrets(config, cluster)
+    kube.outcomes["probe-weights"] = ("Complete", _verdict())
+    log = io.StringIO()
+    res = d.deploy(_opts(config), cluster=cluster, master=None, out=log)
+    name = "gpt-neox-20b-finetune-train"
+    assert res.train == f"{kind}/{name}" and res.train_state == "Complete"
+    assert res.applied[f"{kind}/{name}"] == "created" and res.experiment_id is None
+    text = log.getvalue()
+    assert f"deploy: {kind}/{name}: 3 nodes x 8 processes ({engine} engine)" in text
+    assert f"deploy: {kind}/{name} succeeded" in text
+    # Applied after the preprocess Job finished, as the last object.
+    writes = [w for w in kube.writes if w[0] == "create"]
+    assert writes[-1] == ("create", kind, name)
+    assert [k for _, k, _ in writes].index("Job") < [k for _, k, _ in writes].index(kind)
+    pods = kube.pods("app.kubernetes.io/component=train")
+    assert sorted(p["metadata"]["labels"]["batch.kubernetes.io/job-completion-index"] for p in pods) == ["0", "1", "2"]
+
+    before = list(kube.writes)
+    log2 = io.StringIO()
+    res2 = d.deploy(_opts(config), cluster=cluster, master=None, out=log2)
+    assert kube.writes == before and set(res2.applied.values()) == {"unchanged"}
+    assert f"deploy: {kind}/{name} unchanged (complete)" in log2.getvalue() and res2.train_state == "Complete"
+
+
+def test_a_failed_run_reports_its_pod_log_and_is_not_restarted_blindly(engine_config, kube, cluster, secret_env):
+    engine, kind, config = engine_config
+    _secrets(config, cluster)
+    kube.outcomes["probe-weights"] = ("Complete", _verdict())
+    kube.outcomes["train"] = ("Failed", "trainer.train: error: config key 'train-iters' must be positive\n")
+    log = io.StringIO()
+    with pytest.raises(JobError, match=f"{kind}/gpt-neox-20b-finetune-train"):
+        d.deploy(_opts(config), cluster=cluster, master=None, out=log)
+    assert "config key 'train-iters' must be positive" in log.getvalue()
+    with pytest.raises(JobError, match=r"failed earlier .*`invoke teardown` then `invoke deploy`"):
+        d.deploy(_opts(config), cluster=cluster, master=None, out=io.StringIO())
+    gone = d.teardown(_opts(config), cluster=cluster, out=io.StringIO())
+    assert f"{kind}/gpt-neox-20b-finetune-train" in gone
+    assert ("PersistentVolumeClaim", "finetune-gpt-neox") in kube.objects  # the volume and its checkpoints stay
+    kube.outcomes["train"] = ("Complete", "trainer.train: done\n")
+    res = d.deploy(_opts(config), cluster=cluster, master=None, out=io.StringIO())
+    assert res.train_state == "Complete" and res.applied[res.train] == "created"
+
+
+def test_no_wait_then_status_logs_by_rank_and_a_changed_spec_is_refused_while_it_runs(
+        engine_config, make_config, kube, cluster, secret_env):
+    engine, kind, config = engine_config
+    _secrets(config, cluster)
+    kube.outcomes["probe-weights"] = ("Complete", _verdict())
+    res = d.deploy(_opts(config, wait_train=False), cluster=cluster, master=None, out=io.StringIO())
+    assert res.train_state == "Running"
+    kube.job_polls = 10**6  # the run goes on
+    out = io.StringIO()
+    report = d.status(_opts(config), cluster=cluster, out=out)
+    assert report["engine"] == engine and report["train"]["state"] in ("Running", "Pending")
+    assert len(report["train"]["pods"]) == 3
+    assert f"train    {kind}/gpt-neox-20b-finetune-train" in out.getvalue()
+    as_json = io.StringIO()
+    d.status(_opts(config), cluster=cluster, out=as_json, as_json=True)
+    assert json.loads(as_json.getvalue())["train"]["kind"] == kind
+
+    node1 = next(p["metadata"]["name"] for p in kube.pods("app.kubernetes.io/component=train")
+                 if p["metadata"]["labels"]["batch.kubernetes.io/job-completion-index"] == "1")
+    kube.logs[node1] = "trainer.launch: node 1 of 3, 8 processes per node\n"
+    out = io.StringIO()
+    assert d.logs(_opts(config), rank=1, cluster=cluster, out=out) == 1
+    assert f"==> pod {node1}" in out.getvalue() and "node 1 of 3" in out.getvalue()
+    with pytest.raises(JobError, match=r"no train pod of node rank 7 \(nodes: 0, 1, 2\)"):
+        d.logs(_opts(config), rank=7, cluster=cluster, out=io.StringIO())
+
+    changed = make_config(lambda r: (r.update(train={"engine": engine, "nodes": 3, "gpus_per_node": 8}),
+                                     r.pop("determined_master"), r["experiment"].update(max_batches=200)),
+                          name="changed.yaml")
+    before = list(kube.writes)
+    with pytest.raises(JobError, match=r"already running with a different spec; wait for it or `invoke teardown`"):
+        d.deploy(_opts(changed), cluster=cluster, master=None, out=io.StringIO())
+    assert [w for w in kube.writes if w[1] == kind] == [w for w in before if w[1] == kind]
+
+
+def test_export_runs_a_job_in_the_cluster_on_the_volume(engine_config, kube, cluster, secret_env):
+    engine, kind, config = engine_config
+    log = io.StringIO()
+    dest = d.export(_opts(config), cluster=cluster, out=log)
+    assert dest == "/mnt/finetune-gpt-neox/export/gpt-neox-20b-finetune/hf"
+    (job,) = [o for (k, _), o in kube.objects.items() if k == "Job"]
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    assert c["command"] == ["python"] and c["args"] == [
+        "-m", "trainer.export", "--checkpoint", "/mnt/finetune-gpt-neox/checkpoints/gpt-neox-20b-finetune",
+        "--out", dest]
+    assert c["image"].endswith("@sha256:" + "1" * 64)
+    assert "Hugging Face model folder at /mnt/finetune-gpt-neox/export/" in log.getvalue()
