@@ -1,5 +1,6 @@
 """The training loop end to end on CPU (DeepSpeed's CPU accelerator, gloo), as subprocesses:
-loss falls, export round trip, kill + resume reproduces losses, data parallel == accumulation,
+loss falls, export round trip, kill + resume reproduces losses (also when killed before a checkpoint
+was complete), keep-last-n-checkpoints over restarts, the S3 mirror, data parallel == accumulation,
 fine-tuning from Hugging Face weights at several ZeRO stages."""
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import yaml
 from jobs.indexed_dataset import IndexedDatasetWriter, dtype_for_vocab
 
 from .conftest import make_hf_model
+from .test_mirror import SECRET, objects, s3  # noqa: F401 - s3 is a fixture
 
 BASE = {
     "num-layers": 2, "hidden-size": 64, "num-attention-heads": 4, "seq-length": 32,
@@ -58,21 +60,27 @@ def write_config(path: Path, corpus: str, **keys) -> Path:
     return path
 
 
-def trainer_cmd(config: Path, nproc: int = 1) -> list[str]:
+def trainer_cmd(config: Path, nproc: int = 1, extra: tuple[str, ...] = ()) -> list[str]:
     if nproc == 1:
-        return [sys.executable, "-m", "trainer.train", "--config", str(config)]
+        return [sys.executable, "-m", "trainer.train", "--config", str(config), *extra]
     return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-            f"--master_port={free_port()}", "-m", "trainer.train", "--config", str(config)]
+            f"--master_port={free_port()}", "-m", "trainer.train", "--config", str(config), *extra]
 
 
 def env() -> dict:
     return {**os.environ, "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
 
 
-def run(config: Path, nproc: int = 1) -> subprocess.CompletedProcess:
-    proc = subprocess.run(trainer_cmd(config, nproc), env=env(), capture_output=True, text=True, timeout=600)
+def run(config: Path, nproc: int = 1, extra: tuple[str, ...] = (), **env_vars: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(trainer_cmd(config, nproc, extra), env={**env(), **env_vars}, capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
+
+
+def complete_steps(save: Path) -> list[int]:
+    return sorted(int(d.name.removeprefix("global_step")) for d in save.glob("global_step*")
+                  if d.name.removeprefix("global_step").isdigit() and (d / "complete.json").is_file())
 
 
 def losses(log_dir: Path, kind: str = "train") -> dict[int, float]:
@@ -122,31 +130,68 @@ def test_export_round_trip(trained, tmp_path):
         torch.testing.assert_close(hf(ids).logits, ours(ids), rtol=1e-4, atol=1e-4)
 
 
-def test_kill_and_resume_reproduces_losses(corpus, tmp_path):
-    keys = {"train-iters": 12, "save-interval": 4, "lr-decay-iters": 12}
-    ref = write_config(tmp_path / "ref.yml", corpus, save=str(tmp_path / "ref"), **keys)
-    run(ref)
-    expected = losses(tmp_path / "ref")
+RESUME_KEYS = {"train-iters": 12, "save-interval": 4, "lr-decay-iters": 12}
 
+
+@pytest.fixture(scope="module")
+def reference12(corpus, tmp_path_factory):
+    """Losses of an uninterrupted 12-iteration run, for the resumed runs to match."""
+    d = tmp_path_factory.mktemp("ref12")
+    run(write_config(d / "ref.yml", corpus, save=str(d / "ref"), **RESUME_KEYS))
+    return losses(d / "ref")
+
+
+def test_kill_and_resume_reproduces_losses(corpus, tmp_path, reference12):
     save = tmp_path / "killed"
-    cfg = write_config(tmp_path / "killed.yml", corpus, save=str(save), **keys)
+    cfg = write_config(tmp_path / "killed.yml", corpus, save=str(save), **RESUME_KEYS)
     proc = subprocess.Popen(trainer_cmd(cfg), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
-        while not (save / "global_step4" / "model_config.json").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
+        while not (save / "global_step4" / "complete.json").exists():
+            assert proc.poll() is None, "the run ended before global_step4 was complete"
+            assert time.monotonic() < deadline, "no complete global_step4 within 300 s"
             time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
+        proc.send_signal(signal.SIGKILL)  # possibly inside global_step8's save: that one must not count
     finally:
         proc.wait()
-    resumed_from = int((save / "latest").read_text().strip().removeprefix("global_step"))
+    resumed_from = complete_steps(save)[-1]
     assert resumed_from in (4, 8) and not (save / "global_step12").exists()
     (save / "metrics.jsonl").unlink()
     run(cfg)
     got = losses(save)
     assert sorted(got) == list(range(resumed_from + 1, 13))
     for it, loss in got.items():
-        assert loss == pytest.approx(expected[it], rel=1e-5), it
+        assert loss == pytest.approx(reference12[it], rel=1e-5), it
+
+
+def test_resume_skips_a_checkpoint_killed_before_it_was_complete(corpus, tmp_path, reference12):
+    """DeepSpeed writes `latest` before the trainer finishes a checkpoint; a kill in that window
+    once restarted from random weights at iteration 1 and overwrote global_step4..."""
+    save = tmp_path / "ckpt"
+    first = write_config(tmp_path / "first.yml", corpus, save=str(save), **RESUME_KEYS, **{"exit-interval": 8})
+    run(first)
+    tag8 = save / "global_step8"
+    assert (save / "global_step4").is_dir() and tag8.is_dir()
+    # the kill window: DeepSpeed's files and `latest` are there, the trainer's last files are not
+    (tag8 / "complete.json").unlink(missing_ok=True)
+    (tag8 / "model_config.json").unlink()
+    assert (save / "latest").read_text().strip() == "global_step8"
+    shards = sorted(p.name for p in tag8.iterdir())
+    (save / "metrics.jsonl").unlink()
+
+    proc = run(write_config(tmp_path / "again.yml", corpus, save=str(save), **RESUME_KEYS))
+    out = proc.stdout + proc.stderr
+    got = losses(save)
+    assert sorted(got) == list(range(5, 13))  # iteration numbers continue from the complete checkpoint
+    for it, loss in got.items():
+        assert loss == pytest.approx(reference12[it], rel=1e-5), it
+    assert f"note: incomplete checkpoint {tag8}, the one 'latest' names, left as is" in out
+    assert f"resumed from {save}/global_step4 at iteration 4" in out
+    # the incomplete folder was moved aside (never deleted) before the new global_step8 took its name
+    aside = list(save.glob("global_step8.incomplete-*"))
+    assert len(aside) == 1 and sorted(p.name for p in aside[0].iterdir()) == shards
+    assert f"moved {tag8} aside to {aside[0]}" in out
+    assert complete_steps(save) == [4, 8, 12]
 
 
 def test_two_data_parallel_ranks_match_twice_the_accumulation(corpus, tmp_path):
@@ -181,14 +226,65 @@ def test_finetune_from_hf_weights_without_optimizer_state(corpus, tmp_path, stag
     assert got[1] == pytest.approx(expected, rel=1e-5)
 
 
-def test_keep_last_n_checkpoints_deletes_older_ones_after_each_save(corpus, tmp_path):
+def test_keep_last_n_checkpoints_counts_complete_ones_across_restarts(corpus, tmp_path):
     save = tmp_path / "ckpt"
-    cfg = write_config(tmp_path / "keep.yml", corpus, **{"train-iters": 6, "save-interval": 2, "eval-interval": 100,
-                                                       "keep-last-n-checkpoints": 2, "save": str(save)})
-    proc = run(cfg)
+    keys = {"save-interval": 2, "eval-interval": 100, "keep-last-n-checkpoints": 2, "save": str(save)}
+    proc = run(write_config(tmp_path / "keep.yml", corpus, **{"train-iters": 6, **keys}))
     assert sorted(d.name for d in save.glob("global_step*")) == ["global_step4", "global_step6"]
     assert (save / "latest").read_text().strip() == "global_step6"
     assert f"removed checkpoint {save / 'global_step2'}" in proc.stdout + proc.stderr
+    # a folder some killed run left half written: it neither counts towards the 2 nor goes
+    (save / "global_step9").mkdir()
+    (save / "global_step9" / "mp_rank_00_model_states.pt").write_bytes(b"partial")
+    proc = run(write_config(tmp_path / "keep2.yml", corpus, **{"train-iters": 10, **keys}))
+    out = proc.stdout + proc.stderr
+    assert sorted(d.name for d in save.glob("global_step*")) == ["global_step10", "global_step8", "global_step9"]
+    assert f"resumed from {save}/global_step6 at iteration 6" in out
+    assert f"incomplete checkpoint {save / 'global_step9'}, left as is" in out
+    assert complete_steps(save) == [8, 10]
+    assert f"removed checkpoint {save / 'global_step4'}" in out and f"removed checkpoint {save / 'global_step6'}" in out
+
+
+def test_completed_checkpoints_are_mirrored_to_s3(corpus, tmp_path, s3):  # noqa: F811
+    save = tmp_path / "ckpt"
+    cfg = write_config(tmp_path / "m.yml", corpus, **{"train-iters": 4, "save-interval": 2, "save": str(save)})
+    proc = run(cfg, extra=("--mirror", "s3://ckpt/runs/one"))
+    out = proc.stdout + proc.stderr
+    for step in (2, 4):
+        marker = json.loads((save / f"global_step{step}" / "complete.json").read_text())
+        remote = objects(s3, f"runs/one/global_step{step}/")
+        want = {f"runs/one/global_step{step}/{rel}": size for rel, size in marker["files"].items()}
+        assert {k: v for k, v in remote.items() if not k.endswith("complete.json")} == want
+        assert f"runs/one/global_step{step}/complete.json" in remote
+        assert f"mirrored global_step{step} to s3://ckpt/runs/one/global_step{step}" in out
+    assert s3.get_object(Bucket="ckpt", Key="runs/one/latest")["Body"].read() == b"global_step4"
+    stats = json.loads((save / "train-stats.json").read_text())
+    assert stats["mirror"] == {"url": "s3://ckpt/runs/one", "uploaded": ["global_step2", "global_step4"], "failed": []}
+    assert SECRET not in out
+
+
+def test_a_mirror_failure_is_one_warning_and_training_finishes(corpus, tmp_path, s3):  # noqa: F811
+    save = tmp_path / "ckpt"
+    cfg = write_config(tmp_path / "m.yml", corpus, **{"train-iters": 2, "save": str(save)})
+    proc = run(cfg, NEOX_CHECKPOINT_MIRROR="s3://no-such-bucket/x")
+    out = proc.stdout + proc.stderr
+    warnings = [line for line in out.splitlines() if "warning: mirroring" in line]
+    assert len(warnings) == 1 and "global_step2" in warnings[0] and "training continues" in warnings[0]
+    assert "done: 2 iterations" in out and complete_steps(save) == [2]
+    assert SECRET not in out
+
+
+def test_export_never_replaces_a_non_empty_folder(trained, tmp_path):
+    d, _ = trained
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    proc = subprocess.run([sys.executable, "-m", "trainer.export", "--checkpoint", str(d / "ckpt"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"trainer.export: error: --out {out}: folder exists and is not empty; name a new folder (nothing was written)"]
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
 
 
 def test_deepspeed_launcher_runs_the_same_training_as_torchrun(corpus, tmp_path):
