@@ -33,6 +33,7 @@ TINY = {
     "train_micro_batch_size_per_gpu": 4, "split": "90,10,0", "eval-iters": 2, "log-interval": 1,
     "seed": 7, "train-iters": 12, "lr-decay-iters": 12, "save-interval": 4,
 }
+SECRET = "node-secret-never-logged-7f3a"  # moto takes any keys
 TIMEOUT = 900  # two trainer containers importing torch and DeepSpeed on a loaded 2-core machine
 
 
@@ -88,13 +89,24 @@ def rendered_node_env(tmp_path: Path, nodes: int) -> dict[str, str]:
     (container,) = plan.train_object["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"]
     assert container["command"] == list(js.LAUNCH)
     # Secret references (the S3 keys of the checkpoint mirror) have no Kubernetes to resolve them here.
-    return {e["name"]: e["value"] for e in container["env"] if "value" in e and e["name"] != "NEOX_CHECKPOINT_MIRROR"}
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    # The S3 keys come by reference from the checkpoint Secret; name them as the kubelet would fill them.
+    refs = [e["name"] for e in container["env"] if "valueFrom" in e]
+    assert refs == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+    return env
 
 
-def node_envs(rendered: dict[str, str], nodes: int, port: int) -> list[dict[str, str]]:
-    """What each pod of the Indexed Job sees, with the master address rewritten to loopback."""
+def node_envs(rendered: dict[str, str], nodes: int, port: int, s3: str | None = None) -> list[dict[str, str]]:
+    """What each pod of the Indexed Job sees, with the addresses rewritten to loopback: the master, and
+    the S3 endpoint of the checkpoint mirror (moto here, the Secret's keys moto's own), or no mirror."""
     assert rendered["PET_MASTER_ADDR"].endswith("-node-0-0." + rendered["PET_MASTER_ADDR"].split(".", 1)[1])
     base = {**rendered, "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+    if s3:
+        base.update(AWS_ENDPOINT_URL=s3, AWS_ACCESS_KEY_ID="AKIDNODETEST", AWS_SECRET_ACCESS_KEY=SECRET,
+                    AWS_DEFAULT_REGION="us-east-1")
+    else:
+        base.pop("NEOX_CHECKPOINT_MIRROR")
+        base.pop("AWS_ENDPOINT_URL")
     return [{**base, "JOB_COMPLETION_INDEX": str(i)} for i in range(nodes)]
 
 
@@ -120,13 +132,26 @@ def one_process(docker_engine, trainer_image, volume):
 
 def test_two_containers_as_two_nodes_train_like_one_process(docker_engine, trainer_image, volume, one_process,
                                                              tmp_path):
+    from local.s3 import LocalS3
+
     rendered = rendered_node_env(tmp_path, nodes=2)
     assert (rendered["PET_NNODES"], rendered["PET_NPROC_PER_NODE"]) == ("2", "1")
+    bucket, prefix = rendered["NEOX_CHECKPOINT_MIRROR"].removeprefix("s3://").split("/", 1)
     lines: list[str] = []
     runner = Runner(docker_engine, volume, log=lines.append)
     runner.prepare_volume()
-    logs = runner.run_nodes("train", trainer_image, train_args(f"{MOUNT}/two", gradient_accumulation_steps=2),
-                            list(js.LAUNCH), node_envs(rendered, 2, _free_port()))
+    with LocalS3() as s3:
+        s3.create_bucket(bucket)
+        logs = runner.run_nodes("train", trainer_image, train_args(f"{MOUNT}/two", gradient_accumulation_steps=2),
+                                list(js.LAUNCH), node_envs(rendered, 2, _free_port(), s3=s3.endpoint))
+        keys = {o["Key"] for page in s3.client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+                for o in page.get("Contents", [])}
+        latest = s3.client.get_object(Bucket=bucket, Key=f"{prefix}/latest")["Body"].read().decode().strip()
+    # Every complete checkpoint is in the bucket, marker included; the newest is what `latest` names.
+    for step in (4, 8, 12):
+        assert f"{prefix}/global_step{step}/complete.json" in keys, sorted(keys)[:20]
+    assert latest == "global_step12"
+    assert not any(SECRET in line for line in lines)  # the Secret's key never reaches a log
     assert logs[1].splitlines()[0].startswith("trainer.launch: node 1 of 2, 1 processes per node, world 2")
     assert logs[1].splitlines()[0].endswith("(from jobset)")
     got = losses(volume / "two" / "metrics.jsonl")
@@ -155,7 +180,7 @@ def test_a_killed_node_container_and_a_restart_of_the_set_resume_exactly(docker_
     thread = threading.Thread(target=first_attempt, daemon=True)
     thread.start()
     deadline = time.monotonic() + TIMEOUT
-    while not (save / "global_step4" / "model_config.json").exists():
+    while not (save / "global_step4" / "complete.json").exists():  # the checkpoint counts once marked
         assert thread.is_alive(), f"the run ended before its first checkpoint: {failure}"
         assert time.monotonic() < deadline, "timed out waiting for the checkpoint global_step4"
         time.sleep(0.1)
