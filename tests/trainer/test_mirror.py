@@ -110,3 +110,17 @@ def test_a_malformed_url_is_refused(url):
 
     with pytest.raises(JobError, match=r"--mirror .*: expected s3://BUCKET\[/PREFIX\]"):
         parse_url(url)
+
+
+def test_mirror_settings_are_checked_before_any_heavy_work(tmp_path, capsys, monkeypatch):
+    from trainer.train import main
+
+    f = tmp_path / "c.yml"
+    f.write_text(f"data-path: {tmp_path}/nope_text_document\npadded-vocab-size: 64\nseq-length: 16\n")
+    assert main(["--config", str(f), "--mirror", "s3://bucket/p"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "trainer.train: error: --mirror s3://bucket/p: needs config key 'save' (the checkpoints it mirrors)"]
+    monkeypatch.setenv("NEOX_CHECKPOINT_MIRROR", "http://bucket/p")
+    assert main(["--config", str(f), "--override", f"save={tmp_path}/ckpt"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "trainer.train: error: env NEOX_CHECKPOINT_MIRROR 'http://bucket/p': expected s3://BUCKET[/PREFIX]"]
