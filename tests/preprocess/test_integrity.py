@@ -1,0 +1,137 @@
+"""Nothing lost, nothing half-accepted: an input cut short or holding no documents is an error naming
+it, malformed inputs and unwritable outputs are one line, and the output folder keeps what is not ours."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import time
+
+import pytest
+import zstandard
+
+from jobs.preprocess.__main__ import main
+from tests.fetch.readonly import unprivileged, world_readable_tmp
+
+from .helpers import read_docs
+
+LINES = [json.dumps({"text": f"document {i} " + "words " * (i % 50)}) + "\n" for i in range(20000)]
+DATA = "".join(LINES).encode()
+
+
+def _run(capsys, prefix, inputs, tokenizer_path, *extra):
+    rc = main(
+        [
+            "--input",
+            *map(str, inputs),
+            "--tokenizer",
+            str(tokenizer_path),
+            "--output-prefix",
+            str(prefix),
+            *extra,
+        ]
+    )
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("preprocess: error: "), err
+    return lines[0]
+
+
+def _zst_blocks() -> list[bytes]:
+    """A one-frame .zst written block by block, as a streaming compressor writes it."""
+    z = zstandard.ZstdCompressor().compressobj()
+    parts = []
+    for i in range(0, len(DATA), 64 << 10):
+        parts += [z.compress(DATA[i : i + (64 << 10)]), z.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)]
+    return [p for p in [*parts, z.flush()] if p]
+
+
+def test_a_compressed_input_that_ends_early_fails_naming_the_file(capsys, tmp_path, tokenizer_path):
+    blocks = _zst_blocks()
+    cut_zst = tmp_path / "cut.jsonl.zst"
+    cut_zst.write_bytes(b"".join(blocks[: len(blocks) // 2]))  # ends at a block boundary, mid-frame
+    cut_gz = tmp_path / "cut.jsonl.gz"
+    packed = gzip.compress(DATA)
+    cut_gz.write_bytes(packed[: len(packed) // 2])
+    for cut in (cut_zst, cut_gz):
+        rc, _, err = _run(capsys, tmp_path / "out" / "ds", [cut], tokenizer_path)
+        line = _one_line(err)
+        assert rc == 1 and f"{cut}: cannot read: the file is truncated" in line, line
+        assert not list((tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else True
+    whole = tmp_path / "whole.jsonl.zst"
+    whole.write_bytes(b"".join(blocks))
+    rc, _, err = _run(capsys, tmp_path / "ok", [whole], tokenizer_path)
+    assert rc == 0, err
+    assert len(read_docs(tmp_path / "ok_text_document")) == len(LINES)
+
+
+def test_an_input_without_documents_is_an_error_unless_allowed(capsys, tmp_path, tokenizer_path):
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(DATA[:1000].rsplit(b"\n", 1)[0] + b"\n")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    empty_zst = tmp_path / "empty.jsonl.zst"
+    empty_zst.write_bytes(zstandard.ZstdCompressor().compress(b"\n\n"))
+    for inputs, named in (([empty], empty), ([good, empty_zst], empty_zst)):
+        rc, _, err = _run(capsys, tmp_path / "out" / "ds", inputs, tokenizer_path)
+        line = _one_line(err)
+        assert rc == 1 and f"{named}: no documents" in line and "--allow-empty" in line, line
+        assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*"))
+    rc, out, err = _run(capsys, tmp_path / "out" / "ds", [empty], tokenizer_path, "--allow-empty")
+    assert rc == 0 and "0 documents" in out, err
+    assert read_docs(tmp_path / "out" / "ds_text_document") == []
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "",
+        "s3:/bucket/x.jsonl",
+        "https:/host/x.jsonl",
+        "s3://",
+        "http://",
+        "https:///x.jsonl",
+        "http://[::1/x.jsonl",
+        "http://h:99999/x.jsonl",
+        "http://exa mple.com/x.jsonl",
+    ],
+)
+def test_a_malformed_input_is_one_line(spec, capsys, tmp_path, tokenizer_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = _run(capsys, tmp_path / "out" / "ds", [spec], tokenizer_path)
+    line = _one_line(err)
+    assert rc == 1 and ("malformed URL" in line if spec else "empty path" in line), line
+
+
+def test_a_read_only_output_folder_is_one_line(capsys, tokenizer_path):
+    with world_readable_tmp() as tmp:
+        src = tmp / "a.jsonl"
+        src.write_bytes(DATA[:1000].rsplit(b"\n", 1)[0] + b"\n")
+        out = tmp / "out"
+        out.mkdir()
+        out.chmod(0o555)
+        with unprivileged():
+            rc, _, err = _run(capsys, out / "ds", [src], tokenizer_path)
+    line = _one_line(err)
+    assert rc == 1 and str(out) in line and "Permission denied" in line, line
+
+
+def test_the_output_folder_keeps_unrelated_files(capsys, tmp_path, tokenizer_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    keep = {"notes.txt": b"mine", "ds_text_document.bin.tmp.keep": b"looks like a temp file, is not"}
+    for name, data in keep.items():
+        (out / name).write_bytes(data)
+        old = time.time() - 3600  # older than the stale-temp age
+        os.utime(out / name, (old, old))
+    src = tmp_path / "a.jsonl"
+    src.write_bytes(DATA[:1000].rsplit(b"\n", 1)[0] + b"\n")
+    rc, _, err = _run(capsys, out / "ds", [src], tokenizer_path)
+    assert rc == 0, err
+    for name, data in keep.items():
+        assert (out / name).read_bytes() == data, name
