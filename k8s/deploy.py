@@ -404,7 +404,7 @@ def export(opts: Options, experiment_id: int | None = None, checkpoint: str | No
         if not opts.out:
             raise JobError("export: --out DIR is required to export on this machine")
         if checkpoint is None and experiment_id is None and cfg.train.engine != "determined":
-            checkpoint = stages.mirror_url(cfg)
+            checkpoint = _export.mirror_checkpoint(stages.mirror_url(cfg), cfg["checkpoints"].get("endpoint_url"))
         if master is None and experiment_id is not None:
             master = connect(cfg, opts)[1]
         return str(_export.export(cfg, opts.out, experiment_id=experiment_id, checkpoint=checkpoint, master=master,

@@ -30,6 +30,20 @@ def checkpoint_url(cfg: PipelineConfig, master: Master, experiment_id: int) -> s
     return f"s3://{cfg['checkpoints']['bucket']}/{prefix + '/' if prefix else ''}{ck['uuid']}"
 
 
+def mirror_checkpoint(mirror: str, endpoint_url: str | None) -> str:
+    """The newest complete checkpoint in a trainer's mirror (`PREFIX/latest` names it; the trainer
+    writes it only after the checkpoint's marker), as s3://BUCKET/PREFIX/TAG."""
+    parsed = urlparse(mirror)
+    bucket, prefix = parsed.netloc, parsed.path.strip("/")
+    key = f"{prefix}/latest" if prefix else "latest"
+    try:
+        tag = s3_client(endpoint_url).get_object(Bucket=bucket, Key=key)["Body"].read().decode().strip()
+    except botocore.exceptions.ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "S3 error")
+        raise JobError(f"checkpoint mirror {mirror}: no latest ({code}); has the run saved a checkpoint yet?") from exc
+    return f"{mirror.rstrip('/')}/{tag}"
+
+
 def download(url: str, dest: Path, endpoint_url: str | None) -> tuple[int, int]:
     """Every object under the s3:// prefix into `dest`, via a temporary folder renamed at the end."""
     parsed = urlparse(url)
@@ -73,6 +87,8 @@ def export(cfg: PipelineConfig, out: str | os.PathLike, experiment_id: int | Non
     if checkpoint is None:
         checkpoint = checkpoint_url(cfg, master or Master(cfg["determined_master"]), experiment_id)
     out = Path(out)
+    if out.is_dir() and any(out.iterdir()) or out.exists() and not out.is_dir():
+        raise JobError(f"export: --out {out} exists and is not empty; name a new folder (nothing in it was touched)")
     raw = out / "checkpoint"
     files, total = download(checkpoint, raw, cfg["checkpoints"].get("endpoint_url"))
     print(f"export: downloaded {files} files ({human_bytes(total)}) from {checkpoint}", file=stream)

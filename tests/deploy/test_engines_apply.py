@@ -130,3 +130,36 @@ def test_export_runs_a_job_in_the_cluster_on_the_volume(engine_config, kube, clu
         "--out", dest]
     assert c["image"].endswith("@sha256:" + "1" * 64)
     assert "Hugging Face model folder at /mnt/finetune-gpt-neox/export/" in log.getvalue()
+
+
+def test_local_export_takes_the_newest_complete_checkpoint_from_the_mirror(make_config, s3, tmp_path):
+    """`invoke export --local` on a TrainJob/JobSet run: the mirror's `latest` names the checkpoint, only
+    that one is downloaded (moto stands in for the bucket), and an --out with files in it is refused."""
+    import sys
+
+    url, client = s3
+    client.create_bucket(Bucket="model-checkpoints")
+    prefix = "gpt-neox-20b/gpt-neox-20b-finetune"
+    for key in ("global_step4/mp_rank_00_model_states.pt", "global_step4/complete.json",
+                "global_step8/mp_rank_00_model_states.pt", "global_step8/complete.json"):
+        client.put_object(Bucket="model-checkpoints", Key=f"{prefix}/{key}", Body=b"x")
+    client.put_object(Bucket="model-checkpoints", Key=f"{prefix}/latest", Body=b"global_step8\n")
+    config = make_config(lambda r: (r.update(train={"engine": "jobset"}), r.pop("determined_master"),
+                                    r["checkpoints"].update(endpoint_url=url)))
+    # Stands in for `python -m trainer.export` (tested on the CPU in tests/trainer): records its input.
+    fake = tmp_path / "fake_export.py"
+    fake.write_text("import sys, pathlib\n"
+                    "a = sys.argv; ck = pathlib.Path(a[a.index('--checkpoint') + 1]); "
+                    "out = pathlib.Path(a[a.index('--out') + 1]); out.mkdir(parents=True)\n"
+                    "(out / 'files.txt').write_text('\\n'.join(sorted(p.name for p in ck.rglob('*') if p.is_file())))\n")
+    hf = d.export(_opts(config, out=str(tmp_path / "model")), local=True, out=io.StringIO(),
+                  command=(sys.executable, str(fake)))
+    assert (tmp_path / "model" / "hf" / "files.txt").read_text().split() == ["complete.json",
+                                                                            "mp_rank_00_model_states.pt"]
+    assert hf == str(tmp_path / "model" / "hf")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    with pytest.raises(JobError, match="exists and is not empty"):
+        d.export(_opts(config, out=str(mine)), local=True, out=io.StringIO(), command=(sys.executable, str(fake)))
+    assert [p.name for p in mine.iterdir()] == ["keep.txt"]
