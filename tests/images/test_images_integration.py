@@ -13,6 +13,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import requests
 
 from images.build import ImageError, build_images
 from images.catalog import CATALOG, by_name
@@ -22,6 +23,7 @@ from images.push import push_image, write_lock
 pytestmark = pytest.mark.integration
 
 SHIPPED = [s.name for s in CATALOG if s.shipped]
+CLIENT_TIMEOUT = 900  # seconds for one engine call, sized for the slowest container here
 HELP_COMMAND = {
     "fetcher": ["--help"],
     "preprocessor": ["--help"],
@@ -32,10 +34,12 @@ HELP_COMMAND = {
 def run_container(
     image: str, command: list[str], entrypoint: str | None = None, volumes: dict | None = None, **kwargs
 ) -> tuple[int, str]:
-    """Run a container to completion with testcontainers; return (exit code, logs)."""
+    """Run a container to completion with testcontainers; return (exit code, logs). The client waits up
+    to CLIENT_TIMEOUT for each engine call (docker-py's default 60 s is too short on a loaded 2-core
+    machine while the trainer image imports torch and DeepSpeed)."""
     from testcontainers.core.container import DockerContainer
 
-    container = DockerContainer(image).with_command(command)
+    container = DockerContainer(image, docker_client_kw={"timeout": CLIENT_TIMEOUT}).with_command(command)
     for host, mount in (volumes or {}).items():
         container = container.with_volume_mapping(host, mount["bind"], mount["mode"])
     if entrypoint is not None:
@@ -45,7 +49,10 @@ def run_container(
     container.start()
     try:
         wrapped = container.get_wrapped_container()
-        code = wrapped.wait(timeout=300)["StatusCode"]
+        try:
+            code = wrapped.wait(timeout=CLIENT_TIMEOUT)["StatusCode"]
+        except requests.exceptions.ConnectionError as exc:  # docker-py's read timeout
+            raise AssertionError(f"{image} {command}: no exit within {CLIENT_TIMEOUT} s") from exc
         logs = wrapped.logs().decode(errors="replace")
     finally:
         container.stop()
