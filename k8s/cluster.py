@@ -429,7 +429,18 @@ class Cluster:
         body["items"] = body.get("items") or []
         return body
 
-    def pod_log(self, pod: str, tail_lines: int = 50, container: str | None = None) -> str:
+    def pod_log(
+        self,
+        pod: str,
+        tail_lines: int = 50,
+        container: str | None = None,
+        follow: bool = False,
+        out: TextIO | None = None,
+    ) -> str:
+        """The last `tail_lines` of the log; with `follow`, streamed to `out` until the container ends."""
+        if follow:
+            self.follow_log(pod, out or sys.stdout, container=container, tail_lines=tail_lines)
+            return ""
         query = [("tailLines", str(tail_lines))] + ([("container", container)] if container else [])
         try:
             resp = self._call("GET", self._path("Pod", pod, "log"), f"log of pod {pod}", query=query)

@@ -514,6 +514,8 @@ class FakeKube(_Server):
                     events.append({"type": "DELETED", "object": sent.pop(n)})
             for e in events:
                 yield json.dumps(e).encode() + b"\n"
+            if current and kind in WORKLOADS and all(self._finished(kind, o) for o in current.values()):
+                return  # nothing more will happen to them; a server may end a watch at any time
             time.sleep(self.tick)
 
     def _log(self, pod, query):
@@ -747,17 +749,20 @@ class FakeKube(_Server):
                 ],
             }
 
-    def _advance(self, kind: str, name: str) -> None:
-        obj = self.objects[(kind, name)]
-        status = obj.setdefault("status", {})
+    @staticmethod
+    def _finished(kind: str, obj: dict) -> bool:
         done = {
             "Job": ("Complete", "Failed"),
             "JobSet": ("Completed", "Failed"),
             "TrainJob": ("Complete", "Failed"),
         }
-        if any(
-            c.get("type") in done[kind] and c.get("status") == "True" for c in status.get("conditions") or []
-        ):
+        conditions = (obj.get("status") or {}).get("conditions") or []
+        return any(c.get("type") in done[kind] and c.get("status") == "True" for c in conditions)
+
+    def _advance(self, kind: str, name: str) -> None:
+        obj = self.objects[(kind, name)]
+        status = obj.setdefault("status", {})
+        if self._finished(kind, obj):
             return
         key = (kind, name)
         self._polls[key] = self._polls.get(key, 0) + 1

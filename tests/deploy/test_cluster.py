@@ -492,3 +492,8 @@ def test_logs_are_followed_as_they_are_written(kube, cluster):
     assert time.monotonic() - started >= 0.8  # it stayed on the stream until the container ended
     assert out.getvalue() == 'fetch: starting\nfetch: 12.0 GB in 0:41\n{"weights_verified": true}\n'
     assert cluster.pod_log(pod, 1) == '{"weights_verified": true}\n'  # JSON lines stay text
+    again = io.StringIO()  # follow=True on pod_log streams too; the pod has ended, so it returns at once
+    assert (
+        cluster.pod_log(pod, 1, follow=True, out=again) == ""
+        and again.getvalue() == '{"weights_verified": true}\n'
+    )
