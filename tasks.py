@@ -128,7 +128,7 @@ def _build_args(pairs: list[str] | None) -> dict[str, str]:
 
 @neox_task(
     positional=[],
-    iterable=["build_arg"],
+    iterable=["build_arg", "label"],
     help={
         "names": "comma-separated images to build, e.g. trainer,fetcher (default: all shipped images)",
         "base-image": f"base image (default {DEFAULT_BASE_IMAGE}, or {LOCAL_BASE_IMAGE} from `invoke base` when that cannot be pulled)",
@@ -136,13 +136,21 @@ def _build_args(pairs: list[str] | None) -> dict[str, str]:
         "build-arg": "KEY=VALUE for an ARG an image's Dockerfile declares (repeatable), e.g. TORCH_VERSION=2.11.0",
         "cache-from": "registry prefix whose <name>:main images seed the layer cache",
         "prune": "afterwards untag older images of the built repositories so the engine frees their layers",
+        "label": "KEY=VALUE label for the shipped images (repeatable), e.g. org.opencontainers.image.version=1.2.0",
     },
 )
-def build(c, names=None, base_image=None, force=False, build_arg=None, cache_from=None, prune=False):
+def build(
+    c, names=None, base_image=None, force=False, build_arg=None, cache_from=None, prune=False, label=None
+):
     """Build images in dependency order; unchanged images are found by content tag and not rebuilt."""
+    from images.build import parse_labels
+
     try:
+        labels = parse_labels(label)
         client = docker_client()
-        built = _build(c, client, names, base_image, build_arg, force=force, cache_from=cache_from)
+        built = _build(
+            c, client, names, base_image, build_arg, force=force, cache_from=cache_from, labels=labels
+        )
     except ImageError as exc:
         raise _fail(exc) from exc
     for image in built.values():

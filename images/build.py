@@ -8,6 +8,7 @@ import io
 import re
 import subprocess
 import time
+import tomllib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +27,88 @@ from images.context import ContextError, content_tag, host_ca_bundle, make_conte
 
 class ImageError(Exception):
     """A build, push or engine failure: the message is the one line shown to the user."""
+
+
+OCI = "org.opencontainers.image"
+CONTENT_TAG_LABEL = "neox-pipeline.content-tag"
+# Set from what the builder resolved; a --label cannot claim another base or content.
+_BUILDER_LABELS = (f"{OCI}.base.name", f"{OCI}.base.digest", CONTENT_TAG_LABEL)
+_LABEL_KEY = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*$")
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    """The image a chain starts from, as the OCI base labels name it."""
+
+    name: str  # the reference built on, without a digest
+    digest: str  # its manifest digest, or the image ID of an image that never came from a registry
+
+
+def base_identity(ref: str, repo_digests: Iterable[str], image_id: str) -> BaseImage:
+    """Name and digest of the base `ref`: the pinned digest when the reference has one, else the
+    registry's digest the engine recorded when it pulled the image, else (an image made locally by
+    `invoke base`, never pulled) its image ID, the only digest it has."""
+    name, _, pinned = ref.partition("@")
+    if pinned:
+        return BaseImage(name, pinned)
+    repository = name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+    for entry in repo_digests:
+        repo, _, digest = entry.partition("@")
+        if repo == repository or repo.endswith(f"/{repository}"):
+            return BaseImage(name, digest)
+    return BaseImage(name, image_id)
+
+
+def project_metadata(root: Path) -> tuple[str, str]:
+    """The version and SPDX licence expression pyproject.toml declares (the label defaults)."""
+    with open(root / "pyproject.toml", "rb") as f:
+        project = tomllib.load(f)["project"]
+    licence = project.get("license", "")
+    if isinstance(licence, dict):  # the pre-PEP 639 table form
+        licence = licence.get("text", "")
+    return str(project.get("version", "")), str(licence)
+
+
+def parse_labels(pairs: Iterable[str] | None) -> dict[str, str]:
+    """`--label KEY=VALUE` pairs; each must be a well-formed key, and not one the builder sets itself."""
+    labels: dict[str, str] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not _LABEL_KEY.match(key):
+            raise ImageError(f"--label {pair!r} must be KEY=VALUE with a lower-case dotted key")
+        if key in _BUILDER_LABELS:
+            raise ImageError(f"--label {key} is set by the builder from the base image and content it built")
+        labels[key] = value
+    return labels
+
+
+def image_labels(
+    spec: ImageSpec,
+    *,
+    content_tag: str,
+    base: BaseImage,
+    version: str,
+    licenses: str,
+    revision: str,
+    created: str,
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """The labels an image is built with: the OCI annotation keys and the content tag; `extra`
+    (CI's version, revision, source and time) overrides the defaults, never the base or content."""
+    labels = {
+        f"{OCI}.title": f"neox-pipeline {spec.name}",
+        f"{OCI}.description": spec.description,
+        f"{OCI}.source": SOURCE_URL,
+        f"{OCI}.version": version,
+        f"{OCI}.licenses": licenses,
+        f"{OCI}.revision": revision,
+        f"{OCI}.created": created,
+        **{k: v for k, v in (extra or {}).items() if k not in _BUILDER_LABELS},
+        f"{OCI}.base.name": base.name,
+        f"{OCI}.base.digest": base.digest,
+        CONTENT_TAG_LABEL: content_tag,
+    }
+    return labels
 
 
 @dataclass(frozen=True)
@@ -153,6 +236,7 @@ def build_images(
     build_args: dict[str, str] | None = None,
     cache_from: str | None = None,
     no_cache: bool = False,
+    labels: dict[str, str] | None = None,
 ) -> dict[str, BuiltImage]:
     """Build the requested images (and their parents) in dependency order.
 
@@ -161,24 +245,32 @@ def build_images(
     catalog's (each key must be declared by some image's Dockerfile as an ARG); `cache_from` is a
     registry prefix whose `<name>:main` images and stage caches seed the layer cache (pulled when
     reachable; the stages are rebuilt and tagged there for `invoke push --with-cache`);
-    `no_cache` also ignores the engine's layer cache (cold builds, for benchmarks).
+    `no_cache` also ignores the engine's layer cache (cold builds, for benchmarks). `labels`
+    (`parse_labels`) go on the shipped images over the defaults of `image_labels`; a shipped image
+    whose labels differ from them is rebuilt (only its label step: the layers are cached).
     """
     order = build_order(names, catalog)
     overrides = dict(build_args or {})
     _check_overrides(root, order, overrides)
     client = client or docker_client()
     revision = git_revision(root)
+    version, licenses = project_metadata(root)
     ca_bundle = host_ca_bundle()
+    base_found = _find_image(client, base_image)
+    if base_found is None:
+        raise ImageError(
+            f"base image {base_image} is not in the local engine; pull it, or run `invoke base` "
+            "and pass --base-image"
+        )
+    base = base_identity(base_image, base_found.attrs.get("RepoDigests") or (), base_found.id)
     built: dict[str, BuiltImage] = {}
     for spec in order:
         start = time.monotonic()
+        # Labels the caller asked for go on shipped images only: on the parent they would change
+        # its ID and so every child's cache key, rebuilding all of them for a version string.
+        requested = dict(labels or {}) if spec.shipped else {}
         if spec.parent is None:
-            if _find_image(client, base_image) is None:
-                raise ImageError(
-                    f"base image {base_image} is not in the local engine; pull it, or run `invoke base` "
-                    "and pass --base-image"
-                )
-            parent_ref, parent_id = base_image, client.images.get(base_image).id
+            parent_ref, parent_id = base_image, base_found.id
         else:
             parent = built[spec.parent]
             parent_ref, parent_id = parent.ref, parent.image_id
@@ -195,6 +287,9 @@ def build_images(
         tag = content_tag(context, build_args, parent_id)
         repository = f"{REPOSITORY_PREFIX}/{spec.name}"
         existing = None if force or no_cache else _find_image(client, f"{repository}:{tag}")
+        if existing is not None and any((existing.labels or {}).get(k) != v for k, v in requested.items()):
+            log(f"[{spec.name}] {repository}:{tag} exists with other labels; building it with these")
+            existing = None
         if existing is not None:
             client.api.tag(existing.id, repository, f"git-{revision}")
             built[spec.name] = BuiltImage(
@@ -203,21 +298,21 @@ def build_images(
             log(f"[{spec.name}] up to date: {repository}:{tag}")
             continue
         log(f"[{spec.name}] building {repository}:{tag} on {parent_ref}")
-        labels = {
-            "org.opencontainers.image.title": f"neox-pipeline {spec.name}",
-            "org.opencontainers.image.description": spec.description,
-            "org.opencontainers.image.source": SOURCE_URL,
-            "org.opencontainers.image.revision": revision,
-            "org.opencontainers.image.created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "org.opencontainers.image.base.name": parent_ref,
-            "neox-pipeline.content-tag": tag,
-        }
         build = functools.partial(
             _engine_build,
             client,
             context,
             build_args,
-            labels,
+            image_labels(
+                spec,
+                content_tag=tag,
+                base=base,
+                version=version,
+                licenses=licenses,
+                revision=revision,
+                created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                extra=requested,
+            ),
             no_cache,
             lambda line, n=spec.name: log(f"[{n}] {line}"),
         )

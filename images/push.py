@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from images.build import BuiltImage, ImageError
+from images.build import OCI, BuiltImage, ImageError
 
 _TRANSIENT = re.compile(
     r"timeout|timed out|connection reset|connection refused|temporar|503|502|504|EOF|broken pipe|i/o",
@@ -25,6 +25,8 @@ _TRANSIENT = re.compile(
 )
 _AUTH = re.compile(r"unauthorized|authentication required|denied|401|403", re.I)
 _REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(:\d+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")  # the registry's tag grammar
+_PRERELEASE = re.compile(r"^v?\d+\.\d+\.\d+-[0-9A-Za-z.-]+$")  # semver with a pre-release part
 
 
 class PushError(ImageError):
@@ -39,6 +41,22 @@ def check_registry(registry: str) -> str:
     if "://" in registry or not _REGISTRY.match(registry) or "/" not in registry:
         raise ImageError(f"--registry {registry!r} must look like HOST[:PORT]/NAMESPACE (no scheme)")
     return registry
+
+
+def check_tags(tags: Iterable[str], version: str | None = None) -> list[str]:
+    """The extra tags, each valid; `latest` is refused beside a pre-release (a pre-release tag or
+    the image's version label), so a release candidate can never move what `latest` pulls."""
+    tags = list(tags)
+    for tag in tags:
+        if not _TAG.match(tag):
+            raise ImageError(
+                f"--tag {tag!r} is not a valid image tag ([A-Za-z0-9_][A-Za-z0-9_.-], at most 128)"
+            )
+    if "latest" in tags:
+        prerelease = next((t for t in [version or "", *tags] if _PRERELEASE.match(t)), None)
+        if prerelease:
+            raise ImageError(f"--tag latest refused: {prerelease} is a pre-release")
+    return tags
 
 
 def stream_push(events: Iterator[dict], log: Callable[[str], None]) -> str | None:
@@ -101,7 +119,8 @@ def push_image(
 ) -> str:
     """Tag `image` as REGISTRY/<name>:<content tag> (+ extra tags), push, return `repo@digest`."""
     repository = f"{registry}/{image.name}"
-    tags = [image.tag, *extra_tags]
+    version = (client.images.get(image.image_id).labels or {}).get(f"{OCI}.version")
+    tags = [image.tag, *check_tags(extra_tags, version)]
     for tag in tags:
         client.api.tag(image.image_id, repository, tag)
     for tag in tags:

@@ -182,3 +182,149 @@ def test_unknown_build_arg_is_refused_before_the_engine_is_touched():
         build_images(ROOT, ["trainer"], client=object(), build_args={"NOPE": "1"})
     with pytest.raises(ImageError, match="BASE_IMAGE is set with --base-image"):
         build_images(ROOT, ["trainer"], client=object(), build_args={"BASE_IMAGE": "x"})
+
+
+# --- labels and tags -------------------------------------------------------------------------------
+
+OCI_KEYS = (
+    "title",
+    "description",
+    "source",
+    "version",
+    "licenses",
+    "revision",
+    "created",
+    "base.name",
+    "base.digest",
+)
+DEBIAN = "debian:bookworm-slim@sha256:" + "b" * 64
+
+
+def test_labels_carry_every_oci_key_and_the_resolved_base():
+    from images.build import BaseImage, image_labels
+
+    spec = next(s for s in CATALOG if s.name == "trainer")
+    labels = image_labels(
+        spec,
+        content_tag="0123abcd",
+        base=BaseImage("debian:bookworm-slim", "sha256:" + "b" * 64),
+        version="0.1.0",
+        licenses="Apache-2.0",
+        revision="abc123",
+        created="2026-01-01T00:00:00Z",
+    )
+    assert all(labels.get(f"org.opencontainers.image.{key}") for key in OCI_KEYS), labels
+    assert labels["org.opencontainers.image.title"] == "neox-pipeline trainer"
+    assert labels["org.opencontainers.image.description"] == spec.description
+    assert labels["org.opencontainers.image.base.name"] == "debian:bookworm-slim"
+    assert labels["org.opencontainers.image.base.digest"] == "sha256:" + "b" * 64
+    assert labels["neox-pipeline.content-tag"] == "0123abcd"
+
+
+def test_ci_labels_override_defaults_but_never_the_base_or_content():
+    from images.build import BaseImage, image_labels
+
+    extra = {
+        "org.opencontainers.image.version": "1.2.0-rc.1",
+        "org.opencontainers.image.revision": "f" * 40,
+        "org.opencontainers.image.base.digest": "sha256:forged",
+        "neox-pipeline.content-tag": "forged",
+    }
+    labels = image_labels(
+        CATALOG[1],
+        content_tag="real",
+        base=BaseImage("b", "sha256:real"),
+        version="0.1.0",
+        licenses="Apache-2.0",
+        revision="short",
+        created="t",
+        extra=extra,
+    )
+    assert labels["org.opencontainers.image.version"] == "1.2.0-rc.1"
+    assert labels["org.opencontainers.image.revision"] == "f" * 40
+    assert labels["org.opencontainers.image.base.digest"] == "sha256:real"
+    assert labels["neox-pipeline.content-tag"] == "real"
+
+
+def test_base_digest_is_the_pinned_one_else_the_registrys_else_the_local_image_id():
+    from images.build import base_identity
+
+    pinned = base_identity(DEBIAN, ["debian@sha256:other"], "sha256:id")
+    assert (pinned.name, pinned.digest) == ("debian:bookworm-slim", "sha256:" + "b" * 64)
+    pulled = base_identity("127.0.0.1:5000/ns/base:1", ["127.0.0.1:5000/ns/base@sha256:reg"], "sha256:id")
+    assert (pulled.name, pulled.digest) == ("127.0.0.1:5000/ns/base:1", "sha256:reg")
+    local = base_identity("neox-pipeline/base:bookworm", [], "sha256:id")  # made by `invoke base`
+    assert (local.name, local.digest) == ("neox-pipeline/base:bookworm", "sha256:id")
+    other_repo = base_identity("mine/base:1", ["theirs/base@sha256:reg"], "sha256:id")
+    assert other_repo.digest == "sha256:id"
+
+
+def test_licence_label_default_is_pyprojects_and_the_license_file_is_that_licence():
+    from images.build import project_metadata
+
+    version, licence = project_metadata(ROOT)
+    assert licence == "Apache-2.0" and version
+    text = (ROOT / "LICENSE").read_text()
+    assert text.split()[:3] == ["Apache", "License", "Version"] and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text
+
+
+def test_label_arguments_are_checked():
+    from images.build import parse_labels
+
+    assert parse_labels(["org.opencontainers.image.version=1.2.0", "a.b=x=y"]) == {
+        "org.opencontainers.image.version": "1.2.0",
+        "a.b": "x=y",
+    }
+    for bad in ("novalue", "=x", "Upper.Case=1"):
+        with pytest.raises(ImageError, match="must be KEY=VALUE"):
+            parse_labels([bad])
+    with pytest.raises(ImageError, match="base.digest is set by the builder"):
+        parse_labels(["org.opencontainers.image.base.digest=sha256:x"])
+
+
+def test_tags_are_checked_and_latest_never_goes_beside_a_pre_release():
+    from images.push import check_tags
+
+    assert check_tags(["1.2.0", "1.2", "latest"], version="1.2.0") == ["1.2.0", "1.2", "latest"]
+    assert check_tags(["1.2.0-rc.1"], version="1.2.0-rc.1") == ["1.2.0-rc.1"]
+    with pytest.raises(ImageError, match="latest refused: 1.2.0-rc.1 is a pre-release"):
+        check_tags(["1.2.0-rc.1", "latest"])
+    with pytest.raises(ImageError, match="latest refused: 2.0.0-beta is a pre-release"):
+        check_tags(["latest"], version="2.0.0-beta")
+    for bad in ("-x", "a/b", "x" * 129, "with space"):
+        with pytest.raises(ImageError, match="is not a valid image tag"):
+            check_tags([bad])
+
+
+def test_requested_labels_land_on_the_image_and_a_change_rebuilds_it(tmp_path, docker_engine, base_image):
+    """Through the real engine: a one-line image on the base gets every OCI label and the base's
+    digest; the same content with another version label is rebuilt, without labels it is reused."""
+    from images.build import build_images
+
+    root = _tree(tmp_path)
+    (root / "pyproject.toml").write_text('[project]\nname="x"\nversion="9.9.9"\nlicense="Apache-2.0"\n')
+    catalog = (ImageSpec("labels-demo", "Dockerfile", (), description="label test"),)
+
+    def build(**labels):
+        return build_images(
+            root,
+            None,
+            base_image=base_image,
+            client=docker_engine,
+            log=lambda line: None,
+            catalog=catalog,
+            labels=labels or None,
+        )["labels-demo"]
+
+    first = build(**{"org.opencontainers.image.version": "1.2.0"})
+    labels = docker_engine.images.get(first.image_id).labels
+    assert all(labels.get(f"org.opencontainers.image.{key}") for key in OCI_KEYS), labels
+    assert labels["org.opencontainers.image.version"] == "1.2.0"
+    assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
+    assert labels["org.opencontainers.image.base.name"] == base_image.split("@")[0]
+    assert labels["org.opencontainers.image.base.digest"].startswith("sha256:")
+    again = build(**{"org.opencontainers.image.version": "1.3.0"})
+    assert (again.tag, again.reused) == (first.tag, False)
+    assert docker_engine.images.get(again.image_id).labels["org.opencontainers.image.version"] == "1.3.0"
+    assert build().reused
