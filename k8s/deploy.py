@@ -22,7 +22,7 @@ from typing import TextIO
 
 from jobs.cli import JobError
 from k8s import render, stages
-from k8s.cluster import Cluster, default_credentials, job_state
+from k8s.cluster import Cluster, default_credentials, failed_reason, job_state
 from k8s.config import IMAGES, NAME_PATTERN, PipelineConfig, load_config, load_lock
 from k8s.determined_api import Master, read_context
 from k8s.engines import kubernetes_engine
@@ -181,7 +181,7 @@ def start_training(cfg: PipelineConfig, plan: Plan, cluster: Cluster, opts: Opti
             raise JobError(f"{key}: a finished run ({state}) with a different spec is in the way; "
                            f"`invoke teardown` removes it (checkpoints on the volume stay), then deploy again")
         if state == "Failed":
-            raise JobError(f"{key}: failed earlier ({failure_reason(live)}); `invoke logs` shows why; "
+            raise JobError(f"{key}: failed earlier ({failed_reason(live)}); `invoke logs` shows why; "
                            f"`invoke teardown` then `invoke deploy` starts it again from the last complete checkpoint")
         print(f"deploy: {key} unchanged ({state.lower()})", file=out)
         if state == "Complete" or not opts.wait_train:
@@ -196,13 +196,6 @@ def start_training(cfg: PipelineConfig, plan: Plan, cluster: Cluster, opts: Opti
         return key, "Running"
     done = cluster.wait(kind, name, opts.job_timeout, out=out)
     return key, cluster.state(kind, done)
-
-
-def failure_reason(obj: dict) -> str:
-    for cond in (obj.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "Failed" and cond.get("status") == "True":
-            return cond.get("message") or cond.get("reason") or "Failed"
-    return "Failed"
 
 
 def probe_verdict(cluster: Cluster, job: str) -> dict:
