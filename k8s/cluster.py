@@ -61,6 +61,7 @@ KINDS = {
     "Service": Kind("", "v1", "services"),
     "Job": Kind("batch", "v1", "jobs"),
     "TrainJob": Kind("trainer.kubeflow.org", "v1alpha1", "trainjobs"),
+    "TrainingRuntime": Kind("trainer.kubeflow.org", "v1alpha1", "trainingruntimes"),
     "JobSet": Kind("jobset.x-k8s.io", "v1alpha2", "jobsets"),
 }
 # kind -> (condition that means done, condition that means failed)

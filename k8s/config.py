@@ -121,6 +121,7 @@ SCHEMA: dict[str, Any] = {
                 "shm_size": _QUANTITY,
                 "runtime": _NAME,
                 "runtime_kind": {"enum": ["ClusterTrainingRuntime", "TrainingRuntime"]},
+                "own_runtime": {"type": "boolean"},
                 "max_restarts": {"type": "integer", "minimum": 0},
                 "mirror_checkpoints": {"type": "boolean"},
                 "deadline_seconds": _POS_INT,
@@ -172,6 +173,7 @@ class TrainSettings:
     shm_size: str = "16Gi"
     runtime: str = "torch-distributed"
     runtime_kind: str = "ClusterTrainingRuntime"
+    own_runtime: bool = False  # trainjob: render a namespaced TrainingRuntime of ours and use it
     max_restarts: int = 3
     mirror_checkpoints: bool = True
     deadline_seconds: int | None = None
@@ -193,6 +195,9 @@ def train_settings(raw: dict, where: str) -> TrainSettings:
         raise JobError(f"config {where}: train.processes_per_node {procs} does not match train.gpus_per_node "
                        f"{gpus} (one process per GPU)")
     runtime = t.get("runtime", "torch-distributed")
+    if t.get("own_runtime") and ("runtime" in t or "runtime_kind" in t):
+        raise JobError(f"config {where}: train.own_runtime renders its own runtime; drop train.runtime and "
+                       f"train.runtime_kind")
     if t.get("engine") == "trainjob" and runtime in MPI_RUNTIMES:
         raise JobError(f"config {where}: train.runtime {runtime!r} launches through MPI; the trainer starts "
                        f"with torchrun, so name a runtime with the torch policy (default torch-distributed)")

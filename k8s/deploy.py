@@ -187,6 +187,8 @@ def start_training(cfg: PipelineConfig, plan: Plan, cluster: Cluster, opts: Opti
         if state == "Complete" or not opts.wait_train:
             return key, state
     else:
+        for extra in plan.train[:-1]:  # a runtime of ours, before the TrainJob that names it
+            apply(extra)
         apply(obj)
     engine = kubernetes_engine(plan.engine)
     print(f"deploy: {key}: {obj['spec'].get('trainer', {}).get('numNodes') or cfg.train.nodes} nodes x "
@@ -365,6 +367,8 @@ def teardown(opts: Options, volume: bool = False, secrets_too: bool = False, clu
     kinds = ["Job", "ConfigMap"]
     if (engine := kubernetes_engine(cfg.train.engine)) is not None:
         kinds.insert(0, engine.KIND)  # its controller removes the pods and the headless service
+        if cfg.train.own_runtime:
+            kinds.insert(1, "TrainingRuntime")
     for kind in kinds:
         for obj in cluster.list(kind, sel):
             if cluster.delete(kind, obj["metadata"]["name"]):

@@ -46,7 +46,8 @@ class Plan:
 
     @property
     def train_object(self) -> dict | None:
-        return self.train[0] if self.train else None
+        """The TrainJob or JobSet (last: a runtime of ours comes before it)."""
+        return self.train[-1] if self.train else None
 
 
 def _experiment_base(cfg: PipelineConfig) -> dict | None:

@@ -30,6 +30,7 @@ SCHEMAS_ENV = "NEOX_DETERMINED_SCHEMAS"
 
 CRD_DIR = Path(__file__).with_name("crds")
 CRD_FILES = {("trainer.kubeflow.org/v1alpha1", "TrainJob"): "trainjob-v1alpha1.json",
+             ("trainer.kubeflow.org/v1alpha1", "TrainingRuntime"): "trainingruntime-v1alpha1.json",
              ("jobset.x-k8s.io/v1alpha2", "JobSet"): "jobset-v1alpha2.json"}
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 

@@ -185,3 +185,32 @@ def test_engines_need_no_determined_master(make_config):
     path = make_config(lambda r: r.pop("determined_master"), name="det.yaml")
     with pytest.raises(JobError, match="determined_master is required with train.engine determined"):
         load_config(path)
+
+
+def test_trainjob_with_its_own_runtime_has_the_hardened_pod_and_restart_policy(make_config):
+    cfg, plan = _plan(make_config, "trainjob", lambda r: r["train"].update(own_runtime=True, max_restarts=4))
+    runtime, tj = plan.train
+    validate_custom(runtime)
+    validate_custom(tj)
+    assert runtime["kind"] == "TrainingRuntime" and runtime["metadata"]["name"] == f"{cfg.instance}-torch"
+    assert tj["spec"]["runtimeRef"] == {"apiGroup": "trainer.kubeflow.org", "kind": "TrainingRuntime",
+                                        "name": f"{cfg.instance}-torch"}
+    assert "runtimePatches" not in tj["spec"] and tj["spec"]["trainer"]["numNodes"] == 12
+    spec = runtime["spec"]
+    assert spec["mlPolicy"] == {"numNodes": 12, "torch": {}}
+    assert spec["template"]["spec"]["failurePolicy"] == {"maxRestarts": 4}
+    (rjob,) = spec["template"]["spec"]["replicatedJobs"]
+    assert rjob["name"] == "node"
+    assert rjob["template"]["metadata"]["labels"] == {"trainer.kubeflow.org/trainjob-ancestor-step": "trainer"}
+    pod = rjob["template"]["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False and pod["securityContext"]["runAsNonRoot"] is True
+    assert [c["name"] for c in pod["containers"]] == ["node"]
+    from k8s.validate import validate_k8s
+
+    validate_k8s({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": pod})
+
+
+def test_own_runtime_and_a_named_runtime_do_not_mix(make_config):
+    path = make_config(lambda r: r.update(train={"engine": "trainjob", "own_runtime": True, "runtime": "x"}))
+    with pytest.raises(JobError, match="train.own_runtime renders its own runtime; drop train.runtime"):
+        load_config(path)
