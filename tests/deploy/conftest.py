@@ -60,8 +60,9 @@ def make_config(tmp_path, lock_file):
 
     def make(edit=None, name="pipeline.yaml"):
         raw = yaml.safe_load((REPO / "pipeline.example.yaml").read_text())
-        raw["neox_configs"] = [str(SHARED / "seed" / "determined-cluster.yml")]
-        raw["experiment_base"] = str(SHARED / "seed" / "finetune-gpt-neox.yml")
+        # The guide's two files as the repository carries them (configs/, the same bytes as ../shared/seed).
+        raw["neox_configs"] = [str(REPO / "configs" / "determined-cluster.yml")]
+        raw["experiment_base"] = str(REPO / "configs" / "finetune-gpt-neox.yml")
         raw["lock_file"] = str(lock_file)
         if edit:
             edit(raw)

@@ -6,9 +6,9 @@ FakeKube speaks HTTPS only (a throwaway CA from `make_pki`, which only the test'
 authenticates bearer tokens (`tokens`), and serves the routes the official `kubernetes` client
 calls: GET /version; under /api/v1/namespaces/NS/ and /apis/GROUP/VERSION/namespaces/NS/ the core
 kinds (persistentvolumeclaims, configmaps, secrets, pods, services), batch/v1 jobs and every
-namespaced custom resource of the CRDs in ../shared/schemas (JobSet jobset.x-k8s.io/v1alpha2,
-TrainJob and TrainingRuntime trainer.kubeflow.org/v1alpha1), with group, version and plural read
-from the CRD files rather than from the client's table. Per route: server-side apply (PATCH
+namespaced custom resource of the CRDs deploy renders for (JobSet jobset.x-k8s.io/v1alpha2, TrainJob
+and TrainingRuntime trainer.kubeflow.org/v1alpha1), with group, version and plural read from the
+vendored CRD files in k8s/crds/ (held equal to the upstream manifests) rather than from the client's table. Per route: server-side apply (PATCH
 `application/apply-patch+yaml` with a fieldManager; the body's apiVersion/kind/name must match the
 URL; resourceVersion moves only when something changes; a field another manager owns, listed in
 `conflicts[(kind, name)] = {".data.key": "manager"}`, is a 409 Conflict Status naming field and
@@ -57,8 +57,9 @@ import yaml
 
 from k8s.determined_api import salt_and_hash
 
-SCHEMAS = Path(__file__).resolve().parents[3] / "shared" / "schemas"
-CRD_DIRS = ("jobset-v0.12.0", "kubeflow-trainer-v2.3.0")
+# The CRDs deploy renders for, as vendored in k8s/crds/ from the upstream manifests (tests/deploy/
+# test_engines.py holds them equal to the copies in ../shared/schemas where those are present).
+CRD_DIR = Path(__file__).resolve().parents[2] / "k8s" / "crds"
 # (group, version, plural) -> kind: what a Kubernetes 1.30 API server serves for the core kinds.
 CORE_ROUTES = {
     ("", "v1", "persistentvolumeclaims"): "PersistentVolumeClaim",
@@ -74,25 +75,13 @@ COMPONENT = "app.kubernetes.io/component"
 
 
 @functools.cache
-def crd_routes(
-    dirs: tuple[Path, ...] = tuple(SCHEMAS / d for d in CRD_DIRS),
-) -> dict[tuple[str, str, str], str]:
-    """The namespaced custom resources the CRD files define, by their served versions."""
+def crd_routes(crd_dir: Path = CRD_DIR) -> dict[tuple[str, str, str], str]:
+    """The namespaced custom resources the CRD files define: (group, version, plural) -> kind."""
     routes = {}
-    for d in dirs:
-        for f in sorted(Path(d).glob("*.yaml")):
-            for doc in yaml.load_all(f.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
-                if (
-                    not doc
-                    or doc.get("kind") != "CustomResourceDefinition"
-                    or doc["spec"]["scope"] != "Namespaced"
-                ):
-                    continue
-                for v in doc["spec"]["versions"]:
-                    if v.get("served"):
-                        routes[(doc["spec"]["group"], v["name"], doc["spec"]["names"]["plural"])] = doc[
-                            "spec"
-                        ]["names"]["kind"]
+    for f in sorted(crd_dir.glob("*.json")):
+        crd = json.loads(f.read_text())
+        if crd["scope"] == "Namespaced":
+            routes[(crd["group"], crd["version"], crd["plural"])] = crd["kind"]
     return routes
 
 

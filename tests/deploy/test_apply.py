@@ -117,7 +117,7 @@ def test_unreachable_cluster_and_master_one_line(config_file, master):
 
 
 def test_bad_token_is_reported(kube):
-    c = Cluster(Credentials(server=kube.url, token="wrong"), "ns", timeout=5)
+    c = Cluster(Credentials(server=kube.url, token="wrong", verify=str(kube.ca_file)), "ns", timeout=5)
     with pytest.raises(JobError, match="cluster version: Kubernetes API answered 401 Unauthorized"):
         c.version()
 
@@ -158,7 +158,7 @@ def test_status_logs_and_teardown_keeps_the_volume(config_file, kube, cluster, m
     out = io.StringIO()
     report = d.status(_opts(config_file), cluster=cluster, master=master, out=out)
     assert report["volume"] == "Bound" and set(report["jobs"].values()) == {"Complete"}
-    assert report["experiment"] == {"id": 1, "state": "STATE_ACTIVE"}
+    assert report["experiment"] == {"id": 1, "state": "STATE_ACTIVE", "url": f"{master.url}/det/experiments/1"}
     out = io.StringIO()
     assert d.logs(_opts(config_file), step="fetch-weights", cluster=cluster, out=out) == 1
     assert "fetch: 39.0 GB in 1:02:03" in out.getvalue()

@@ -20,6 +20,8 @@ from k8s.validate import CRD_DIR, validate_custom
 SHARED = Path(__file__).parents[3] / "shared"
 UPSTREAM = {
     "trainjob-v1alpha1.json": SHARED / "schemas" / "kubeflow-trainer-v2.3.0" / "trainer.kubeflow.org_trainjobs.yaml",
+    "trainingruntime-v1alpha1.json": SHARED / "schemas" / "kubeflow-trainer-v2.3.0"
+    / "trainer.kubeflow.org_trainingruntimes.yaml",
     "jobset-v1alpha2.json": SHARED / "schemas" / "jobset-v0.12.0" / "jobset.x-k8s.io_jobsets.yaml",
 }
 RUNTIME = SHARED / "schemas" / "kubeflow-trainer-v2.3.0" / "runtime-torch-distributed.yaml"
@@ -54,6 +56,7 @@ def test_vendored_crd_schema_is_upstreams(name):
     vendored = json.loads((CRD_DIR / name).read_text())
     version = next(v for v in crd["spec"]["versions"] if v["name"] == vendored["version"])
     assert vendored["group"] == crd["spec"]["group"] and vendored["kind"] == crd["spec"]["names"]["kind"]
+    assert vendored["plural"] == crd["spec"]["names"]["plural"] and vendored["scope"] == crd["spec"]["scope"]
     assert vendored["openAPIV3Schema"] == _strip(version["schema"]["openAPIV3Schema"])
 
 
