@@ -4,10 +4,8 @@ model folder with the trainer's `python -m trainer.export`, for inference elsewh
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlparse
@@ -44,38 +42,16 @@ def mirror_checkpoint(mirror: str, endpoint_url: str | None) -> str:
     return f"{mirror.rstrip('/')}/{tag}"
 
 
-def download(url: str, dest: Path, endpoint_url: str | None) -> tuple[int, int]:
-    """Every object under the s3:// prefix into `dest`, via a temporary folder renamed at the end."""
+def download(url: str, dest: Path, endpoint_url: str | None, stream: TextIO | None = None) -> tuple[int, int]:
+    """Every object under the s3:// prefix into `dest` with the fetcher (parallel ranged reads, resumable
+    after an interruption, sizes and ETags verified, progress on `stream`); returns (files, bytes)."""
+    from jobs.fetch.fetch import Options, fetch
+
     parsed = urlparse(url)
     if parsed.scheme != "s3" or not parsed.netloc:
         raise JobError(f"checkpoint {url}: expected s3://BUCKET/PREFIX")
-    bucket, prefix = parsed.netloc, parsed.path.strip("/")
-    prefix = f"{prefix}/" if prefix else ""
-    s3 = s3_client(endpoint_url)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    files = total = 0
-    try:
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                rel = obj["Key"][len(prefix):]
-                if not rel or rel.endswith("/") or ".." in Path(rel).parts:
-                    continue
-                target = tmp / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                s3.download_file(bucket, obj["Key"], str(target))
-                files += 1
-                total += obj["Size"]
-        if not files:
-            raise JobError(f"checkpoint {url}: no objects under that prefix")
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except botocore.exceptions.ClientError as exc:
-        raise JobError(f"checkpoint {url}: {exc.response.get('Error', {}).get('Code', 'S3 error')}") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return files, total
+    summary = fetch(url.rstrip("/") + "/", dest, Options(endpoint_url=endpoint_url, stream=stream or sys.stderr))
+    return summary["files_total"], summary["bytes_total"]
 
 
 def export(cfg: PipelineConfig, out: str | os.PathLike, experiment_id: int | None = None,
@@ -87,10 +63,12 @@ def export(cfg: PipelineConfig, out: str | os.PathLike, experiment_id: int | Non
     if checkpoint is None:
         checkpoint = checkpoint_url(cfg, master or Master(cfg["determined_master"]), experiment_id)
     out = Path(out)
-    if out.is_dir() and any(out.iterdir()) or out.exists() and not out.is_dir():
-        raise JobError(f"export: --out {out} exists and is not empty; name a new folder (nothing in it was touched)")
+    # An --out of another's files is refused; our own interrupted export (its download folder only)
+    # is taken up again, and the fetcher resumes the download.
+    if out.exists() and (not out.is_dir() or {p.name for p in out.iterdir()} - {"checkpoint"}):
+        raise JobError(f"export: --out {out} exists and holds other files; name a new folder (nothing in it was touched)")
     raw = out / "checkpoint"
-    files, total = download(checkpoint, raw, cfg["checkpoints"].get("endpoint_url"))
+    files, total = download(checkpoint, raw, cfg["checkpoints"].get("endpoint_url"), stream)
     print(f"export: downloaded {files} files ({human_bytes(total)}) from {checkpoint}", file=stream)
     hf = out / "hf"
     proc = subprocess.run([*command, "--checkpoint", str(raw), "--out", str(hf)], capture_output=True, text=True)

@@ -65,8 +65,9 @@ def test_export_latest_checkpoint_of_an_experiment(make_config, s3, det, master,
     hf = export(cfg, tmp_path / "model", experiment_id=exp_id, master=master, command=(sys.executable, str(fake)),
                 stream=log)
     assert hf == tmp_path / "model" / "hf"
-    assert (hf / "files.txt").read_text().split() == ["configs/20B.yml", "metadata.json",
-                                                      "mp_rank_00_model_states.pt"]
+    # The checkpoint's files (not the stray one beside it), plus the fetcher's manifest and stats.
+    assert (hf / "files.txt").read_text().split() == ["configs/20B.yml", "fetch-manifest.json", "fetch-stats.json",
+                                                      "metadata.json", "mp_rank_00_model_states.pt"]
     assert "downloaded 3 files" in log.getvalue()
 
 
@@ -74,7 +75,7 @@ def test_export_errors_are_one_line(make_config, s3, tmp_path):
     url, client = s3
     client.create_bucket(Bucket="model-checkpoints")
     cfg = load_config(make_config(lambda r: r["checkpoints"].update(endpoint_url=url)))
-    with pytest.raises(JobError, match="no objects under that prefix"):
+    with pytest.raises(JobError, match="nothing-here"):
         export(cfg, tmp_path / "m", checkpoint="s3://model-checkpoints/nothing-here")
     with pytest.raises(JobError, match="expected s3://BUCKET/PREFIX"):
         export(cfg, tmp_path / "m", checkpoint="https://x/y")

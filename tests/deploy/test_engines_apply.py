@@ -154,12 +154,12 @@ def test_local_export_takes_the_newest_complete_checkpoint_from_the_mirror(make_
                     "(out / 'files.txt').write_text('\\n'.join(sorted(p.name for p in ck.rglob('*') if p.is_file())))\n")
     hf = d.export(_opts(config, out=str(tmp_path / "model")), local=True, out=io.StringIO(),
                   command=(sys.executable, str(fake)))
-    assert (tmp_path / "model" / "hf" / "files.txt").read_text().split() == ["complete.json",
-                                                                            "mp_rank_00_model_states.pt"]
+    assert (tmp_path / "model" / "hf" / "files.txt").read_text().split() == [
+        "complete.json", "fetch-manifest.json", "fetch-stats.json", "mp_rank_00_model_states.pt"]
     assert hf == str(tmp_path / "model" / "hf")
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "keep.txt").write_text("mine")
-    with pytest.raises(JobError, match="exists and is not empty"):
+    with pytest.raises(JobError, match="exists and holds other files"):
         d.export(_opts(config, out=str(mine)), local=True, out=io.StringIO(), command=(sys.executable, str(fake)))
     assert [p.name for p in mine.iterdir()] == ["keep.txt"]
