@@ -31,8 +31,8 @@ from kubernetes.config.incluster_config import InClusterConfigLoader
 from kubernetes.config.kube_config import KubeConfigLoader, KubeConfigMerger
 
 from jobs.cli import JobError, human_duration
+from k8s.render import FIELD_MANAGER  # the one name we apply as and label our objects with
 
-FIELD_MANAGER = "neox-pipeline"
 IN_CLUSTER = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 PROGRESS_EVERY = 30.0  # seconds between "still running" lines, as Kubernetes-style logs want
 
