@@ -50,7 +50,10 @@ def _runtime(cfg: PipelineConfig, spec: JobSpec, container: dict, pod: dict) -> 
                     "name": NODE,
                     "template": {
                         "metadata": {"labels": dict(ANCESTOR)},
-                        "spec": {"template": {"metadata": {"labels": render.labels(cfg, "train")},
+                        # a failed pod fails its Job at once; the failure policy then recreates every
+                        # node together (one node alone could not rejoin a static rendezvous)
+                        "spec": {"backoffLimit": 0,
+                                 "template": {"metadata": {"labels": render.labels(cfg, "train")},
                                               "spec": template_pod}},
                     },
                 }],

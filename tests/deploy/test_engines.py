@@ -205,6 +205,7 @@ def test_trainjob_with_its_own_runtime_has_the_hardened_pod_and_restart_policy(m
     (rjob,) = spec["template"]["spec"]["replicatedJobs"]
     assert rjob["name"] == "node"
     assert rjob["template"]["metadata"]["labels"] == {"trainer.kubeflow.org/trainjob-ancestor-step": "trainer"}
+    assert rjob["template"]["spec"]["backoffLimit"] == 0
     pod = rjob["template"]["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False and pod["securityContext"]["runAsNonRoot"] is True
     assert [c["name"] for c in pod["containers"]] == ["node"]
