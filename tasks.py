@@ -1,6 +1,7 @@
 """neox-pipeline's invoke collection: thin tasks over `images/`, `k8s/` and the local pipeline.
 
 invoke base                      # a Debian base image from the host's apt mirror (no registry needed)
+invoke lock [--names A,B]         # pin every package each image installs, with sha256 (images/*/*.lock)
 invoke build [--names A,B]        # build images in dependency order (content-addressed, skipped when unchanged)
 invoke push --registry HOST/NS   # push, read digests back, write images.lock.json
 invoke deploy -c FILE            # Kubernetes Jobs, then the training engine (see k8s/)
@@ -124,6 +125,18 @@ def _build_args(pairs: list[str] | None) -> dict[str, str]:
             raise Exit(f"error: --build-arg {pair!r} must be KEY=VALUE", code=1)
         args[key] = value
     return args
+
+
+@neox_task(help={"names": "comma-separated images to lock, e.g. trainer (default: every image with extras)"})
+def lock(c, names=None):
+    """Resolve each image's pyproject pins with pip and write its lock files: every package, dependencies
+    too, pinned with its sha256 (the Dockerfiles install them with --require-hashes)."""
+    from images.lock import LockError, write_locks
+
+    try:
+        write_locks(ROOT, _names(names), log=_log)
+    except LockError as exc:
+        raise _fail(exc) from exc
 
 
 @neox_task(
@@ -366,5 +379,5 @@ def export(c, config=None, out=None, experiment=None, checkpoint=None, local=Fal
                                           checkpoint=checkpoint, local=local))
 
 
-ns = Collection(base, build, push, local, deploy, secrets, status, logs, teardown, export)
+ns = Collection(base, lock, build, push, local, deploy, secrets, status, logs, teardown, export)
 ns.configure({"neox": {"base_image": None}})

@@ -23,6 +23,7 @@ from images.catalog import (
     by_name,
 )
 from images.context import ContextError, content_tag, host_ca_bundle, make_context
+from images.lock import check_lock
 
 
 class ImageError(Exception):
@@ -281,6 +282,7 @@ def build_images(
             "BASE_IMAGE": parent_ref,
         }
         try:
+            check_lock(root, spec)  # a lock behind pyproject fails here, not as a wrong image
             context = make_context(root, spec, ca_bundle)
         except ContextError as exc:
             raise ImageError(str(exc)) from exc

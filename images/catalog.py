@@ -25,6 +25,18 @@ TORCH_CUDA_ARCH_LIST = "8.0 8.6 8.9 9.0+PTX"
 
 
 @dataclass(frozen=True)
+class LockLayer:
+    """One `pip install --require-hashes` of an image: the lock file `file` (beside its Dockerfile)
+    holds what `roots` (and the names pinned in `root_files`) need, dependencies included, that no
+    earlier layer holds, less `exclude`. A layer without roots holds all that is left."""
+
+    file: str
+    roots: tuple[str, ...] = ()
+    root_files: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ImageSpec:
     """One image: where its Dockerfile is, which repository files enter its build context,
     which pyproject extras it installs, its build args, and the catalog image it builds on
@@ -39,6 +51,15 @@ class ImageSpec:
     cache_stages: tuple[str, ...] = ()  # Dockerfile stages published as layer cache for CI builds
     shipped: bool = True
     description: str = ""
+    lock_layers: tuple[LockLayer, ...] = (LockLayer("requirements.lock"),)  # see images/lock.py
+    lock_inputs: tuple[str, ...] = ()  # requirement files resolved with the extras
+    lock_sdists: tuple[str, ...] = ()  # packages allowed as a source archive (built in the Dockerfile)
+
+    @property
+    def lock_files(self) -> tuple[str, ...]:
+        """The lock files of the image, in install order, relative to the repository root."""
+        folder = self.dockerfile.rsplit("/", 1)[0] + "/" if "/" in self.dockerfile else ""
+        return tuple(folder + layer.file for layer in self.lock_layers) if self.extras else ()
 
 
 CATALOG: tuple[ImageSpec, ...] = (
@@ -74,8 +95,22 @@ CATALOG: tuple[ImageSpec, ...] = (
         extras=("trainer", "determined"),
         build_args={"TORCH_CUDA_ARCH_LIST": TORCH_CUDA_ARCH_LIST},
         parent="python",
-        cache_stages=("toolchain", "deepspeed", "venv", "kernels"),
+        cache_stages=("toolchain", "deepspeed", "venv", "kernels", "deps"),
         description="GPT-NeoX fine-tuning: torch (CUDA 13), DeepSpeed with prebuilt ops, fused kernels",
+        # The heavy, rarely changing part first (the stages DeepSpeed's ops and the kernels build on),
+        # then DeepSpeed alone (an sdist built with its ops), then the light rest in its own stage.
+        lock_layers=(
+            LockLayer(
+                "toolchain.lock",
+                roots=("torch", "deepspeed"),
+                root_files=("images/trainer/build-requirements.txt",),
+                exclude=("deepspeed",),
+            ),
+            LockLayer("deepspeed.lock", roots=("deepspeed",)),
+            LockLayer("requirements.lock"),
+        ),
+        lock_inputs=("images/trainer/build-requirements.txt",),
+        lock_sdists=("deepspeed",),
     ),
 )
 

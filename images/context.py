@@ -1,8 +1,8 @@
 """Build contexts and content-addressed tags.
 
 Each image's context is a deterministic tar made from exactly the files its catalog entry
-names, plus generated files under `.build/` (the requirements of its extras, the host's CA
-bundle for package installs). The tag is a hash of the same inputs, so an image whose inputs
+names, its lock files (images/<name>/*.lock, written by `invoke lock`), plus the host's CA
+bundle for package installs under `.build/`. The tag is a hash of the same inputs, so an image whose inputs
 did not change is found by tag and not rebuilt.
 """
 
@@ -24,7 +24,6 @@ _IGNORED_SUFFIXES = (".pyc", ".pyo", ".so", ".o")
 
 # Where a build stage finds the host's CA bundle; an empty file when the host has none.
 CA_BUNDLE_PATH = ".build/ca-bundle.crt"
-REQUIREMENTS_PATH = ".build/requirements.txt"
 
 
 class ContextError(Exception):
@@ -41,11 +40,8 @@ def host_ca_bundle() -> Path | None:
 
 
 def extras_requirements(root: Path, extras: tuple[str, ...]) -> str:
-    """The pinned requirements of the given pyproject extras, one per line, sorted.
-
-    Written into the context so that an image's dependency layer changes only when its own
-    extras change, not when another image's do.
-    """
+    """The pinned requirements of the given pyproject extras, one per line, sorted: what an
+    image's lock resolves (images/lock.py), so each image's lock follows its own extras only."""
     with open(root / "pyproject.toml", "rb") as f:
         project = tomllib.load(f)["project"]
     optional = project.get("optional-dependencies", {})
@@ -99,7 +95,10 @@ def make_context(root: Path, spec: ImageSpec, ca_bundle: Path | None = None) -> 
     for entry in spec.context:
         for path in _walk(root, entry):
             files[path.relative_to(root).as_posix()] = path.read_bytes()
-    files[REQUIREMENTS_PATH] = extras_requirements(root, spec.extras).encode()
+    for lock in spec.lock_files:
+        if not (root / lock).is_file():
+            raise ContextError(f"image {spec.name!r}: lock file {lock} is missing: run `invoke lock`")
+        files[lock] = (root / lock).read_bytes()
     files[CA_BUNDLE_PATH] = ca_bundle.read_bytes() if ca_bundle else b""
     return BuildContext(files=tuple(sorted(files.items())), dockerfile=spec.dockerfile)
 
