@@ -340,7 +340,7 @@ SECTIONS = {
     "data": DataArgs,
     "train": TrainArgs,
 }
-_EXTRA_KEYS = ("zero_optimization",)
+_EXTRA_KEYS = ("zero_optimization", "lora")  # nested sections: DeepSpeed's, ours (trainer.lora)
 
 # Every top-level key gpt-neox's NeoXArgs accepts (megatron/neox_arguments: neox_args.py and
 # deepspeed_args.py, over its releases), `_` spelling. A key that is neither ours nor in here is a
@@ -422,6 +422,7 @@ class NeoXConfig:
     handled_differently: dict[str, str]
     notes: list[str]
     files: list[str]
+    lora: Any = None  # trainer.lora.LoraConfig when the `lora` section is present and enabled
 
     def __post_init__(self) -> None:
         stage = self.zero_optimization.get("stage", 0)
@@ -436,6 +437,10 @@ class NeoXConfig:
             )
         if self.schedule.lr_decay_iters is None:
             self.schedule.lr_decay_iters = self.train.train_iters
+        if self.lora is not None:
+            from trainer.lora import check_run
+
+            check_run(self)
 
     @property
     def zero_stage(self) -> int:
@@ -482,7 +487,8 @@ class NeoXConfig:
         """The resolved configuration, saved with every checkpoint."""
         out = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
         out.update(zero_optimization=self.zero_optimization, unimplemented=self.unimplemented,
-                   notes=self.notes, files=self.files, precision_name=self.precision.name)
+                   notes=self.notes, files=self.files, precision_name=self.precision.name,
+                   lora=dataclasses.asdict(self.lora) if self.lora else None)
         return out
 
     def report(self) -> list[str]:
@@ -573,8 +579,11 @@ def from_dict(raw: dict, files: list[str] | None = None,
     zero = raw.get("zero_optimization") or {"stage": 0}
     if not isinstance(zero, dict):
         raise JobError(f"config key 'zero_optimization' must be a mapping, got {zero!r}")
+    from trainer.lora import from_raw as lora_from_raw
+
     return NeoXConfig(**sections, zero_optimization=dict(zero), unimplemented=unimplemented,
-                      handled_differently=handled, notes=[], files=list(files or []))
+                      handled_differently=handled, notes=[], files=list(files or []),
+                      lora=lora_from_raw(raw.get("lora")))
 
 
 def load_config(files: list[str | os.PathLike], overrides: list[str] = ()) -> NeoXConfig:

@@ -92,6 +92,8 @@ def ds_config(cfg: NeoXConfig, world_size: int) -> dict:
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
+        if not p.requires_grad:  # frozen (a LoRA run's base): no master copy, gradient or optimizer state
+            continue
         (no_decay if name.endswith("bias") or p.ndim == 1 else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 

@@ -63,9 +63,22 @@ def load_state(folder: Path, tag: str) -> dict[str, torch.Tensor]:
     return torch.load(files[0], map_location="cpu", weights_only=False)["module"]
 
 
-def export(checkpoint_dir: str | Path, out: str | Path, dtype: str = "auto") -> dict:
+def export(checkpoint_dir: str | Path, out: str | Path, dtype: str = "auto", merge: bool = False,
+           base_out: str | Path | None = None) -> dict:
     check_out(Path(out))
+    if base_out:
+        check_out(Path(base_out))
     folder, tag = find_checkpoint(checkpoint_dir)
+    from trainer import lora
+
+    if lora.is_lora_checkpoint(folder / tag):  # adapters only: a PEFT folder, or merged full weights
+        stats = lora.export_checkpoint(folder, tag, Path(out), dtype, merge, Path(base_out) if base_out else None,
+                                       DTYPES)
+        write_json_atomic(Path(out).parent / f"{Path(out).name}-export-stats.json", stats)
+        return stats
+    if merge or base_out:
+        raise JobError(f"--checkpoint {folder / tag}: a full checkpoint, not LoRA adapters; "
+                       f"--merge and --base-out apply to LoRA checkpoints only")
     mcfg, neox = checkpoint.read_model_config(folder / tag)
     state = {k: v for k, v in load_state(folder, tag).items() if not k.startswith("rotary.")}
     if mcfg.tied_embeddings:
@@ -87,13 +100,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True, help="save folder, tag folder or Determined checkpoint")
     parser.add_argument("--out", required=True, help="Hugging Face folder to write (new, or an empty folder)")
     parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
-                        help="weights dtype (auto: the training precision)")
+                        help="weights dtype (auto: the training precision; float32 for LoRA adapters)")
+    parser.add_argument("--merge", action="store_true",
+                        help="LoRA checkpoint: write the base with the adapters merged in, as a Hugging Face folder "
+                             "(default: a PEFT adapter folder)")
+    parser.add_argument("--base-out", metavar="DIR",
+                        help="LoRA checkpoint: also write its base weights as a Hugging Face folder (for PEFT)")
     args = parser.parse_args(argv)
 
     def body() -> int:
-        stats = export(args.checkpoint, args.out, args.dtype)
-        print(f"{PROG}: wrote {args.out} ({stats['parameters'] / 1e6:.1f}M parameters, {stats['dtype']}, "
+        stats = export(args.checkpoint, args.out, args.dtype, args.merge, args.base_out)
+        what = f"{stats['kind']}, " if "kind" in stats else ""
+        print(f"{PROG}: wrote {args.out} ({what}{stats['parameters'] / 1e6:.1f}M parameters, {stats['dtype']}, "
               f"{human_bytes(stats['bytes'])}) from {stats['checkpoint']}")
+        if stats.get("note"):
+            print(f"{PROG}: note: {stats['note']}")
         return 0
 
     return run_main(PROG, body)

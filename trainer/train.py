@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from jobs.cli import JobError, human_duration, run_main, write_json_atomic
-from trainer import checkpoint
+from trainer import checkpoint, lora
 from trainer.config import NeoXConfig, load_config
 from trainer.data import MicroBatches, PackedSamples, build_splits, check_token_ids, eval_batches
 from trainer.model import GPTNeoX, ModelConfig
@@ -67,6 +67,8 @@ def resume_point(cfg: NeoXConfig) -> tuple[str, str, bool] | None:
 
 def build_model(cfg: NeoXConfig, resume: tuple[str, str, bool] | None) -> tuple[GPTNeoX, str]:
     """The model to hand to DeepSpeed, and a line saying where its weights come from."""
+    if cfg.lora:  # a frozen base (from `load`) with adapters: trainer.lora
+        return lora.build_model(cfg, resume, log, apply_run_settings)
     if resume:
         mcfg, _ = checkpoint.read_model_config(Path(resume[0]) / resume[1])
         mcfg = replace(mcfg, checkpoint_activations=cfg.model.checkpoint_activations,
@@ -79,16 +81,20 @@ def build_model(cfg: NeoXConfig, resume: tuple[str, str, bool] | None) -> tuple[
         model, kind = checkpoint.load_pretrained(cfg.train.load, slim_cfg)
         if cfg.precision.name == "fp32":
             model.float()  # published weights are often fp16; DeepSpeed casts only for fp16/bf16 runs
-        # the run's own settings, not architecture, come from the NeoX config
-        model.cfg.checkpoint_activations = cfg.model.checkpoint_activations
-        model.cfg.hidden_dropout = cfg.model.hidden_dropout
-        model.cfg.attention_dropout = cfg.model.attention_dropout
-        for block in model.layers:
-            block.dropout.p = cfg.model.hidden_dropout
-            block.attention.dropout = cfg.model.attention_dropout
+        apply_run_settings(model, cfg)
         return model, f"{kind} {cfg.train.load}"
     torch.manual_seed(cfg.data.seed)
     return GPTNeoX(cfg.model_config()), "random initialisation (no 'load' given)"
+
+
+def apply_run_settings(model: GPTNeoX, cfg: NeoXConfig) -> None:
+    """The run's own settings, not architecture, come from the NeoX config."""
+    model.cfg.checkpoint_activations = cfg.model.checkpoint_activations
+    model.cfg.hidden_dropout = cfg.model.hidden_dropout
+    model.cfg.attention_dropout = cfg.model.attention_dropout
+    for block in model.layers:
+        block.dropout.p = cfg.model.hidden_dropout
+        block.attention.dropout = cfg.model.attention_dropout
 
 
 def check_model_fits(cfg: NeoXConfig, mcfg: ModelConfig) -> None:
@@ -171,9 +177,12 @@ def save(engine, cfg: NeoXConfig, mcfg: ModelConfig, iteration: int, loader: Mic
         log(f"moved {save_dir / tag} aside to {checkpoint.set_aside(save_dir / tag)} (this save needs the name)")
     dist.barrier()  # no rank writes into the tag folder before it is free
     client = {"iteration": iteration, "data": loader.state_dict()}
-    engine.save_checkpoint(str(save_dir), tag=tag, client_state=client)  # writes `latest` too
+    # writes `latest` too; a LoRA run's frozen base is left out (lora.json names where it is)
+    engine.save_checkpoint(str(save_dir), tag=tag, client_state=client, exclude_frozen_parameters=bool(cfg.lora))
     if rank == 0:
         checkpoint.write_model_config(save_dir / tag, mcfg, cfg.to_dict(), marker_follows=True)
+        if cfg.lora:
+            lora.write_info(save_dir / tag, engine.module, cfg)
     checkpoint.sync_rank_files(save_dir / tag, rank)
     dist.barrier()  # every rank's files are written and durable
     if rank == 0:
@@ -222,7 +231,7 @@ def train(cfg: NeoXConfig, mirror_url: str | None = None, mirror_what: str = "--
     mirror = open_mirror(mirror_url, mirror_what, cfg)
     seq = cfg.model.seq_length
     splits = build_splits(cfg.data.data_path, cfg.data.split_weights(), seq, cfg.data.seed)
-    resume = resume_point(cfg)
+    resume = lora.resume_point(cfg, log) if cfg.lora else resume_point(cfg)
     model, source = build_model(cfg, resume)
     mcfg = model.cfg
     check_model_fits(cfg, mcfg)
@@ -247,7 +256,8 @@ def train(cfg: NeoXConfig, mirror_url: str | None = None, mirror_what: str = "--
     t = cfg.train
     if resume:
         where, tag, module_only = resume
-        _, client = engine.load_checkpoint(where, tag=tag, load_module_only=module_only,
+        # a LoRA checkpoint holds the trained tensors only (lora.resume_point checked they fit the config)
+        _, client = engine.load_checkpoint(where, tag=tag, load_module_only=module_only, load_module_strict=not cfg.lora,
                                            load_optimizer_states=not module_only,
                                            load_lr_scheduler_states=not module_only)
         if not module_only:
@@ -260,7 +270,8 @@ def train(cfg: NeoXConfig, mirror_url: str | None = None, mirror_what: str = "--
     metrics = Metrics(cfg, rank)
     gas = cfg.batch.gradient_accumulation_steps
     tokens_per_iter = cfg.batch.train_micro_batch_size_per_gpu * gas * world * seq
-    flops_per_token = mcfg.flops_per_token(seq)
+    flops_per_token = lora.flops_per_token(mcfg, seq, cfg.lora) if cfg.lora else mcfg.flops_per_token(seq)
+    base_print = lora.fingerprint(engine.module) if cfg.lora else None  # the frozen base, checked at the end
     stop = t.train_iters if t.exit_interval is None else min(t.train_iters, iteration + t.exit_interval)
     started, window_start, window_iters = time.monotonic(), time.monotonic(), 0
     last: dict = {}
@@ -301,6 +312,8 @@ def train(cfg: NeoXConfig, mirror_url: str | None = None, mirror_what: str = "--
     stats = {"iterations": iteration, "stopped_early": iteration < t.train_iters, "world_size": world,
              "seconds": time.monotonic() - started, "last": last, "model": asdict(mcfg),
              "zero_stage": cfg.zero_stage, "precision": cfg.precision.name}
+    if cfg.lora:
+        stats["lora"] = lora.run_summary(engine.module, base_print)
     if mirror:
         mirror.close()
         prune(cfg, None)  # what the uploads held back
