@@ -6,7 +6,7 @@ import pytest
 
 from images.build import ImageError, build_order, stream_build
 from images.catalog import CATALOG, ImageSpec
-from images.context import CA_BUNDLE_PATH, REQUIREMENTS_PATH, content_tag, extras_requirements, make_context
+from images.context import CA_BUNDLE_PATH, content_tag, extras_requirements, make_context
 from images.push import PushError, check_registry, stream_push, write_lock
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,6 +39,7 @@ def _tree(tmp_path: Path, text: str = "print(1)\n") -> Path:
     (tmp_path / "pkg" / "__pycache__").mkdir()
     (tmp_path / "pkg" / "__pycache__" / "mod.cpython-311.pyc").write_bytes(b"junk")
     (tmp_path / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n")
+    (tmp_path / "requirements.lock").write_text(f"a==2 --hash=sha256:{'0' * 64}  # requested\n")
     (tmp_path / "pyproject.toml").write_text(
         '[project]\nname="x"\ndependencies=[]\n[project.optional-dependencies]\na=["b==1", "a==2"]\nc=["d==3"]\n'
     )
@@ -48,11 +49,12 @@ def _tree(tmp_path: Path, text: str = "print(1)\n") -> Path:
 SPEC = ImageSpec("demo", "Dockerfile", ("pkg",), extras=("a",))
 
 
-def test_context_holds_named_files_requirements_and_no_caches(tmp_path):
+def test_context_holds_named_files_the_lock_and_no_caches(tmp_path):
     ctx = make_context(_tree(tmp_path), SPEC, ca_bundle=None)
     names = [n for n, _ in ctx.files]
-    assert names == sorted(["Dockerfile", "pkg/mod.py", REQUIREMENTS_PATH, CA_BUNDLE_PATH])
-    assert dict(ctx.files)[REQUIREMENTS_PATH] == b"a==2\nb==1\n"
+    assert names == sorted(["Dockerfile", "pkg/mod.py", "requirements.lock", CA_BUNDLE_PATH])
+    assert dict(ctx.files)["requirements.lock"] == (tmp_path / "requirements.lock").read_bytes()
+    assert extras_requirements(tmp_path, ("a",)) == "a==2\nb==1\n"
 
 
 def test_tag_is_stable_and_changes_with_every_input(tmp_path):

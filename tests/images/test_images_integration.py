@@ -434,3 +434,50 @@ def test_stage_caches_from_the_registry_seed_a_build_on_a_clean_engine(
     assert run_step and "Using cache" in lines[run_step[0] + 1], lines
     code, out = run_container(second.ref, ["/marker"], entrypoint="cat")
     assert (code, out.strip()) == (0, marker)
+
+
+_TRITON_PROBE = r"""
+import os
+from triton.runtime.build import compile_module_from_src
+src = '''#include <Python.h>
+static struct PyModuleDef m = {PyModuleDef_HEAD_INIT, "neox_probe", NULL, -1, NULL};
+PyMODINIT_FUNC PyInit_neox_probe(void) { return PyModule_Create(&m); }
+'''
+print("triton launcher build:", compile_module_from_src(src, "neox_probe").__name__)
+import torch
+f = torch.compile(lambda x: torch.sin(x) * 2 + 1, backend="inductor")
+x = torch.randn(64)
+assert torch.allclose(f(x), torch.sin(x) * 2 + 1)
+print("inductor cpu: ok")
+"""
+
+
+def test_trainer_image_compiles_what_its_run_time_paths_build_and_ships_no_cuda_compiler(built_images):
+    """The kept g++ and Python headers are used: Triton builds a C launcher against Python.h (as on a
+    GPU), inductor builds CPU kernels in C++. The CUDA compiler (nvcc, from the build wheels) is gone."""
+    ref = built_images["trainer"].ref
+    env = {"TRITON_CACHE_DIR": "/tmp/triton", "TORCHINDUCTOR_CACHE_DIR": "/tmp/inductor"}
+    code, out = run_container(ref, ["-c", _TRITON_PROBE], entrypoint="python", environment=env)
+    assert code == 0 and "triton launcher build: neox_probe" in out and "inductor cpu: ok" in out, out[-3000:]
+    code, out = run_container(
+        ref,
+        ["-c", "command -v nvcc; ls /opt/venv/lib/python3.11/site-packages/nvidia/cu13/bin/nvcc; exit 0"],
+        entrypoint="/bin/sh",
+    )
+    assert code == 0 and "No such file" in out and "/nvcc\n" not in out, out
+
+
+def test_trainer_light_dependencies_ship_in_their_own_folder_and_import(built_images):
+    """The deps stage's packages (boto3, tensorboard, determined...) sit in /opt/deps, on the venv's
+    path through its .pth, consistent with the venv (pip check) and with their commands on PATH."""
+    ref = built_images["trainer"].ref
+    script = (
+        "import boto3, determined, tensorboard, torch; "
+        "print(boto3.__file__); print(torch.__file__); "
+        "import subprocess, sys; subprocess.run([sys.executable, '-m', 'pip', 'check'], check=True)"
+    )
+    code, out = run_container(ref, ["-c", script], entrypoint="python")
+    assert code == 0, out[-3000:]
+    assert "/opt/deps/site-packages/boto3/" in out and "/opt/venv/lib/python3.11/site-packages/torch/" in out
+    code, out = run_container(ref, ["-c", "command -v det tensorboard"], entrypoint="/bin/sh")
+    assert code == 0 and "/opt/deps/bin/det" in out, out
