@@ -94,3 +94,76 @@ def test_fast_engine_refused_for_other_tokenizer_shapes(tmp_path, tokenizer_path
         preprocess([str(src)], other, tmp_path / "o", engine="tiktoken")
     stats = preprocess([str(src)], other, tmp_path / "o", engine="auto")
     assert stats.engine == "tokenizers"
+
+
+def _whitespace_fuzz(seed: int, n: int) -> list[str]:
+    """Random text dense in runs of spaces (1-60), tabs, newlines and other whitespace, between words,
+    digits, punctuation, contractions and the special tokens' text."""
+    rng = np.random.default_rng(seed)
+    alphabet = (
+        [" " * k for k in range(1, 61)] * 2
+        + list("\t\n\r\x0b\x0c\u00a0\u3000\u2028\u2009\u0085")
+        + ["\r\n", "\n\n", "\t\t"]
+        + list("abcXYZ019'., ;:!?-_()[]{}#=")
+        + ["'s", "'ll", "'t", "e\u0301", "\u0338", "<|endoftext|>", "日本", "😀", "١٢", "def", "return"]
+    )
+    return ["".join(rng.choice(alphabet, size=int(rng.integers(1, 80)))) for _ in range(n)]
+
+
+def _source_code(limit_chars: int = 400_000) -> list[str]:
+    """Real Python source from this interpreter's stdlib, as stored, and the same re-indented deeper
+    (runs of 25-60 spaces, trailing blanks), the shape of a code corpus."""
+    import sysconfig
+    from pathlib import Path
+
+    texts, size = [], 0
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        text = path.read_text(encoding="utf-8", errors="replace")[:40_000]
+        texts.append(text)
+        texts.append(
+            "\n".join(" " * (25 + i % 36) + line + "  " * (i % 3) for i, line in enumerate(text.splitlines()))
+        )
+        size += 2 * len(text)
+        if size > limit_chars:
+            break
+    return texts
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_fast_engine_folds_space_runs_into_its_regex_and_stays_exact(tokenizer_path, tokenizer, workers):
+    """The 20B tokenizer's added tokens for 2-24 spaces are split inside tiktoken's regex (one call a
+    document); on whitespace-dense fuzz and on source code its ids equal tokenizers' ids."""
+    pytest.importorskip("tiktoken", reason="tiktoken is not installed: the fast engine is optional")
+    from jobs.preprocess.fast_bpe import load_fast_bpe
+
+    fast, why = load_fast_bpe(tokenizer_path, tokenizer, workers)
+    assert fast is not None, why
+    assert fast._runs == 24 and not fast._norm_added  # the folded path, not the piece-by-piece split
+    texts = _whitespace_fuzz(workers, 3000) + _source_code()
+    got = fast.encode_batch(texts)
+    want = [e.ids for e in tokenizer.encode_batch_fast(texts)]
+    for text, g, w in zip(texts, got, want, strict=True):
+        assert g.tolist() == w, repr(text[:200])
+    flat = np.concatenate(got)
+    assert ((flat >= 50254) & (flat <= 50276)).any()  # the added space tokens really occur
+
+
+def test_fast_engine_splits_other_added_tokens_piece_by_piece(tmp_path, tokenizer_path):
+    """Normalized added tokens that are not exactly the runs of 2..K spaces (here a run of four tabs is
+    added after them) take the piece-by-piece split path, and stay exact."""
+    pytest.importorskip("tiktoken", reason="tiktoken is not installed: the fast engine is optional")
+    from tokenizers import Tokenizer
+
+    from jobs.preprocess.fast_bpe import load_fast_bpe
+
+    spec = json.loads(tokenizer_path.read_text())
+    spec["added_tokens"].append({**spec["added_tokens"][-1], "id": 50277, "content": "\t" * 4})
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(spec))
+    tok = Tokenizer.from_file(str(other))
+    fast, why = load_fast_bpe(other, tok, 2)
+    assert fast is not None, why
+    assert fast._runs == 0 and "\t" * 4 in fast._norm_added and " " * 24 in fast._norm_added
+    texts = _whitespace_fuzz(7, 1500) + _source_code(100_000)
+    for text, g in zip(texts, fast.encode_batch(texts), strict=True):
+        assert g.tolist() == tok.encode(text).ids, repr(text[:200])
