@@ -164,7 +164,8 @@ def build_hf(args, cfg):
         def loss(tokens):
             tokens = tokens.to(engine.device)
             hidden = engine.module.gpt_neox(input_ids=tokens[:, :-1]).last_hidden_state
-            return flce(engine.module.embed_out.weight, hidden.flatten(0, 1), tokens[:, 1:].flatten())
+            weight = engine.module.get_output_embeddings().weight
+            return flce(weight, hidden.flatten(0, 1), tokens[:, 1:].flatten())
     else:
         def loss(tokens):
             x = tokens[:, :-1].to(engine.device)
@@ -400,7 +401,11 @@ def main(argv=None) -> int:
         table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25)
         args.profile.write_text(table)
         print("\n".join(table.splitlines()[:20]), flush=True)
-    dist.barrier()  # no rank leaves while another still talks to it
+    if world > 1:
+        # no rank leaves while another still talks to it; memory first, since NCCL needs some for the barrier
+        del engine, loss_fn
+        torch.cuda.empty_cache()
+        dist.barrier()
     return 0
 
 

@@ -3,7 +3,7 @@
 # benchmarks/gpu_wheels.sh), build the fused kernels and FusedAdam for sm_90, optionally run GPU tests, then
 # the side-by-side throughput benchmark (ours and the baselines in one command).
 #   TESTS="tests/gpu/test_fp8_gpu.py ..." BENCH="--preset pythia-1.4b --impl ours hf ... --micro-batches 16" \
-#   bash benchmarks/speed_gpu_driver.sh
+#   [BENCH2="--preset neox-20b --layers 8 ..."] bash benchmarks/speed_gpu_driver.sh
 # Every step has a timeout under the whole run's deadline (DEADLINE_S); logs and results land in $OUT.
 set -u -o pipefail
 OUT=${OUT:-/tmp/speed-out}
@@ -50,9 +50,12 @@ if [ -n "${TESTS:-}" ]; then
   tar czf "$OUT/gpu-tests-logs.tgz" -C /tmp/gpu-tests --exclude='*.pt' --exclude='*.safetensors' . 2>/dev/null
 fi
 
-if [ -n "${BENCH:-}" ]; then
+# BENCH, then BENCH2 (another shape, say): each one command, its implementations side by side
+for n in "" 2; do
+  var=BENCH$n
+  [ -n "${!var:-}" ] || continue
   # shellcheck disable=SC2086
-  step bench $(( $(left) - 8 )) python3 benchmarks/e2e_throughput.py $BENCH --out "$OUT/e2e.jsonl" 2>&1 \
-    | tee "$OUT/bench.log" | grep -E "^e2e|Error|rror:|^impl|^(ours|hf)" | grep -v "Warning"
-fi
+  step "bench$n" $(( $(left) - 8 )) python3 benchmarks/e2e_throughput.py ${!var} --out "$OUT/e2e$n.jsonl" 2>&1 \
+    | tee "$OUT/bench$n.log" | grep -E "^e2e|Error|rror:|^impl|^(ours|hf)" | grep -v "Warning"
+done
 echo "=== done (t+$(( $(date +%s) - START ))s)"

@@ -110,7 +110,7 @@ class ModelArgs(_Section):
     checkpoint_activations: bool = False
     checkpoint_num_layers: int = 1
     fp8: bool = False  # ours: torchao float8 training of the blocks' linear layers (GPUs of capability >= 8.9)
-    fused_output_loss: bool = True  # ours: output layer + cross-entropy in token chunks, no full logits
+    fused_output_loss: bool = False  # ours: output layer + cross-entropy in token chunks (saves memory, not time)
     compile_blocks: bool = False  # ours: torch.compile each transformer block (always on with fp8)
     make_vocab_size_divisible_by: int = 128
     padded_vocab_size: int | None = None

@@ -24,7 +24,17 @@ CHUNK_ELEMENTS = 2**28  # logits per chunk: 512 MiB in bf16 (8192 tokens of a 50
 
 
 def _chunk_rows(vocab: int, rows: int) -> int:
-    return max(1, min(rows, CHUNK_ELEMENTS // vocab, 8192))
+    return max(1, min(rows, CHUNK_ELEMENTS // vocab // 256 * 256, 8192))  # whole 256-row GEMM tiles
+
+
+def _accumulate(dw: torch.Tensor, grad: torch.Tensor, hc: torch.Tensor) -> torch.Tensor:
+    """dw + grad.T @ hc with dw in fp32: on CUDA one GEMM that adds half-precision products into the
+    fp32 sum (cuBLAS's output dtype), elsewhere the product then the sum."""
+    if dw.dtype == grad.dtype:
+        return dw.addmm_(grad.t(), hc)
+    if dw.is_cuda:
+        return torch.addmm(dw, grad.t(), hc, out_dtype=dw.dtype)
+    return dw.add_((grad.t() @ hc).to(dw.dtype))
 
 
 def _loss_and_grad_reference(logits: torch.Tensor, targets: torch.Tensor, scale, want_grad: bool):
@@ -95,7 +105,7 @@ class LinearCrossEntropy(torch.autograd.Function):
                 if dh is not None:
                     torch.mm(grad, weight, out=dh[start : start + rows])
                 if dw is not None:
-                    dw += (grad.t() @ hc).to(acc)
+                    dw = _accumulate(dw, grad, hc)
         ctx.save_for_backward(dh, dw.to(weight.dtype) if dw is not None else None)
         ctx.shape = shape
         return loss * scale

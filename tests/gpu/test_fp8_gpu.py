@@ -80,11 +80,12 @@ def test_fp8_run_uses_float8_linear_layers_and_learns(runs):
 
 
 def test_fp8_losses_follow_bf16_within_tolerance(runs):
-    """Tolerance: the first step (same weights, same batch) within 1%, every 20-iteration mean within
-    0.05 nats or 10% of the bf16 run's."""
+    """Tolerance: the first step (same weights, same batch) within 0.2%, every 20-iteration mean within
+    0.05 nats or 10% of the bf16 run's. Seen on an H200 (2026-12-01): 1.8e-4 at the first step, at most
+    0.018 nats (3%) between window means, both runs ending at 0.058."""
     assert runs["bf16"][1] == 0 and runs["fp8"][1] == 0
     a, b = curve(runs["bf16"]), curve(runs["fp8"])
-    assert abs(a[0] - b[0]) <= 0.01 * a[0], (a[0], b[0])
+    assert abs(a[0] - b[0]) <= 2e-3 * a[0], (a[0], b[0])
     ma, mb = a.reshape(-1, 20).mean(1), b.reshape(-1, 20).mean(1)
     gap = np.abs(ma - mb)
     assert (gap <= np.maximum(0.05, 0.1 * ma)).all(), f"window means\nbf16 {ma}\nfp8  {mb}"

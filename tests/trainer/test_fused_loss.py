@@ -94,10 +94,12 @@ def test_fp8_is_refused_with_one_clear_line_without_a_gpu(monkeypatch):
     assert all(type(m) is torch.nn.Linear for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
-def test_fp8_off_by_default_and_fused_loss_set_from_the_config():
-    cfg = from_dict({"padded-vocab-size": 128, "fused-output-loss": False})
-    assert cfg.model.fp8 is False and cfg.model.compile_blocks is False
+def test_speed_keys_default_off_and_fused_loss_is_set_from_the_config():
+    cfg = from_dict({"padded-vocab-size": 128})
+    assert (cfg.model.fp8, cfg.model.compile_blocks, cfg.model.fused_output_loss) == (False, False, False)
     model = GPTNeoX(cfg.model_config())
     model.fused_loss = True
     assert apply_speedups(model, cfg) == ["fused output loss off"]
     assert model.fused_loss is False
+    cfg = from_dict({"padded-vocab-size": 128, "fused-output-loss": True})
+    assert apply_speedups(model, cfg) == ["fused output loss on"] and model.fused_loss is True
