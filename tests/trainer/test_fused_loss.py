@@ -103,3 +103,60 @@ def test_speed_keys_default_off_and_fused_loss_is_set_from_the_config():
     assert model.fused_loss is False
     cfg = from_dict({"padded-vocab-size": 128, "fused-output-loss": True})
     assert apply_speedups(model, cfg) == ["fused output loss on"] and model.fused_loss is True
+
+
+def test_trainer_cli_refuses_fp8_on_cpu_with_one_line_and_exit_code(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+    import yaml
+
+    from jobs.indexed_dataset import IndexedDatasetWriter, dtype_for_vocab
+
+    prefix = tmp_path / "doc"
+    rng = np.random.default_rng(0)
+    with IndexedDatasetWriter(prefix, dtype_for_vocab(128)) as w:
+        for _ in range(20):
+            w.add_document([int(v) for v in rng.integers(0, 128, 40)])
+    cfg = tmp_path / "fp8.yml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "num-layers": 1,
+                "hidden-size": 32,
+                "num-attention-heads": 4,
+                "seq-length": 16,
+                "padded-vocab-size": 128,
+                "data-path": str(prefix),
+                "train-iters": 2,
+                "train_micro_batch_size_per_gpu": 2,
+                "fp8": True,
+                "optimizer": {"type": "Adam", "params": {"lr": 0.001}},
+            }
+        )
+    )
+    env = {
+        **os.environ,
+        "DS_ACCELERATOR": "cpu",
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "MASTER_PORT": str(29000 + os.getpid() % 1000),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.train", "--config", str(cfg)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("trainer.train: error:")]
+    assert errors == [
+        "trainer.train: error: "
+        + (
+            "config key 'fp8': FP8 training needs an NVIDIA GPU with compute capability >= 8.9; no GPU is visible"
+        )
+    ], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
