@@ -15,12 +15,10 @@ from trainer.config import GPT_NEOX_KEYS, SECTIONS, load_config
 from trainer.engine import ds_config
 from trainer.train import main
 
-SEED = Path("/work/shared/seed/determined-cluster.yml")
-if not SEED.exists():  # CI checkouts keep the seed beside the repository
-    SEED = Path(__file__).resolve().parents[3] / "shared" / "seed" / "determined-cluster.yml"
+# The guide's file as the repository carries it (the same bytes as ../shared/seed's copy).
+SEED = Path(__file__).resolve().parents[2] / "configs" / "determined-cluster.yml"
 
 
-@pytest.mark.skipif(not SEED.exists(), reason="the guide's determined-cluster.yml is not beside the checkout")
 def test_guide_config_loads_as_is():
     cfg = load_config([SEED])
     assert cfg.model.num_layers == 44 and cfg.model.hidden_size == 6144 and cfg.model.rotary_pct == 0.25
