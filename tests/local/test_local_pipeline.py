@@ -64,11 +64,20 @@ def test_invoke_local_runs_every_stage_and_reuses_on_rerun(tmp_path, docker_engi
     out = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
     assert out.shape[1] == ids.shape[1] + 4
 
-    second = _invoke_local(workdir)
+    # The same pipeline with the train stage as two trainer containers (the JobSet's environment):
+    # fetch and preprocess are reused, train runs again as two nodes.
+    second = _invoke_local(workdir, "--nodes", "2")
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-2000:]
-    again = json.loads((workdir / "summary.json").read_text())["stages"]
-    assert again["fetch"]["reused"] and again["preprocess"]["reused"] and again["train"]["reused"]
+    again = json.loads((workdir / "summary.json").read_text())
+    assert again["stages"]["fetch"]["reused"] and again["stages"]["preprocess"]["reused"]
+    assert not again["stages"]["train"]["reused"]
     assert "== fetch: unchanged, reused" in second.stdout
+    assert "[train-node1] trainer.launch: node 1 of 2, 1 processes per node, world 2" in second.stdout
+    assert again["final_loss"] < again["first_loss"] - 1.0, again
+
+    third = _invoke_local(workdir, "--nodes", "2")
+    assert third.returncode == 0, third.stdout[-4000:] + third.stderr[-2000:]
+    assert all(stage["reused"] for stage in json.loads((workdir / "summary.json").read_text())["stages"].values())
 
 
 @pytest.mark.integration
