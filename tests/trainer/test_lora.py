@@ -4,6 +4,7 @@ the adapters, kill + resume reproduces the losses, every start point and launche
 ZeRO 0 and 2, the PEFT export loads with PEFT's logits equal to ours, --merge equals base + adapters,
 and bad settings are one line before any heavy work."""
 
+# ruff: noqa: F811 - `corpus` is test_train's fixture, imported to be used as one
 from __future__ import annotations
 
 import json
@@ -50,7 +51,7 @@ def base(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained(corpus, base, tmp_path_factory):  # noqa: F811
+def trained(corpus, base, tmp_path_factory):
     d = tmp_path_factory.mktemp("lora")
     cfg = write_config(d / "run.yml", corpus, load=str(base), save=str(d / "ckpt"), lora=LORA, **LR,
                        **{"train-iters": 30, "save-interval": 10, "eval-interval": 15})  # fmt: skip
@@ -58,7 +59,7 @@ def trained(corpus, base, tmp_path_factory):  # noqa: F811
     return d, proc
 
 
-def test_adapters_train_and_the_loss_falls_on_a_frozen_base(trained, base, corpus):  # noqa: F811
+def test_adapters_train_and_the_loss_falls_on_a_frozen_base(trained, base, corpus):
     from trainer.checkpoint import load_hf
 
     d, proc = trained
@@ -129,7 +130,11 @@ print(json.dumps({
 
 @pytest.mark.parametrize(("precision", "stage"), [("fp32", 0), ("bfloat16", 1), ("bfloat16", 2)])
 def test_the_frozen_base_is_bit_identical_after_training_and_only_adapters_have_fp32_masters(
-    corpus, base, tmp_path, precision, stage  # noqa: F811
+    corpus,
+    base,
+    tmp_path,
+    precision,
+    stage,
 ):
     cfg = write_config(tmp_path / "d.yml", corpus, load=str(base), lora=LORA, precision=precision, **LR,
                        zero_optimization={"stage": stage}, gradient_accumulation_steps=1)  # fmt: skip
@@ -153,7 +158,9 @@ def ours_with_adapters(tag: Path):
 
 
 def export(*args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "trainer.export", *args], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.export", *args], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -200,10 +207,15 @@ def test_merged_export_gives_the_logits_of_base_plus_adapters(trained, tmp_path)
         torch.testing.assert_close(merged(IDS).logits, ours(IDS), rtol=1e-4, atol=1e-4)
 
 
-def test_trained_embeddings_and_output_layer_export_as_peft_modules_to_save(corpus, base, tmp_path):  # noqa: F811
+def test_trained_embeddings_and_output_layer_export_as_peft_modules_to_save(corpus, base, tmp_path):
     peft = pytest.importorskip("peft")
     transformers = pytest.importorskip("transformers")
-    lora = {**LORA, "train-embeddings": True, "train-output-layer": True, "target-modules": ["query_key_value"]}
+    lora = {
+        **LORA,
+        "train-embeddings": True,
+        "train-output-layer": True,
+        "target-modules": ["query_key_value"],
+    }
     cfg = write_config(tmp_path / "e.yml", corpus, load=str(base), save=str(tmp_path / "ckpt"), lora=lora, **LR,
                        **{"train-iters": 4, "zero_optimization": {"stage": 2}})  # fmt: skip
     run(cfg)
@@ -211,8 +223,13 @@ def test_trained_embeddings_and_output_layer_export_as_peft_modules_to_save(corp
     assert stats["trainable_parameters"] == 2 * 4 * (64 + 192) + 2 * 512 * 64
     out = tmp_path / "adapters"
     export("--checkpoint", str(tmp_path / "ckpt"), "--out", str(out))
-    assert sorted(json.loads((out / "adapter_config.json").read_text())["modules_to_save"]) == ["embed_in", "lm_head"]
-    peft_model = peft.PeftModel.from_pretrained(transformers.GPTNeoXForCausalLM.from_pretrained(base), out).eval()
+    assert sorted(json.loads((out / "adapter_config.json").read_text())["modules_to_save"]) == [
+        "embed_in",
+        "lm_head",
+    ]
+    peft_model = peft.PeftModel.from_pretrained(
+        transformers.GPTNeoXForCausalLM.from_pretrained(base), out
+    ).eval()
     ours = ours_with_adapters(tmp_path / "ckpt" / "global_step4")
     with torch.no_grad():
         torch.testing.assert_close(peft_model(IDS).logits, ours(IDS), rtol=1e-4, atol=1e-4)
@@ -221,13 +238,15 @@ def test_trained_embeddings_and_output_layer_export_as_peft_modules_to_save(corp
 RESUME = {"train-iters": 12, "save-interval": 4, "lr-decay-iters": 12}
 
 
-def test_kill_and_resume_reproduce_the_losses(corpus, base, tmp_path):  # noqa: F811
+def test_kill_and_resume_reproduce_the_losses(corpus, base, tmp_path):
     ref = write_config(tmp_path / "ref.yml", corpus, load=str(base), save=str(tmp_path / "ref"), lora=LORA, **LR,
                        **RESUME)  # fmt: skip
     run(ref)
     reference = losses(tmp_path / "ref")
     save = tmp_path / "killed"
-    cfg = write_config(tmp_path / "killed.yml", corpus, load=str(base), save=str(save), lora=LORA, **LR, **RESUME)
+    cfg = write_config(
+        tmp_path / "killed.yml", corpus, load=str(base), save=str(save), lora=LORA, **LR, **RESUME
+    )
     proc = subprocess.Popen(trainer_cmd(cfg), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
@@ -250,10 +269,14 @@ def test_kill_and_resume_reproduce_the_losses(corpus, base, tmp_path):  # noqa: 
 
 
 @pytest.mark.parametrize("stage", [0, 2])
-def test_two_data_parallel_ranks_match_twice_the_accumulation(corpus, base, tmp_path, stage):  # noqa: F811
+def test_two_data_parallel_ranks_match_twice_the_accumulation(corpus, base, tmp_path, stage):
     keys = {"train-iters": 4, "zero_optimization": {"stage": stage}, "lora": LORA, **LR, "load": str(base)}
-    one = write_config(tmp_path / "one.yml", corpus, save=str(tmp_path / "one"), gradient_accumulation_steps=4, **keys)
-    two = write_config(tmp_path / "two.yml", corpus, save=str(tmp_path / "two"), gradient_accumulation_steps=2, **keys)
+    one = write_config(
+        tmp_path / "one.yml", corpus, save=str(tmp_path / "one"), gradient_accumulation_steps=4, **keys
+    )
+    two = write_config(
+        tmp_path / "two.yml", corpus, save=str(tmp_path / "two"), gradient_accumulation_steps=2, **keys
+    )
     run(one)
     run(two, nproc=2)
     a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
@@ -263,7 +286,7 @@ def test_two_data_parallel_ranks_match_twice_the_accumulation(corpus, base, tmp_
     assert json.loads((tmp_path / "two" / "train-stats.json").read_text())["lora"]["base_unchanged"]
 
 
-def test_every_start_point_is_a_base_slim_and_our_own_full_checkpoint(corpus, tmp_path):  # noqa: F811
+def test_every_start_point_is_a_base_slim_and_our_own_full_checkpoint(corpus, tmp_path):
     """The slim 20B layout (tensor parallel 2) and a full checkpoint of ours serve as the frozen base; the
     first loss is the base's own, and the export's PEFT config names the base --base-out wrote."""
     peft = pytest.importorskip("peft")
@@ -293,16 +316,20 @@ def test_every_start_point_is_a_base_slim_and_our_own_full_checkpoint(corpus, tm
     assert losses(tmp_path / "on_ours")[1] == pytest.approx(first_batch_loss(full_model, corpus), rel=1e-5)
 
     adapters, base_hf = tmp_path / "adapters", tmp_path / "base_hf"
-    proc = export("--checkpoint", str(tmp_path / "on_ours"), "--out", str(adapters), "--base-out", str(base_hf))
+    proc = export(
+        "--checkpoint", str(tmp_path / "on_ours"), "--out", str(adapters), "--base-out", str(base_hf)
+    )
     config = json.loads((adapters / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(base_hf.resolve())
-    peft_model = peft.PeftModel.from_pretrained(transformers.GPTNeoXForCausalLM.from_pretrained(base_hf), adapters)
+    peft_model = peft.PeftModel.from_pretrained(
+        transformers.GPTNeoXForCausalLM.from_pretrained(base_hf), adapters
+    )
     ours = ours_with_adapters(tmp_path / "on_ours" / "global_step3")
     with torch.no_grad():
         torch.testing.assert_close(peft_model.eval()(IDS).logits, ours(IDS), rtol=1e-4, atol=1e-4)
 
 
-def test_trainer_launch_runs_a_lora_run(corpus, base, tmp_path):  # noqa: F811
+def test_trainer_launch_runs_a_lora_run(corpus, base, tmp_path):
     cfg = write_config(tmp_path / "l.yml", corpus, load=str(base), save=str(tmp_path / "ckpt"), lora=LORA, **LR,
                        **{"train-iters": 2})  # fmt: skip
     proc = subprocess.run([sys.executable, "-m", "trainer.launch", "--", "--config", str(cfg)],
@@ -328,7 +355,9 @@ def test_trainer_launch_runs_a_lora_run(corpus, base, tmp_path):  # noqa: F811
         ({"lora": LORA, "load": None}, "config key 'lora' needs 'load'"),
     ],
 )  # fmt: skip
-def test_bad_lora_settings_are_one_line_before_any_heavy_work(corpus, base, tmp_path, capsys, change, message):  # noqa: F811
+def test_bad_lora_settings_are_one_line_before_any_heavy_work(
+    corpus, base, tmp_path, capsys, change, message
+):
     from trainer.train import main
 
     keys = {"load": str(base), "save": str(tmp_path / "ckpt"), **change}
@@ -340,14 +369,20 @@ def test_bad_lora_settings_are_one_line_before_any_heavy_work(corpus, base, tmp_
     assert not (tmp_path / "ckpt").exists()
 
 
-def test_resuming_with_other_lora_settings_or_into_a_full_run_is_refused(trained, corpus, base, tmp_path, capsys):  # noqa: F811
+def test_resuming_with_other_lora_settings_or_into_a_full_run_is_refused(
+    trained, corpus, base, tmp_path, capsys
+):
     from trainer.train import main
 
     d, _ = trained
-    cfg = write_config(tmp_path / "r.yml", corpus, load=str(base), save=str(d / "ckpt"), lora={"rank": 8}, **LR)
+    cfg = write_config(
+        tmp_path / "r.yml", corpus, load=str(base), save=str(d / "ckpt"), lora={"rank": 8}, **LR
+    )
     assert main(["--config", str(cfg)]) == 1
     assert "its adapters have lora.rank 4, the config says 8" in capsys.readouterr().err
     run(write_config(tmp_path / "full.yml", corpus, save=str(tmp_path / "full"), **{"train-iters": 1}))
     cfg = write_config(tmp_path / "s.yml", corpus, load=str(base), save=str(tmp_path / "full"), lora=LORA)
     assert main(["--config", str(cfg)]) == 1
-    assert "holds global_step1, a full checkpoint (no lora.json), not LoRA adapters" in capsys.readouterr().err
+    assert (
+        "holds global_step1, a full checkpoint (no lora.json), not LoRA adapters" in capsys.readouterr().err
+    )
