@@ -62,17 +62,12 @@ def _log(line: str) -> None:
     print(line, flush=True)
 
 
-def _fail(exc: Exception) -> Exit:
-    return Exit(f"error: {exc}", code=1)
-
-
-def _run(prog: str, body: Callable[[], object]) -> None:
-    """The one place that turns a tooling error into one line and a non-zero exit for a task."""
-    from local.containers import StageError
-
+def _run(prog: str, body: Callable[[], object]):
+    """The one place that turns a tooling error (every one is a jobs.cli.JobError: images', stages',
+    the cluster's) into one line and a non-zero exit for a task; returns what `body` returned."""
     try:
-        body()
-    except (JobError, ImageError, StageError) as exc:
+        return body()
+    except JobError as exc:
         raise Exit(f"{prog}: error: {exc}", code=1) from None
     except KeyboardInterrupt:
         raise Exit(f"{prog}: interrupted", code=130) from None
@@ -94,10 +89,7 @@ def base(c, mirror=None, tag=LOCAL_BASE_IMAGE):
     """Make a Debian bookworm base image from the package mirror (debootstrap + docker import)."""
     from images.base import make_base_image
 
-    try:
-        make_base_image(mirror=mirror, tag=tag, log=_log)
-    except ImageError as exc:
-        raise _fail(exc) from exc
+    _run("base", lambda: make_base_image(mirror=mirror, tag=tag, log=_log))
 
 
 def _names(names: str | None) -> list[str] | None:
@@ -122,7 +114,7 @@ def _build_args(pairs: list[str] | None) -> dict[str, str]:
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise Exit(f"error: --build-arg {pair!r} must be KEY=VALUE", code=1)
+            raise ImageError(f"--build-arg {pair!r} must be KEY=VALUE")
         args[key] = value
     return args
 
@@ -131,12 +123,9 @@ def _build_args(pairs: list[str] | None) -> dict[str, str]:
 def lock(c, names=None):
     """Resolve each image's pyproject pins with pip and write its lock files: every package, dependencies
     too, pinned with its sha256 (the Dockerfiles install them with --require-hashes)."""
-    from images.lock import LockError, write_locks
+    from images.lock import write_locks
 
-    try:
-        write_locks(ROOT, _names(names), log=_log)
-    except LockError as exc:
-        raise _fail(exc) from exc
+    _run("lock", lambda: write_locks(ROOT, _names(names), log=_log))
 
 
 @neox_task(
@@ -158,14 +147,13 @@ def build(
     """Build images in dependency order; unchanged images are found by content tag and not rebuilt."""
     from images.build import parse_labels
 
-    try:
+    def body():
         labels = parse_labels(label)
         client = docker_client()
-        built = _build(
-            c, client, names, base_image, build_arg, force=force, cache_from=cache_from, labels=labels
-        )
-    except ImageError as exc:
-        raise _fail(exc) from exc
+        return client, _build(c, client, names, base_image, build_arg, force=force, cache_from=cache_from,
+                              labels=labels)
+
+    client, built = _run("build", body)
     for image in built.values():
         state = "reused" if image.reused else f"built in {image.seconds:.0f}s"
         _log(f"{image.ref}  {image_size(client, image.ref) / 1e6:.0f} MB  {state}")
@@ -190,8 +178,8 @@ def push(c, registry=None, names=None, lock=None, base_image=None, tag=None, wit
     lock_path = Path(lock) if lock else DEFAULT_LOCK
     if not registry:
         raise Exit("push: error: --registry HOST[:PORT]/NAMESPACE is required", code=2)
-    try:
-        registry = check_registry(registry)
+    def body():
+        target = check_registry(registry)
         client = docker_client()
         built = _build(c, client, names, base_image, build_arg)
         revision = git_revision(ROOT)
@@ -199,15 +187,15 @@ def push(c, registry=None, names=None, lock=None, base_image=None, tag=None, wit
         for image in built.values():
             if not _is_shipped(image.name):
                 continue
-            refs[image.name] = push_image(
-                client, image, registry, extra_tags=[f"git-{revision}", *(tag or [])], log=_log
-            )
+            refs[image.name] = push_image(client, image, target, extra_tags=[f"git-{revision}", *(tag or [])],
+                                          log=_log)
             _log(f"{image.name}: {refs[image.name]}")
             if with_cache:
-                push_cache(client, cache_refs(registry, by_name()[image.name]), log=_log)
+                push_cache(client, cache_refs(target, by_name()[image.name]), log=_log)
         write_lock(lock_path, refs)
-    except ImageError as exc:
-        raise _fail(exc) from exc
+        return refs
+
+    refs = _run("push", body)
     _log(f"wrote {lock_path}: {json.dumps(refs)}")
 
 
@@ -244,12 +232,11 @@ def local(
     nodes=1,
 ):
     """Run the whole pipeline on this machine in Docker: fetch, preprocess, fine-tune, export, generate."""
-    from local.containers import StageError
     from local.pipeline import LocalOptions, LocalPipeline
 
     choice = {"auto": None, "yes": True, "no": False}
     if gpus not in choice:
-        raise Exit(f"error: --gpus must be auto, yes or no, not {gpus!r}", code=1)
+        raise Exit(f"local: error: --gpus must be auto, yes or no, not {gpus!r}", code=1)
     opts = LocalOptions(
         clean=clean, gpus=choice[gpus], corpus=list(corpus or []), tokenizer=tokenizer, weights=weights
     )
@@ -260,15 +247,16 @@ def local(
     if train_iters:
         opts.train_iters = int(train_iters)
     if int(nodes) < 1:
-        raise Exit(f"error: --nodes must be at least 1, not {nodes}", code=1)
+        raise Exit(f"local: error: --nodes must be at least 1, not {nodes}", code=1)
     opts.nodes = int(nodes)
-    try:
+
+    def body():
         client = docker_client()
         built = _build(c, client, None, base_image, None)
         images = {name: image.ref for name, image in built.items()}
-        summary = LocalPipeline(opts, images, client, log=_log).run()
-    except (ImageError, StageError) as exc:
-        raise _fail(exc) from exc
+        return LocalPipeline(opts, images, client, log=_log).run()
+
+    summary = _run("local", body)
     _log("")
     _log("invoke local: done")
     for name, stage in summary["stages"].items():

@@ -24,9 +24,10 @@ from images.catalog import (
 )
 from images.context import ContextError, content_tag, host_ca_bundle, make_context
 from images.lock import check_lock
+from jobs.cli import JobError
 
 
-class ImageError(Exception):
+class ImageError(JobError):
     """A build, push or engine failure: the message is the one line shown to the user."""
 
 

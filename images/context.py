@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from images.catalog import ImageSpec
+from jobs.cli import JobError
 
 # Files and folders never sent to the engine.
 _IGNORED_PARTS = {"__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache"}
@@ -26,8 +27,8 @@ _IGNORED_SUFFIXES = (".pyc", ".pyo", ".so", ".o")
 CA_BUNDLE_PATH = ".build/ca-bundle.crt"
 
 
-class ContextError(Exception):
-    pass
+class ContextError(JobError):
+    """A build context that cannot be made (a missing file, extra or lock): one line."""
 
 
 def host_ca_bundle() -> Path | None:

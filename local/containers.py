@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jobs.cli import JobError
 from jobs.spec import JobSpec, launch_env
 
 MOUNT = "/mnt/finetune"
@@ -20,7 +21,7 @@ WORKDIR_LABEL = "neox-pipeline.local/workdir"
 WAIT_TIMEOUT = 600  # seconds for the engine to report an exit once the log stream ended (loaded machine)
 
 
-class StageError(Exception):
+class StageError(JobError):
     """A stage failed: the message names the stage and carries its log tail."""
 
 
