@@ -78,8 +78,13 @@ def atomic_dir(out: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         yield tmp
-        if out.exists():
+        if out.exists() and replace:
             shutil.rmtree(out)
+        elif out.is_dir():
+            try:
+                out.rmdir()  # only an empty folder: one filled meanwhile stays as it is
+            except OSError:
+                raise JobError(f"{out}: folder was filled while writing; nothing replaced") from None
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -15,12 +15,10 @@ an HF folder, or a checkpoint of ours).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -178,13 +176,15 @@ def save_hf(
     max_shard_bytes: int = 5 * 1024**3,
     tokenizer: str | os.PathLike | None = None,
     replace: bool = True,
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
-    """Write a Hugging Face folder (safetensors shards, index, config.json) via a temp dir + rename;
-    `replace=False`: only into a new or empty folder (checked again at the rename)."""
+    """Write a Hugging Face folder (safetensors shards, index, config.json, the tokenizer, `extra_files`
+    such as the model card) via a temp dir + rename; `replace=False`: only into a new or empty folder
+    (checked again at the rename)."""
     from safetensors.torch import save_file
 
     out = Path(out)
-    with atomic_dir(out) if replace else _new_dir(out) as tmp:
+    with atomic_dir(out, replace=replace) as tmp:
         state = {}
         for name, tensor in model.state_dict().items():
             hf_name = "embed_out.weight" if name == "embed_out.weight" else f"gpt_neox.{name}"
@@ -210,24 +210,9 @@ def save_hf(
         (tmp / "config.json").write_text(json.dumps(config_to_hf(model.cfg, dtype), indent=2) + "\n")
         if tokenizer is not None and Path(tokenizer).is_file():
             shutil.copyfile(tokenizer, tmp / "tokenizer.json")
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
     return out
-
-
-@contextlib.contextmanager
-def _new_dir(out: Path):
-    """As jobs.cli.atomic_dir, but the finished folder only takes the place of nothing or an empty folder."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        yield tmp
-        if out.is_dir():
-            try:
-                out.rmdir()  # fails unless empty
-            except OSError:
-                raise JobError(f"{out}: folder is not empty (filled while writing); nothing replaced") from None
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---- GPT-NeoX slim layout ----------------------------------------------------------------------

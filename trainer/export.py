@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from jobs.cli import JobError, human_bytes, run_main, write_json_atomic
-from trainer import checkpoint
+from trainer import checkpoint, model_card
 
 PROG = "trainer.export"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -87,7 +87,10 @@ def export(checkpoint_dir: str | Path, out: str | Path, dtype: str = "auto", mer
         dtype = {"fp16": "float16", "bf16": "bfloat16"}.get(neox.get("precision_name", ""), "float32")
     model = checkpoint.build_model(mcfg, {k: v.float() for k, v in state.items()})
     vocab_file = (neox.get("model") or {}).get("vocab_file")
-    checkpoint.save_hf(model, out, DTYPES[dtype], tokenizer=vocab_file, replace=False)
+    params = sum(t.numel() for t in model.state_dict().values())
+    extra = {"generation_config.json": model_card.generation_config(neox),
+             "README.md": model_card.card(neox, str(folder / tag), checkpoint.step_of(tag), params)}
+    checkpoint.save_hf(model, out, DTYPES[dtype], tokenizer=vocab_file, replace=False, extra_files=extra)
     size = sum(p.stat().st_size for p in Path(out).glob("*.safetensors"))
     stats = {"checkpoint": str(folder / tag), "out": str(out), "dtype": dtype, "bytes": size,
              "parameters": sum(t.numel() for t in model.state_dict().values())}

@@ -128,6 +128,14 @@ def test_export_round_trip(trained, tmp_path):
     ids = torch.randint(0, 512, (2, 32), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, ours(ids), rtol=1e-4, atol=1e-4)
+    # The folder says what it is: transformers reads its generation config; the card names the data,
+    # the weights it started from and the settings.
+    gen = transformers.GenerationConfig.from_pretrained(out)
+    assert gen.eos_token_id == 0 and gen.pad_token_id == 0
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers\n")
+    assert "| iterations | 30 of 30 |" in card and "| base weights | random initialisation |" in card
+    assert "tiny_text_document" in card and "| precision | fp32 |" in card
 
 
 RESUME_KEYS = {"train-iters": 12, "save-interval": 4, "lr-decay-iters": 12}
