@@ -164,12 +164,14 @@ class LoRALinear(nn.Linear):
         nn.Module.__init__(self)
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight, self.bias = base.weight, base.bias
-        device = base.weight.device
-        self.lora_A = nn.Linear(self.in_features, rank, bias=False, device=device, dtype=torch.float32)
-        self.lora_B = nn.Linear(rank, self.out_features, bias=False, device=device, dtype=torch.float32)
+        # made on the CPU (small), so the same seed gives the same adapters on any device
+        self.lora_A = nn.Linear(self.in_features, rank, bias=False, dtype=torch.float32)
+        self.lora_B = nn.Linear(rank, self.out_features, bias=False, dtype=torch.float32)
         with torch.no_grad():
             nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5), generator=generator)  # as PEFT
             nn.init.zeros_(self.lora_B.weight)  # the bypass starts at zero: the base model's output
+        self.lora_A.to(base.weight.device)
+        self.lora_B.to(base.weight.device)
         self.scaling = alpha / rank
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 

@@ -386,3 +386,31 @@ def test_resuming_with_other_lora_settings_or_into_a_full_run_is_refused(
     assert (
         "holds global_step1, a full checkpoint (no lora.json), not LoRA adapters" in capsys.readouterr().err
     )
+
+
+def test_the_lora_benchmark_runs_ours_and_peft_side_by_side_on_a_tiny_shape():
+    pytest.importorskip("peft")
+    script = Path(__file__).parents[2] / "benchmarks" / "lora_bench.py"
+    args = [
+        "--preset",
+        "tiny",
+        "--seq",
+        "32",
+        "--micro-batch",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "1",
+        "--rank",
+        "4",
+    ]
+    proc = subprocess.run(
+        [sys.executable, str(script), *args], env=env(), capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    for impl in ("ours", "peft"):
+        line = next(x for x in lines if x.startswith(f"lora_bench: {impl} "))
+        assert "tokens/s" in line and f"{adapter_count(4):,} trainable parameters" in line
+    assert any(x.startswith("lora_bench: ours / peft: ") for x in lines)
