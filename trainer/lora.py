@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jobs.cli import JobError, write_json_atomic
+from jobs.cli import JobError, atomic_dir, write_json_atomic
 from trainer import checkpoint
 
 TARGETS = ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")  # Hugging Face GPT-NeoX names
@@ -475,15 +475,36 @@ def trained_state(folder: Path, tag: str) -> tuple[dict, dict[str, torch.Tensor]
 
     info = read_info(folder / tag)
     names = info["trainable"]
-    state = export.load_state(folder, tag)
+    state = _stage0_masters(folder / tag, names) or export.load_state(folder, tag)
     missing = [n for n in names if n not in state]
     if missing:
         raise JobError(f"{folder / tag}: trained tensor {missing[0]} is missing ({len(missing)} in all)")
     return info, {n: state[n].float() for n in names}
 
 
-def adapted_base(folder: Path, tag: str, info: dict, state: dict[str, torch.Tensor]) -> nn.Module:
-    """The base the checkpoint names, with its trained adapters in place."""
+def _stage0_masters(tag_dir: Path, names: list[str]) -> dict[str, torch.Tensor] | None:
+    """ZeRO 0 with bf16 keeps the fp32 master copies beside the (bf16) module state, in one group per
+    parameter group in the trainable parameters' order (trainer.engine.param_groups); None elsewhere."""
+    files = sorted(tag_dir.glob("mp_rank_*_model_states.pt"))
+    if any(tag_dir.glob("*_optim_states.pt")) or not files:
+        return None
+    saved = torch.load(files[0], map_location="cpu", weights_only=False)
+    groups = (
+        (saved.get("optimizer") or {}).get("fp32_groups")
+        if isinstance(saved.get("optimizer"), dict)
+        else None
+    )
+    flat = [t for g in groups or [] for t in g]
+    module = saved.get("module") or {}
+    if len(flat) != len(names) or any(
+        n not in module or flat[i].shape != module[n].shape for i, n in enumerate(names)
+    ):
+        return None  # not laid out as expected: the module state it is
+    return dict(zip(names, flat, strict=True))
+
+
+def checked_base(folder: Path, tag: str, info: dict) -> nn.Module:
+    """The base the checkpoint names, loaded and checked against the architecture it was trained with."""
     mcfg, _ = checkpoint.read_model_config(folder / tag)
     base = (info.get("base") or {}).get("path")
     if not base:
@@ -495,12 +516,22 @@ def adapted_base(folder: Path, tag: str, info: dict, state: dict[str, torch.Tens
                 f"LoRA base {base}: {key} is {getattr(model.cfg, key)}, the adapters were trained "
                 f"with {getattr(mcfg, key)}"
             )
+    return model
+
+
+def attach(model: nn.Module, info: dict, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Wrap `model` as the checkpoint's LoRA settings say and put the trained tensors in place."""
     apply_lora(model, LoraConfig(**info["lora"]))
     with torch.no_grad():
         params = dict(model.named_parameters())
         for name, tensor in state.items():
             params[name].copy_(tensor)
     return model
+
+
+def adapted_base(folder: Path, tag: str, info: dict, state: dict[str, torch.Tensor]) -> nn.Module:
+    """The base the checkpoint names, with its trained adapters in place."""
+    return attach(checked_base(folder, tag, info), info, state)
 
 
 def export_checkpoint(
@@ -516,16 +547,23 @@ def export_checkpoint(
     vocab_file = (neox.get("model") or {}).get("vocab_file")
     stats = {"checkpoint": str(folder / tag), "out": str(out), "lora": info["lora"], "base": info.get("base")}
     if merge_weights or base_out:
-        model = adapted_base(folder, tag, info, state)
+        from trainer import model_card
+
+        model = checked_base(folder, tag, info)  # one copy of the base in memory (20B: about 41 GB)
+        params = sum(t.numel() for t in model.state_dict().values())
+        full_dtype = dtypes[run_dtype if dtype == "auto" else dtype]
+        generation = model_card.generation_config(neox)
     if base_out:
-        base_dtype = dtypes[run_dtype if dtype == "auto" else dtype]
-        base_only, _ = load_base(info["base"]["path"], checkpoint.read_model_config(folder / tag)[0])
-        checkpoint.save_hf(base_only, base_out, base_dtype, tokenizer=vocab_file, replace=False)
+        checkpoint.save_hf(model, base_out, full_dtype, tokenizer=vocab_file, replace=False,
+                           extra_files={"generation_config.json": generation})  # fmt: skip
         stats["base_out"] = str(base_out)
     if merge_weights:
-        out_dtype = dtypes[run_dtype if dtype == "auto" else dtype]
-        merge(model, out_dtype)
-        checkpoint.save_hf(model, out, out_dtype, tokenizer=vocab_file, replace=False)
+        out_dtype = full_dtype
+        merge(attach(model, info, state), out_dtype)
+        card = model_card.card(neox, str(folder / tag), checkpoint.step_of(tag), params,
+                               kind="LoRA fine-tune (adapters merged)")  # fmt: skip
+        checkpoint.save_hf(model, out, out_dtype, tokenizer=vocab_file, replace=False,
+                           extra_files={"generation_config.json": generation, "README.md": card})  # fmt: skip
         stats.update(
             kind="merged Hugging Face weights",
             dtype=str(out_dtype).removeprefix("torch."),
@@ -540,7 +578,7 @@ def export_checkpoint(
                 f"the base ({base.get('kind')}) is not a Hugging Face folder: add --base-out DIR for one"
             )
         tensors = {k: v.to(out_dtype).contiguous() for k, v in peft_state(state, info["lora"]).items()}
-        with checkpoint._new_dir(out) as tmp:
+        with atomic_dir(out, replace=False) as tmp:
             save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
             cfg = peft_config(info["lora"], info["trainable"], base_name)
             (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=2) + "\n")

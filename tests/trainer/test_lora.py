@@ -414,3 +414,39 @@ def test_the_lora_benchmark_runs_ours_and_peft_side_by_side_on_a_tiny_shape():
         line = next(x for x in lines if x.startswith(f"lora_bench: {impl} "))
         assert "tokens/s" in line and f"{adapter_count(4):,} trainable parameters" in line
     assert any(x.startswith("lora_bench: ours / peft: ") for x in lines)
+
+
+@pytest.mark.parametrize("stage", [0, 1])
+def test_a_bf16_run_exports_the_fp32_master_adapters(corpus, base, tmp_path, stage):
+    from safetensors.torch import load_file
+
+    cfg = write_config(tmp_path / "bf.yml", corpus, load=str(base), save=str(tmp_path / "ckpt"), lora=LORA, **LR,
+                       precision="bfloat16", zero_optimization={"stage": stage}, **{"train-iters": 3})  # fmt: skip
+    run(cfg)
+    tag = tmp_path / "ckpt" / "global_step3"
+    module = torch.load(tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+    assert {t.dtype for t in module.values()} == {
+        torch.bfloat16
+    }  # the adapters as the bf16 forward used them
+    export("--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "adapters"))
+    tensors = load_file(tmp_path / "adapters" / "adapter_model.safetensors")
+    assert {t.dtype for t in tensors.values()} == {torch.float32}
+    for name, t in module.items():
+        exported = tensors[f"base_model.model.gpt_neox.{name}"]
+        torch.testing.assert_close(exported.bfloat16(), t, rtol=0.02, atol=1e-3)  # the same adapters ...
+    # ... from the fp32 master copies, not the rounded module copies
+    assert any((t != t.bfloat16().float()).any() for t in tensors.values())
+
+
+def test_finetune_from_a_lora_checkpoint_takes_its_adapters_and_base_with_a_fresh_optimizer(
+    trained, corpus, tmp_path
+):
+    d, _ = trained
+    cfg = write_config(tmp_path / "ft.yml", corpus, load=str(d / "ckpt"), save=str(tmp_path / "ft"), lora=LORA, **LR,
+                       finetune=True, **{"train-iters": 2})  # fmt: skip
+    out = run(cfg).stdout
+    assert f"resumed from {d / 'ckpt'}/global_step30 at iteration 0 (weights only)" in out
+    # the base came from the checkpoint's lora.json, the adapters from its iteration 30
+    assert losses(tmp_path / "ft")[1] == pytest.approx(
+        first_batch_loss(ours_with_adapters(d / "ckpt" / "global_step30"), corpus), rel=1e-5
+    )
