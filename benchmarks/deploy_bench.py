@@ -1,10 +1,10 @@
 """Time the deploy tooling's own work: render + strict validation of the example config, the dry-run
 write, and a full deploy (apply, wait, submit) plus an idempotent second run against the local
-stand-ins of tests/deploy/standins.py. Usage: python benchmarks/deploy_bench.py [REPEATS]"""
+stand-ins of tests/support/kube.py (over TLS, through the official client). Usage:
+python benchmarks/deploy_bench.py [REPEATS]"""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -18,14 +18,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from k8s import deploy as d  # noqa: E402
-from k8s.cluster import Cluster, Credentials  # noqa: E402
+from k8s.cluster import Cluster, default_credentials  # noqa: E402
 from k8s.config import load_config, load_lock  # noqa: E402
 from k8s.determined_api import Master  # noqa: E402
 from k8s.plan import build_plan, write_plan  # noqa: E402
-
-spec = importlib.util.spec_from_file_location("standins", REPO / "tests" / "deploy" / "standins.py")
-standins = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(standins)
+from tests.support import kube as standins  # noqa: E402
 
 
 def timed(fn, repeats):
@@ -45,8 +42,8 @@ def main(repeats: int = 5) -> None:
     import yaml
 
     raw = yaml.safe_load((REPO / "pipeline.example.yaml").read_text())
-    raw["neox_configs"] = [str(REPO.parent / "shared" / "seed" / "determined-cluster.yml")]
-    raw["experiment_base"] = str(REPO.parent / "shared" / "seed" / "finetune-gpt-neox.yml")
+    raw["neox_configs"] = [str(REPO / "configs" / "determined-cluster.yml")]
+    raw["experiment_base"] = str(REPO / "configs" / "finetune-gpt-neox.yml")
     raw["lock_file"] = str(lock)
     cfg_path = tmp / "pipeline.yaml"
     cfg_path.write_text(yaml.safe_dump(raw))
@@ -57,15 +54,20 @@ def main(repeats: int = 5) -> None:
     med, best = timed(lambda: build_plan(cfg, images), repeats)
     print(f"render+validate, warm (7 objects + experiment): median {med * 1000:.0f} ms, best {best * 1000:.0f} ms")
     plan = build_plan(cfg, images)
-    med, best = timed(lambda: write_plan(plan, tmp / "out", images), repeats)
+    outs = iter(range(repeats))  # a new folder each time: --out never replaces one with files in it
+    med, best = timed(lambda: write_plan(plan, tmp / f"out{next(outs)}", images), repeats)
     print(f"dry-run write: median {med * 1000:.0f} ms, best {best * 1000:.0f} ms")
     os.environ.update({"AWS_ACCESS_KEY_ID": "AKIDBENCH", "AWS_SECRET_ACCESS_KEY": "bench-secret",
                        "DET_PASS": "det-pass-123"})
 
+    pki = standins.make_pki(tmp / "pki")
+
     def full():
-        kube, det = standins.FakeKube().start(), standins.FakeDetermined().start()
+        kube = standins.FakeKube(tls=pki).start()
+        det = standins.FakeDetermined().start()
         try:
-            cluster = Cluster(Credentials(server=kube.url, token=kube.token), raw["namespace"])
+            kubeconfig = standins.write_kubeconfig(tmp / "kubeconfig", kube.url, kube.ca_file, kube.token)
+            cluster = Cluster(default_credentials(str(kubeconfig)), raw["namespace"])
             master = Master(det.url)
             opts = d.Options(config=str(cfg_path), skip_preflight=True, poll=0.01)
             d.secrets(opts, cluster=cluster, out=io.StringIO())

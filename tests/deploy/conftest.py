@@ -1,30 +1,20 @@
 """Fixtures for the deploy tests: a pipeline config built from pipeline.example.yaml (pointing at the
-guide's files in ../shared/seed), a lock file, and the local Kubernetes and Determined stand-ins
-(tests/deploy/standins.py says what subset of each API they speak)."""
+guide's files as configs/ carries them), a lock file, and the local Kubernetes and Determined stand-ins
+(tests/support/kube.py says what subset of each API they speak)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.support import kube as standins
+from tests.support.s3 import moto_s3
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-SHARED = Path(__file__).parents[3] / "shared"
-
-# `k8s` runs from the checkout and is not in the wheel (DESIGN.md), so the editable install does not
-# expose it; pytest's importlib mode does not add the root either.
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-_spec = importlib.util.spec_from_file_location("deploy_standins", HERE / "standins.py")
-standins = importlib.util.module_from_spec(_spec)
-sys.modules["deploy_standins"] = standins
-_spec.loader.exec_module(standins)
 
 DIGESTS = {"trainer": "1" * 64, "fetcher": "2" * 64, "preprocessor": "3" * 64}
 # Credentials the tests put in the environment; none may appear in any rendered file or log.
@@ -120,16 +110,7 @@ def master(det):
 
 @pytest.fixture
 def s3(monkeypatch, secret_env):
-    """An S3-compatible server (moto's) on 127.0.0.1, emptied first: moto keeps state per process."""
-    import boto3
-    import requests
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    requests.post(f"{url}/moto-api/reset", timeout=10).raise_for_status()
+    """An S3-compatible server (moto's) on 127.0.0.1, empty (tests/support/s3.py)."""
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    yield url, boto3.client("s3", endpoint_url=url)
-    server.stop()
+    with moto_s3() as server:
+        yield server

@@ -1,4 +1,4 @@
-"""Apply, wait and submit against the local stand-ins (tests/deploy/standins.py): no Kubernetes API
+"""Apply, wait and submit against the local stand-ins (tests/support/kube.py): no Kubernetes API
 server or Determined master can run here, so these speak the subset of each API deploy uses."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """k8s/cluster.py through the official kubernetes client, over TLS, against the stand-in API server
-(tests/deploy/standins.py says what it speaks). REQUESTS_CA_BUNDLE and SSL_CERT_FILE point at an
+(tests/support/kube.py says what it speaks). REQUESTS_CA_BUNDLE and SSL_CERT_FILE point at an
 unrelated CA throughout: the cluster is trusted through its kubeconfig's CA alone."""
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import time
 
 import pytest
 import yaml
-from deploy_standins import write_kubeconfig
 
 from jobs.cli import JobError
 from k8s.cluster import (
@@ -28,13 +27,14 @@ from k8s.cluster import (
     state,
 )
 from k8s.determined_api import Master
+from tests.support.kube import write_kubeconfig
 
 NS = "tenant-finetune"
 
 
 @pytest.fixture(scope="session")
 def foreign_pki(tmp_path_factory):
-    from deploy_standins import make_pki
+    from tests.support.kube import make_pki
 
     return make_pki(tmp_path_factory.mktemp("foreign-pki"), name="unrelated")
 
@@ -291,7 +291,7 @@ def test_in_cluster_service_account(kube, tmp_path):
 
 
 def test_the_master_trusts_its_ca_even_with_requests_ca_bundle_set(kube_pki, foreign_ca_env):
-    from deploy_standins import FakeDetermined
+    from tests.support.kube import FakeDetermined
 
     det = FakeDetermined(tls=kube_pki).start()
     try:
@@ -356,7 +356,7 @@ def test_api_errors_name_the_object_and_the_servers_reason(cluster):
 
 
 def test_the_kind_table_matches_the_crds_and_every_kind_round_trips(kube, cluster):
-    from deploy_standins import CORE_ROUTES, crd_routes
+    from tests.support.kube import CORE_ROUTES, crd_routes
 
     served = {kind: (g, v, p) for (g, v, p), kind in {**CORE_ROUTES, **crd_routes()}.items()}
     assert {k: (x.group, x.version, x.plural) for k, x in KINDS.items()} == {k: served[k] for k in KINDS}

@@ -1,4 +1,4 @@
-"""The Determined seam (against the local stand-in, see standins.py) and `invoke export` (against an
+"""The Determined seam (against the local stand-in, see tests/support/kube.py) and `invoke export` (against an
 S3-compatible server on 127.0.0.1)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Deploy with the Kubernetes-native engines against the API server stand-in (tests/deploy/standins.py,
+"""Deploy with the Kubernetes-native engines against the API server stand-in (tests/support/kube.py,
 through the official client over TLS): no API server, Kubeflow Trainer or JobSet controller can run
-here, so the stand-in plays their part (indexed pods, conditions) as standins.py describes. The flow is
+here, so the stand-in plays their part (indexed pods, conditions) as tests/support/kube.py describes. The flow is
 the one a cluster sees: Jobs first, then the TrainJob/JobSet, followed to its end; status, logs by node
 rank, teardown, and a second deploy that changes nothing."""
 

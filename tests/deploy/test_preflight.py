@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import shutil
-import socket
 import subprocess
 import time
 
@@ -19,14 +18,9 @@ from jobs.cli import JobError
 from k8s import deploy as d
 from k8s.config import load_config, load_lock
 from k8s.preflight import check_bucket, check_image, run_preflight
+from tests.support.net import free_port
 
 REGISTRY_BIN = shutil.which("docker-registry") or shutil.which("registry")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +28,7 @@ def registry(tmp_path_factory):
     if REGISTRY_BIN is None:
         pytest.skip("no docker-registry binary (Debian package docker-registry) on this machine")
     root = tmp_path_factory.mktemp("registry")
-    port = _free_port()
+    port = free_port()
     (root / "config.yml").write_text(json.dumps({
         "version": 0.1, "log": {"level": "error"},
         "storage": {"filesystem": {"rootdirectory": str(root / "data")}},

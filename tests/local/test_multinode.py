@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import yaml
 from jobs import spec as js
 from jobs.indexed_dataset import IndexedDatasetWriter, dtype_for_vocab
 from local.containers import MOUNT, STAGE_LABEL, Runner, StageError
+from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -35,12 +35,6 @@ TINY = {
 }
 SECRET = "node-secret-never-logged-7f3a"  # moto takes any keys
 TIMEOUT = 900  # two trainer containers importing torch and DeepSpeed on a loaded 2-core machine
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +137,7 @@ def test_two_containers_as_two_nodes_train_like_one_process(docker_engine, train
     with LocalS3() as s3:
         s3.create_bucket(bucket)
         logs = runner.run_nodes("train", trainer_image, train_args(f"{MOUNT}/two", gradient_accumulation_steps=2),
-                                list(js.LAUNCH), node_envs(rendered, 2, _free_port(), s3=s3.endpoint))
+                                list(js.LAUNCH), node_envs(rendered, 2, free_port(), s3=s3.endpoint))
         keys = {o["Key"] for page in s3.client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
                 for o in page.get("Contents", [])}
         latest = s3.client.get_object(Bucket=bucket, Key=f"{prefix}/latest")["Body"].read().decode().strip()
@@ -168,7 +162,7 @@ def test_a_killed_node_container_and_a_restart_of_the_set_resume_exactly(docker_
     args = train_args(f"{MOUNT}/restart", gradient_accumulation_steps=2)
     runner = Runner(docker_engine, volume, log=lambda line: None)
     runner.prepare_volume()
-    port = _free_port()
+    port = free_port()
     failure: list[BaseException] = []
 
     def first_attempt():
