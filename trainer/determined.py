@@ -54,6 +54,9 @@ def config_from_hparams(hparams: dict, exp_conf: dict, workdir: str | os.PathLik
                      f"(config had {raw.get('train_iters')} and {raw.get('lr_decay_iters')})")
         raw["train_iters"] = raw["lr_decay_iters"] = int(batches)
     cfg = from_dict(raw, [str(conf_dir / f) for f in files])
+    if cfg.lora:  # NeoXTrial saves full DeepSpeed checkpoints and has no lora.json: not a LoRA checkpoint
+        raise JobError("config key 'lora': LoRA runs under Determined are not supported yet; "
+                       "run them with trainer.train or trainer.launch")
     cfg.notes.extend(notes)
     return cfg
 

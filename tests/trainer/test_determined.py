@@ -42,3 +42,11 @@ def test_trial_lookup_without_determined_says_which_extra():
 
     with pytest.raises(ImportError, match="'determined' extra"):
         td.NeoXTrial  # noqa: B018
+
+
+def test_a_lora_config_is_refused_in_one_line(tmp_path):
+    from jobs.cli import JobError
+
+    (tmp_path / "l.yml").write_text("lora: {rank: 8}\nload: /weights\n")
+    with pytest.raises(JobError, match="^config key 'lora': LoRA runs under Determined are not supported yet"):
+        config_from_hparams({"conf_dir": str(tmp_path), "conf_file": ["l.yml"]}, {})
