@@ -216,6 +216,7 @@ def _is_shipped(name: str) -> bool:
         "gpus": "auto (default: when the engine has the NVIDIA runtime), yes or no",
         "base-image": "base image to build on (see `invoke build`)",
         "nodes": "train as N trainer containers (one process each) through trainer.launch, as a JobSet would",
+        "lora": "also fine-tune with LoRA adapters from the same weights (default on; --no-lora skips it)",
     },
 )
 def local(
@@ -230,6 +231,7 @@ def local(
     gpus="auto",
     base_image=None,
     nodes=1,
+    lora=True,
 ):
     """Run the whole pipeline on this machine in Docker: fetch, preprocess, fine-tune, export, generate."""
     from local.pipeline import LocalOptions, LocalPipeline
@@ -249,6 +251,7 @@ def local(
     if int(nodes) < 1:
         raise Exit(f"local: error: --nodes must be at least 1, not {nodes}", code=1)
     opts.nodes = int(nodes)
+    opts.lora = lora
 
     def body():
         client = docker_client()
@@ -265,6 +268,10 @@ def local(
     _log(
         f"  lm_loss     {summary['first_loss']:.3f} -> {summary['final_loss']:.3f} over {summary['iterations']} iterations"
     )
+    if "lora" in summary:
+        lora_run = summary["lora"]
+        _log(f"  LoRA        lm_loss {lora_run['first_loss']:.3f} -> {lora_run['final_loss']:.3f}, "
+             f"adapters (PEFT) {lora_run['adapter']}")
     _log(f"  checkpoints {summary['checkpoints']} (and s3://{summary['bucket']} while it ran)")
     _log(f"  HF model    {summary['hf_model']}")
     _log(f"  loss curve  {summary['loss_curve']}")

@@ -38,6 +38,7 @@ from local.containers import MOUNT, Runner, StageError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "local" / "neox-tiny.yml"
+LORA_CONFIG = ROOT / "local" / "lora-tiny.yml"  # added to the configs for the LoRA run
 BUCKET = "neox-checkpoints"
 PROMPT = "The red fox"
 
@@ -53,6 +54,7 @@ class LocalOptions:
     clean: bool = False
     gpus: bool | None = None  # None: use a GPU when the engine has the NVIDIA runtime
     nodes: int = 1  # trainer containers, one process each: the multi-node path on one machine
+    lora: bool = True  # also fine-tune with LoRA adapters from the same weights (a second train stage)
 
 
 def _fingerprint(*parts: object) -> str:
@@ -118,10 +120,22 @@ class LocalPipeline:
         weights_source, fp = self._weights(configs, tokenizer, fp)
         weights, fp_fetch = self._fetch(weights_source, fp)
         data_prefix, fp_data = self._preprocess(corpus, tokenizer, fp)
-        train = self._train(configs, tokenizer, weights, data_prefix, _fingerprint(fp_fetch, fp_data))
+        inputs = _fingerprint(fp_fetch, fp_data)
+        train = self._train(configs, tokenizer, weights, data_prefix, inputs)
         export = self._export(train)
         generated = self._generate(export["hf"], tokenizer, export["fingerprint"])
-        return self._summary(train, export, generated)
+        lora = None
+        if self.opts.lora:
+            lora_configs = [*configs, self._copy_config(LORA_CONFIG)]
+            lora = self._train(lora_configs, tokenizer, weights, data_prefix, inputs, stage="train-lora")
+            lora["adapter"] = self._export_adapter(lora)
+        return self._summary(train, export, generated, lora)
+
+    def _copy_config(self, cfg: Path) -> Path:
+        copy = self.workdir / "configs" / cfg.name
+        copy.parent.mkdir(exist_ok=True)
+        shutil.copyfile(cfg, copy)
+        return copy
 
     def _copy_configs(self) -> list[Path]:
         folder = self.workdir / "configs"
@@ -223,20 +237,24 @@ class LocalPipeline:
         self._stage("preprocess", fp, [out.with_suffix(".bin"), out.with_suffix(".idx")], body)
         return out, fp
 
-    def _train(self, configs: list[Path], tokenizer: Path, weights: Path, data: Path, fp: str) -> dict:
-        save = self.workdir / "checkpoints"
-        logs_dir = self.workdir / "train-logs"
+    def _train(self, configs: list[Path], tokenizer: Path, weights: Path, data: Path, fp: str,
+               stage: str = "train") -> dict:
+        """A fine-tuning run; stage `train-lora` is the same run with LoRA adapters (configs end with
+        LORA_CONFIG), into its own checkpoint and log folders."""
+        suffix = stage.removeprefix("train")
+        save = self.workdir / f"checkpoints{suffix}"
+        logs_dir = self.workdir / f"train-logs{suffix}"
         vol = self.workdir
         overrides: dict[str, object] = js.train_paths(
             tokenizer=_in_volume(vol, tokenizer), data_path=_in_volume(vol, data), load=_in_volume(vol, weights),
             save=_in_volume(vol, save), log_dir=_in_volume(vol, logs_dir),
-            tensorboard_dir=_in_volume(vol, vol / "tensorboard"))
+            tensorboard_dir=_in_volume(vol, vol / f"tensorboard{suffix}"))
         if self.opts.train_iters:
             overrides["train-iters"] = str(self.opts.train_iters)
         nodes = self.opts.nodes
-        spec = js.JobSpec("train", js.TRAINER, js.train_args([_in_volume(vol, c) for c in configs], overrides),
+        spec = js.JobSpec(stage, js.TRAINER, js.train_args([_in_volume(vol, c) for c in configs], overrides),
                           command=js.LAUNCH if nodes > 1 else ("python", "-m", "trainer.train"), nodes=nodes)
-        fp = _fingerprint("train", [c.read_text() for c in configs], overrides, nodes, fp)
+        fp = _fingerprint(stage, [c.read_text() for c in configs], overrides, nodes, fp)
 
         def body() -> dict:
             shutil.rmtree(save, ignore_errors=True)  # a changed run starts from the fetched weights
@@ -246,7 +264,7 @@ class LocalPipeline:
             stats = json.loads((logs_dir / "train-stats.json").read_text())
             return {"train_stats": stats}
 
-        record = self._stage("train", fp, [save / "latest", logs_dir / "metrics.jsonl"], body)
+        record = self._stage(stage, fp, [save / "latest", logs_dir / "metrics.jsonl"], body)
         return {**record, "save": save, "metrics": logs_dir / "metrics.jsonl"}
 
     def _export(self, train: dict) -> dict:
@@ -292,15 +310,32 @@ class LocalPipeline:
 
         return self._stage("generate", _fingerprint("generate", PROMPT, fp), [], generate)["text"]
 
+    def _export_adapter(self, lora: dict) -> Path:
+        """The LoRA run's adapters as a PEFT folder (adapter_config.json + adapter_model.safetensors)."""
+        out = self.workdir / "export" / "lora-adapter"
+
+        def body() -> None:
+            shutil.rmtree(out, ignore_errors=True)  # ours: rewritten whenever the LoRA run changed
+            self.runner.prepare_volume()
+            args = js.export_args(_in_volume(self.workdir, lora["save"]), _in_volume(self.workdir, out))
+            self._run("export-lora", js.TRAINER, args, command=("python",))
+
+        self._stage("export-lora", _fingerprint("export-lora", lora["fingerprint"]), [out / "adapter_config.json"],
+                    body)
+        return out
+
     def _run(self, stage: str, image: str, args: tuple[str, ...], command: tuple[str, ...] | None = None) -> str:
         return self.runner.run_spec(js.JobSpec(stage, image, args, command=command), self.images)
 
-    def _summary(self, train: dict, export: dict, generated: str) -> dict:
+    def _summary(self, train: dict, export: dict, generated: str, lora: dict | None = None) -> dict:
         from local.report import loss_curve
 
-        metrics = [json.loads(line) for line in train["metrics"].read_text().splitlines() if line.strip()]
+        metrics = _read_metrics(train["metrics"])
         losses = [m for m in metrics if m.get("kind") == "train"]
-        png = loss_curve(metrics, self.workdir / "loss.png")
+        runs = {"full fine-tune": metrics}
+        if lora:
+            runs["LoRA"] = _read_metrics(lora["metrics"])
+        png = loss_curve(runs, self.workdir / "loss.png")
         summary = {
             "stages": {k: {"seconds": v["seconds"], "reused": v["reused"]} for k, v in self.timings.items()},
             "first_loss": losses[0]["lm_loss"] if losses else None,
@@ -312,8 +347,17 @@ class LocalPipeline:
             "loss_curve": str(png),
             "generated": generated,
         }
+        if lora:
+            lora_losses = [m for m in runs["LoRA"] if m.get("kind") == "train"]
+            summary["lora"] = {"first_loss": lora_losses[0]["lm_loss"] if lora_losses else None,
+                               "final_loss": lora_losses[-1]["lm_loss"] if lora_losses else None,
+                               "checkpoints": str(lora["save"]), "adapter": str(lora["adapter"])}
         write_json_atomic(self.workdir / "summary.json", summary)
         return summary
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _last_line(logs: str) -> str:

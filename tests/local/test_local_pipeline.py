@@ -45,7 +45,8 @@ def test_invoke_local_runs_every_stage_and_reuses_on_rerun(tmp_path, docker_engi
     first = _invoke_local(workdir)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
     summary = json.loads((workdir / "summary.json").read_text())
-    assert set(summary["stages"]) == {"sample", "weights", "fetch", "preprocess", "train", "export", "generate"}
+    assert set(summary["stages"]) == {"sample", "weights", "fetch", "preprocess", "train", "export", "generate",
+                                      "train-lora", "export-lora"}
     assert not any(stage["reused"] for stage in summary["stages"].values())
     assert summary["final_loss"] < summary["first_loss"] - 1.0, summary
     assert (workdir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -64,13 +65,21 @@ def test_invoke_local_runs_every_stage_and_reuses_on_rerun(tmp_path, docker_engi
     out = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
     assert out.shape[1] == ids.shape[1] + 4
 
+    # The LoRA run from the same fetched weights: its loss fell too, and PEFT loads its adapters on them.
+    lora = summary["lora"]
+    assert lora["final_loss"] < lora["first_loss"] - 0.5, lora
+    peft = pytest.importorskip("peft", reason="peft loads the exported adapters")
+    base = GPTNeoXForCausalLM.from_pretrained(workdir / "weights" / "model").eval()
+    tuned = peft.PeftModel.from_pretrained(base, lora["adapter"]).eval()
+    assert tuned.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0).shape[1] == ids.shape[1] + 4
+
     # The same pipeline with the train stage as two trainer containers (the JobSet's environment):
     # fetch and preprocess are reused, train runs again as two nodes.
     second = _invoke_local(workdir, "--nodes", "2")
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-2000:]
     again = json.loads((workdir / "summary.json").read_text())
     assert again["stages"]["fetch"]["reused"] and again["stages"]["preprocess"]["reused"]
-    assert not again["stages"]["train"]["reused"]
+    assert not again["stages"]["train"]["reused"] and not again["stages"]["train-lora"]["reused"]
     assert "== fetch: unchanged, reused" in second.stdout
     assert "[train-node1] trainer.launch: node 1 of 2, 1 processes per node, world 2" in second.stdout
     assert again["final_loss"] < again["first_loss"] - 1.0, again
