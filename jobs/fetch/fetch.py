@@ -179,10 +179,12 @@ def fetch(source: str, dest: str | os.PathLike, opts: Options | None = None) -> 
             lease.release()
             if ok:
                 shutil.rmtree(staging_dir(dest), ignore_errors=True)
+            getattr(src, "close", lambda: None)()  # kept replies no download used
             stats.add(retries=getattr(src, "retries", 0))  # listing and HEAD retries
             secs = time.monotonic() - t0
             summary.update(ok=ok, seconds=round(secs, 3), bytes_moved=stats.bytes_moved,
                            bytes_resumed=stats.bytes_resumed, retries=stats.retries, restarts=stats.restarts,
+                           splits=stats.splits,
                            rate_bytes_per_s=round(stats.bytes_moved / secs) if secs > 0 else 0)
             write_json_atomic(dest / STATS_NAME, summary)
     return summary

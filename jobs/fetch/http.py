@@ -21,6 +21,7 @@ from jobs.cli import JobError
 from jobs.retry import Backoff, RestartFile, SizeMismatch, TransientError
 
 from .plan import RemoteFile, safe_relpath
+from .staging import MIN_CHUNK
 
 BLOCK = 1 << 20
 TIMEOUT = (15, 60)  # connect, read (between bytes)
@@ -96,6 +97,7 @@ class HttpSource:
         self.connections = connections
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._kept: dict[str, requests.Response] = {}  # a probe's whole-file 200 reply, kept to be the download
         self.retries = 0
 
     def session(self) -> requests.Session:
@@ -216,8 +218,42 @@ class HttpSource:
             size = int(r.headers["Content-Length"])
         etag = r.headers.get("ETag")
         identity = etag if etag and not etag.startswith("W/") else r.headers.get("Last-Modified")
-        ranges = r.status_code == 206 or r.headers.get("Accept-Ranges", "").lower() == "bytes"
+        accept = r.headers.get("Accept-Ranges", "").lower()
+        ranges = r.status_code == 206 or accept == "bytes"
+        if not ranges and accept != "none" and size is not None and size > MIN_CHUNK:
+            # S3 presigned URLs and some CDNs leave Accept-Ranges out of HEAD replies and honour Range
+            # all the same: ask for one byte before settling for one stream.
+            ranges = self._retrying(url, lambda: self._probe_ranges(url, size))
         return RemoteFile(rel, url, size, identity, ranges)
+
+    def _probe_ranges(self, url: str, size: int) -> bool:
+        """Whether a GET of bytes=0-0 comes back as that byte of a file of `size` (206). A 200 means
+        Range is ignored: that reply is the whole file, so it is kept, unread, as the file's one stream
+        (closing it would waste what the server already pushed into the connection)."""
+        r = self.request("GET", url, timeout=TIMEOUT, stream=True,
+                         headers={"Range": "bytes=0-0", "Accept-Encoding": "identity"})
+        if r.status_code == 200 and "Content-Encoding" not in r.headers:
+            with self._lock:
+                old, self._kept[url] = self._kept.get(url), r
+            if old is not None:  # a retried probe
+                old.close()
+            return False
+        try:
+            if r.status_code == 416:
+                return False
+            _check(r, url)
+            cr = r.headers.get("Content-Range", "")
+            return r.status_code == 206 and _CONTENT_RANGE.fullmatch(cr.strip()) is not None \
+                and cr.rsplit("/", 1)[-1].strip() == str(size)
+        finally:
+            r.close()
+
+    def close(self) -> None:
+        """Close kept probe replies that no download used (files already up to date, a failed run)."""
+        with self._lock:
+            kept, self._kept = self._kept, {}
+        for r in kept.values():
+            r.close()
 
     # --- reading -------------------------------------------------------------------------------
     def read(self, file: RemoteFile, start: int, end: int | None) -> tuple[int, Iterator[bytes]]:
@@ -226,8 +262,11 @@ class HttpSource:
             headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
             if file.identity and self.if_range:  # a changed file answers 200: restart it
                 headers["If-Range"] = file.identity
+        with self._lock:
+            r = self._kept.pop(file.url, None) if "Range" not in headers else None
         try:
-            r = self.request("GET", file.url, headers=headers, stream=True, timeout=TIMEOUT)
+            if r is None:
+                r = self.request("GET", file.url, headers=headers, stream=True, timeout=TIMEOUT)
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise TransientError(f"{file.url}: {type(exc).__name__}") from None
         try:

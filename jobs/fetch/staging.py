@@ -52,15 +52,24 @@ class PartState:
             return None  # missing or torn: start that file afresh
 
 
-def plan_chunks(size: int | None, ranges: bool, connections: int, min_chunk: int = 4 << 20,
+MIN_CHUNK = 4 << 20  # a file up to this size is one request
+
+
+def plan_chunks(size: int | None, ranges: bool, connections: int, min_chunk: int = MIN_CHUNK,
                 max_chunk: int = 64 << 20) -> list[list[int]]:
-    """Split a file so that all connections share a large file and the tail stays short."""
+    """Split a file so that all connections share a large file, about four chunks each, taken in order;
+    the last wave (one chunk per connection) in chunks of `min_chunk`, so that the bytes still unhashed
+    when the last byte arrives are few (the hash must wait for every chunk before it). Idle connections
+    also split the largest chunk in flight (transfer.py). Small chunks throughout measured slower: more
+    requests, and the hash reading back bytes while the connections still write beside them."""
     if size is None:
         return [[0, -1, 0]]
     if not ranges or size <= min_chunk:
         return [[0, size, 0]]
     chunk = min(max(size // (connections * 4), min_chunk), max_chunk)
-    return [[s, min(s + chunk, size), 0] for s in range(0, size, chunk)]
+    tail = max(0, size - connections * chunk) // chunk * chunk
+    return ([[s, s + chunk, 0] for s in range(0, tail, chunk)]
+            + [[s, min(s + min_chunk, size), 0] for s in range(tail, size, min_chunk)])
 
 
 def part_paths(dest: Path, rel: str) -> tuple[Path, Path]:

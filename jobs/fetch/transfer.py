@@ -1,10 +1,16 @@
 """The transfer engine: a pool of worker threads pulling (file, chunk) tasks, writing ranges into
 staged partial files, hashing each file's contiguous prefix as it grows, and renaming a file into
-place only when it is complete and verified."""
+place only when it is complete and verified.
+
+A connection left without a task splits the largest chunk still in flight and takes its second half
+(the owner stops at the new end), so all connections stay busy to the last bytes instead of idling
+while a few finish long chunks. Written, hashed bytes are handed to the kernel's writeback as the
+download goes (sync_file_range), so the fsync before the rename finds little left to write."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import queue
@@ -24,10 +30,29 @@ from .verify import Hashers, mismatch
 
 FLUSH_S = 0.2  # sidecar refresh interval: bounds what a kill -9 makes us fetch twice
 HASH_READ = 8 << 20
+BLOCK_MAX = 1 << 20  # the most one read hands over (sources read in blocks of at most this)
+STEAL_MIN = 1 << 20  # each half of a split chunk has at least this much left
+IDLE_POLL_S = 0.05  # how often an idle connection looks for a chunk to split
+WRITEBACK = 16 << 20  # start writeback of hashed bytes in steps of this much
 # Per-file budgets that progress never refills: a file that keeps restarting from zero or keeps
 # disagreeing about its size fails by name instead of being fetched forever.
 MAX_RESTARTS = 4
 MAX_MISMATCHES = 3
+
+
+def _sync_file_range():
+    """Linux's sync_file_range(2) (start writeback of a range, do not wait), or None elsewhere."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
 
 
 @dataclass
@@ -36,6 +61,7 @@ class Stats:
     bytes_resumed: int = 0  # bytes already staged by an earlier run and kept
     retries: int = 0
     restarts: int = 0  # files restarted from zero (Range ignored, or the file changed)
+    splits: int = 0  # chunks in flight split for an idle connection
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, **kw: int) -> None:
@@ -94,6 +120,7 @@ class FileJob:
         self.hashed = 0
         self.hash_idx = 0
         self.hashing = False
+        self.written_back = 0
 
     def remaining(self) -> int:
         if self.file.size is None:
@@ -126,8 +153,32 @@ class FileJob:
         c = chunks[self.hash_idx]
         return c[0] + c[2]
 
-    def write(self, idx: int, gen: int, pos: int, block: bytes) -> bool:
-        """Write a received block; False when the file was restarted under us (drop the task)."""
+    def write(self, c: list[int], gen: int, pos: int, block: bytes) -> int:
+        """Write a received block of chunk `c` at `pos`, cut at the chunk's end (which a split may have
+        moved closer); returns the bytes written, -1 when the file was restarted under us (drop the task).
+        A split never moves an end below the owner's position + BLOCK_MAX and pieces are at most
+        BLOCK_MAX, so what is written never overlaps bytes of the new chunk."""
+        if len(block) <= BLOCK_MAX:
+            return self._write_piece(c, gen, pos, block)
+        view, total = memoryview(block), 0
+        for off in range(0, len(block), BLOCK_MAX):
+            n = self._write_piece(c, gen, pos + off, view[off : off + BLOCK_MAX])
+            if n < 0:
+                return n
+            total += n
+            if n < min(BLOCK_MAX, len(block) - off):
+                break
+        return total
+
+    def _write_piece(self, c: list[int], gen: int, pos: int, block) -> int:
+        with self.lock:
+            if gen != self.generation:
+                return -1
+            end = c[1]
+        if end >= 0 and len(block) > end - pos:
+            block = block[: max(0, end - pos)]
+        if not block:
+            return 0
         view = memoryview(block)
         off = pos
         while view:
@@ -135,20 +186,52 @@ class FileJob:
             view, off = view[n:], off + n
         with self.lock:
             if gen != self.generation:
-                return False
-            self.state.chunks[idx][2] += len(block)
+                return -1
+            c[2] += len(block)
             inline = not self.hashing and pos == self.hashed
             if inline:
                 self.hashing = True
         if inline:  # the block is in memory and next in line: hash it without reading it back
-            self.hashers.update(block)
-            with self.lock:
-                self.hashed += len(block)
-                self.hashing = False
+            try:
+                self.hashers.update(block)
+                self._writeback(pos + len(block))
+            finally:
+                with self.lock:
+                    self.hashed += len(block)
+                    self.hashing = False
         else:
             self.catch_up(once=True)
         self.maybe_flush()
-        return True
+        return len(block)
+
+    def _writeback(self, hashed: int) -> None:
+        """Start writeback of the hashed prefix in WRITEBACK steps (caller holds `hashing`, so the
+        descriptor stays open). Best effort: a failure only leaves more for the final fsync."""
+        if _SYNC_FILE_RANGE is None or hashed - self.written_back < WRITEBACK:
+            return
+        _SYNC_FILE_RANGE(self.fd, self.written_back, hashed - self.written_back, _SYNC_FILE_RANGE_WRITE)
+        self.written_back = hashed
+
+    def split_largest(self) -> tuple[list[int], int] | None:
+        """Cut the chunk in flight with the most bytes left in two; returns the new second half (now part
+        of the plan) and the generation, or None when no chunk has enough left to be worth a request."""
+        with self.lock:
+            if self.finishing or not self.state.ranges:
+                return None
+            best, left = -1, 2 * STEAL_MIN - 1
+            for i in range(self.hash_idx, len(self.state.chunks)):
+                c = self.state.chunks[i]
+                rest = c[1] - (c[0] + c[2]) - BLOCK_MAX  # what the owner has not got, beyond its next block
+                if c[1] >= 0 and rest > left:
+                    best, left = i, rest
+            if best < 0:
+                return None
+            c = self.state.chunks[best]
+            mid = c[1] - left // 2
+            new = [mid, c[1], 0]
+            c[1] = mid
+            self.state.chunks.insert(best + 1, new)  # kept in offset order: the hash frontier walks it
+            return new, self.generation
 
     def catch_up(self, once: bool = False) -> None:
         """Hash written bytes beyond the hashed prefix by reading them back (they are in page cache)."""
@@ -167,6 +250,7 @@ class FileJob:
                 if len(data) != b - a:
                     raise JobError(f"staged file {self.part} is shorter than its sidecar says")
                 self.hashers.update(data)
+                self._writeback(b)
             finally:
                 with self.lock:
                     if gen == self.generation:
@@ -204,6 +288,11 @@ class FileJob:
             self._reset_hash()
             os.ftruncate(self.fd, 0)
             return self.generation
+
+    def task(self, gen: int | None = None) -> list[tuple]:
+        """(job, chunk, generation) for every chunk of the plan."""
+        with self.lock:
+            return [(self, c, self.generation if gen is None else gen) for c in self.state.chunks]
 
     def all_complete(self) -> bool:
         with self.lock:
@@ -275,12 +364,14 @@ class Engine:
     def run(self) -> None:
         # Biggest files first so that the many small ones fill the tail.
         for job in sorted(self.jobs, key=lambda j: -(j.file.size or 0)):
-            for idx in range(len(job.state.chunks)):
-                self.q.put((job, idx, 0))
+            for task in job.task(0):
+                self.q.put(task)
         if not self.jobs:
             return
-        workers = [threading.Thread(target=self._worker, name=f"fetch-{i}", daemon=True)
-                   for i in range(min(self.connections, self.q.qsize()))]
+        # Every connection when a chunk can be split for it; else one per task is enough.
+        splittable = any(j.state.ranges and j.remaining() > 2 * STEAL_MIN + BLOCK_MAX for j in self.jobs)
+        n = self.connections if splittable else min(self.connections, self.q.qsize())
+        workers = [threading.Thread(target=self._worker, name=f"fetch-{i}", daemon=True) for i in range(n)]
         for w in workers:
             w.start()
         try:
@@ -311,15 +402,29 @@ class Engine:
         self.stop.set()
         self.all_done.set()
 
+    def _next(self) -> tuple | None:
+        """A queued task, else the second half of the largest chunk in flight; None when stopping."""
+        while not self.stop.is_set():
+            try:
+                return self.q.get(timeout=IDLE_POLL_S)
+            except queue.Empty:
+                pass
+            for job in sorted(self.jobs, key=lambda j: -j.remaining()):
+                split = job.split_largest()
+                if split is not None:
+                    self.stats.add(splits=1)
+                    return (job, *split)
+        return None
+
     def _worker(self) -> None:
         while not self.stop.is_set():
-            task = self.q.get()
+            task = self._next()
             if task is None:
                 return
-            job, idx, gen = task
+            job, chunk, gen = task
             with self._guard(job):
                 job.open()
-                if self._run_chunk(job, idx, gen) and job.all_complete():
+                if self._run_chunk(job, chunk, gen) and job.all_complete():
                     with job.lock:  # exactly one thread finishes a file
                         if job.finishing:
                             continue
@@ -356,15 +461,16 @@ class Engine:
                 if self.pending == 0:
                     self.all_done.set()
 
-    def _run_chunk(self, job: FileJob, idx: int, gen: int) -> bool:
-        """Fetch one chunk to its end; True when it is complete (False: dropped or stopped)."""
+    def _run_chunk(self, job: FileJob, c: list[int], gen: int) -> bool:
+        """Fetch one chunk to its end (which a split may move closer); True when it is complete (False:
+        dropped or stopped)."""
         backoff = Backoff()
         mismatches = 0
         while not self.stop.is_set():
             with job.lock:
                 if gen != job.generation:
                     return False
-                start, end, done = job.state.chunks[idx]
+                start, end, done = c
             pos = start + done
             if end >= 0 and pos >= end:
                 return True
@@ -378,25 +484,24 @@ class Engine:
                     for block in blocks:
                         if self.stop.is_set():
                             return False
-                        if end >= 0:
-                            if len(block) > end - pos and end == job.file.size:
-                                raise SizeMismatch(f"the server sent more than the {end} bytes listed")
-                            block = block[: end - pos]
-                        if not block:
-                            break
-                        if not job.write(idx, gen, pos, block):
+                        if end >= 0 and len(block) > end - pos and end == job.file.size:
+                            raise SizeMismatch(f"the server sent more than the {end} bytes listed")
+                        n = job.write(c, gen, pos, block)
+                        if n < 0:
                             return False
-                        pos += len(block)
-                        self.stats.add(bytes_moved=len(block))
-                        self.on_bytes(len(block))
-                        backoff.progressed()
-                        if end >= 0 and pos >= end:
+                        pos += n
+                        if n:
+                            self.stats.add(bytes_moved=n)
+                            self.on_bytes(n)
+                            backoff.progressed()
+                        end = c[1]  # a split may have moved it closer: stop there, the rest is another's
+                        if not block or (end >= 0 and pos >= end):
                             break
                 finally:
                     getattr(blocks, "close", lambda: None)()  # release the connection early
                 if end < 0:  # unknown size: the stream's end is the file's end
                     with job.lock:
-                        job.state.chunks[idx][1] = pos
+                        c[1] = pos
                     return True
                 if pos < end:
                     raise TransientError(f"{job.file.url}: connection closed at byte {pos} of {end}")
@@ -408,7 +513,8 @@ class Engine:
                         raise JobError(f"{job.file.url}: giving up after restarting it from zero "
                                        f"{MAX_RESTARTS} times ({exc})") from None
                     self.stats.add(restarts=1)
-                    self.q.put((job, 0, new))
+                    for task in job.task(new):
+                        self.q.put(task)
                 return False
             except SizeMismatch as exc:
                 mismatches += 1  # never reset by progress: bytes of a file of the wrong size are no progress

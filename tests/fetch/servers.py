@@ -135,7 +135,7 @@ class FileHandler(BaseHTTPRequestHandler):
         start, end = rng or (0, len(data))
         self.send_response(206 if rng else 200)
         self.send_header("Content-Length", str(end - start + (srv.head_lie if head else 0)))
-        if srv.ranges:
+        if srv.ranges and (srv.head_ranges or not head):
             self.send_header("Accept-Ranges", "bytes")
         if rng:
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
@@ -162,7 +162,14 @@ class FileHandler(BaseHTTPRequestHandler):
             self.connection.close()
             self.close_connection = True
             return
-        self.wfile.write(body)
+        if srv.rate:  # bytes per second per response, in 64 KiB steps
+            t0 = time.monotonic()
+            for off in range(0, len(body), 1 << 16):
+                self.wfile.write(body[off : off + (1 << 16)])
+                if (ahead := (off + (1 << 16)) / srv.rate - (time.monotonic() - t0)) > 0:
+                    time.sleep(ahead)
+        else:
+            self.wfile.write(body)
         with srv.lock:
             srv.sent += len(body)
 
@@ -216,7 +223,9 @@ class FileServer(ThreadingHTTPServer):
     """A threaded HTTP server on 127.0.0.1 serving `root`. `faults` maps a kind ("503", "reset", "cut") to
     how many requests to spoil, optionally only those whose path contains `fault_match`.
     `head_lie` bytes are added to HEAD's Content-Length; `validators=False` sends no ETag (and, like
-    it, no Last-Modified); `redirects` maps a path to the Location of a 302 reply."""
+    it, no Last-Modified); `redirects` maps a path to the Location of a 302 reply; `head_ranges=False`
+    leaves Accept-Ranges out of HEAD replies while GETs still honour Range (as S3 presigned URLs and some
+    CDNs answer); `rate` limits each response to that many bytes per second."""
 
     daemon_threads = True
     handler = FileHandler
@@ -234,6 +243,8 @@ class FileServer(ThreadingHTTPServer):
         self.validators = True
         self.redirects: dict[str, str] = {}
         self.pages: dict[str, str] = {}  # path (ending in /) -> HTML of a directory listing
+        self.head_ranges = True
+        self.rate: int | None = None
         self.sent = 0
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
