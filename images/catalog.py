@@ -106,10 +106,14 @@ CATALOG: tuple[ImageSpec, ...] = (
                 root_files=("images/trainer/build-requirements.txt",),
                 exclude=("deepspeed",),
             ),
-            LockLayer("deepspeed.lock", roots=("deepspeed",)),
+            LockLayer(
+                "deepspeed.lock",
+                roots=("deepspeed",),
+                root_files=("images/trainer/deepspeed-requirements.txt",),
+            ),
             LockLayer("requirements.lock"),
         ),
-        lock_inputs=("images/trainer/build-requirements.txt",),
+        lock_inputs=("images/trainer/build-requirements.txt", "images/trainer/deepspeed-requirements.txt"),
         lock_sdists=("deepspeed",),
     ),
 )

@@ -49,7 +49,8 @@ def test_the_trainer_lock_puts_the_heavy_part_first_and_the_light_rest_last():
     files = {Path(rel).name: {i.name: i for i in read_lock(ROOT / rel)} for rel in spec.lock_files}
     heavy, light = files["toolchain.lock"], files["requirements.lock"]
     assert {"torch", "triton", "nvidia-nccl-cu13", "nvidia-cuda-nvcc", "ninja", "pydantic"} <= set(heavy)
-    assert set(files["deepspeed.lock"]) == {"deepspeed"}
+    # nvidia-ml-py: what DeepSpeed's setup.py adds when it builds for CUDA, pinned beside it
+    assert set(files["deepspeed.lock"]) == {"deepspeed", "nvidia-ml-py"}
     assert {"boto3", "botocore", "determined", "tensorboard", "safetensors"} <= set(light)
     assert not any(name.startswith("nvidia-") or name in {"torch", "triton"} for name in light)
 
