@@ -177,10 +177,15 @@ class LoRALinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x, self.weight, self.bias)
-        a = self.lora_A.weight
-        # scale the rank-r activations, not the full output: the same sum, r instead of out_features multiplies
-        low = F.linear(self.lora_dropout(x).to(a.dtype), a) * self.scaling
-        return out + F.linear(low, self.lora_B.weight).to(out.dtype)
+        a, b = self.lora_A.weight, self.lora_B.weight
+        low = F.linear(self.lora_dropout(x).to(a.dtype), a)  # (..., rank)
+        if low.dtype != out.dtype:  # fp32 adapters beside a 16-bit base outside DeepSpeed: add in out's dtype
+            return out + (F.linear(low, b) * self.scaling).to(out.dtype)
+        # out + scaling * low B^T as one GEMM whose epilogue adds `out`: no extra passes over the output
+        flat = torch.addmm(
+            out.reshape(-1, out.shape[-1]), low.reshape(-1, low.shape[-1]), b.t(), alpha=self.scaling
+        )
+        return flat.view(out.shape)
 
     def delta(self) -> torch.Tensor:
         """B A * scaling in fp32: what merging adds to the weight."""
