@@ -57,3 +57,9 @@ def test_cluster_tasks_without_config_say_so():
         proc = invoke(name)
         assert proc.returncode == 2, (name, proc.stderr)
         assert proc.stderr.strip().splitlines()[-1] == f"{name}: error: --config FILE is required (see pipeline.example.yaml)"
+
+
+def test_lock_names_an_unknown_image_before_resolving_anything():
+    proc = invoke("lock", "--names", "nope")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown image 'nope'; the catalog has: python")
