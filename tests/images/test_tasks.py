@@ -62,4 +62,4 @@ def test_cluster_tasks_without_config_say_so():
 def test_lock_names_an_unknown_image_before_resolving_anything():
     proc = invoke("lock", "--names", "nope")
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown image 'nope'; the catalog has: python")
+    assert proc.stderr.strip().splitlines()[-1].startswith("lock: error: unknown image 'nope'; the catalog has: python")
