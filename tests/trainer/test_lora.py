@@ -450,3 +450,19 @@ def test_finetune_from_a_lora_checkpoint_takes_its_adapters_and_base_with_a_fres
     assert losses(tmp_path / "ft")[1] == pytest.approx(
         first_batch_loss(ours_with_adapters(d / "ckpt" / "global_step30"), corpus), rel=1e-5
     )
+
+
+def test_a_bf16_zero2_run_stopped_and_restarted_gives_the_uninterrupted_losses(corpus, base, tmp_path):
+    keys = {"load": str(base), "lora": LORA, "precision": "bfloat16", "zero_optimization": {"stage": 2}, **LR,
+            "train-iters": 6, "save-interval": 3, "lr-decay-iters": 6}  # fmt: skip
+    run(write_config(tmp_path / "ref.yml", corpus, save=str(tmp_path / "ref"), **keys))
+    stopped = write_config(
+        tmp_path / "stop.yml", corpus, save=str(tmp_path / "stop"), **keys, **{"exit-interval": 3}
+    )
+    run(stopped)
+    assert complete_steps(tmp_path / "stop") == [3]
+    run(stopped)  # resumes at 3, runs to 6
+    ref, got = losses(tmp_path / "ref"), losses(tmp_path / "stop")
+    assert sorted(got) == list(range(1, 7))
+    for it in range(4, 7):
+        assert got[it] == pytest.approx(ref[it], rel=1e-5), it
