@@ -466,3 +466,21 @@ def test_a_bf16_zero2_run_stopped_and_restarted_gives_the_uninterrupted_losses(c
     assert sorted(got) == list(range(1, 7))
     for it in range(4, 7):
         assert got[it] == pytest.approx(ref[it], rel=1e-5), it
+
+
+def test_the_lora_section_reads_like_the_rest_of_the_config(corpus, tmp_path):
+    from trainer.config import load_config
+
+    path = write_config(
+        tmp_path / "c.yml", corpus, lora={"rank": 8, "target_modules": "dense", "train-embeddings": True}
+    )
+    cfg = load_config([str(path)], ["lora.alpha=4", "lora.dropout=0.1"])  # dotted overrides reach into it
+    assert (cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.scaling) == (8, 4.0, 0.1, 0.5)
+    assert cfg.lora.target_modules == ["dense"] and cfg.lora.train_embeddings
+    assert cfg.to_dict()["lora"]["target_modules"] == ["dense"]  # saved with every checkpoint
+    assert "lora" not in cfg.unimplemented
+    assert load_config([str(path)], ["lora.enabled=false"]).lora is None
+    assert load_config([str(write_config(tmp_path / "n.yml", corpus))]).lora is None
+    default = load_config([str(write_config(tmp_path / "d.yml", corpus, lora={}))]).lora
+    assert default.target_modules == ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
+    assert (default.rank, default.alpha, default.dropout) == (16, 32.0, 0.0)
