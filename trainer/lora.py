@@ -9,6 +9,7 @@ The NeoX config's `lora` section (keys spelt with `-` or `_`):
       target-modules: [query_key_value, dense, dense_h_to_4h, dense_4h_to_h]   # the default: all four
       train-embeddings: false  # also train embed_in in full
       train-output-layer: false  # also train the output layer (embed_out) in full
+      quantize-base: null      # QLoRA: nf4 or int8 (bitsandbytes) for the blocks' frozen linear weights
 
 `apply_lora` freezes every parameter, then swaps each targeted `nn.Linear` for a `LoRALinear` that
 shares the same weight and bias (nothing copied, names unchanged) and adds `lora_A` (rank x in,
@@ -19,12 +20,16 @@ copies, gradients and optimizer state; the frozen base stays in the run's dtype 
 Checkpoints (trainer.train) leave the frozen base out (DeepSpeed's exclude_frozen_parameters) and
 add `lora.json` (these settings, the base the adapters belong to, the trained tensor names); resume
 loads the base again from there and the adapters + optimizer from the checkpoint. trainer.export
-turns such a checkpoint into a PEFT adapter folder, or with --merge into full Hugging Face weights.
+turns such a checkpoint into a PEFT adapter folder, or with --merge into full Hugging Face weights
+(merged into the full-precision base that lora.json names, also after a quantize-base run).
+
+Not combined with LoRA (refused at config time): ZeRO stage 3, fp16 loss scaling, fp8.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -39,6 +44,7 @@ from jobs.cli import JobError, atomic_dir, write_json_atomic
 from trainer import checkpoint
 
 TARGETS = ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")  # Hugging Face GPT-NeoX names
+QUANTIZED = ("nf4", "int8")  # lora.quantize-base: bitsandbytes' 4-bit NormalFloat or 8-bit (LLM.int8)
 INFO = "lora.json"  # in every LoRA checkpoint's tag folder
 # our parameter names -> PEFT's, for the tensors trained in full (PEFT's modules_to_save)
 _FULL = {
@@ -56,6 +62,7 @@ class LoraConfig:
     target_modules: list = field(default_factory=lambda: list(TARGETS))
     train_embeddings: bool = False
     train_output_layer: bool = False
+    quantize_base: str | None = None  # QLoRA: the blocks' frozen linear weights in nf4 or int8 (bitsandbytes)
 
     def __post_init__(self) -> None:
         def bad(key: str, want: str, value) -> JobError:
@@ -86,6 +93,8 @@ class LoraConfig:
                     f"(its layers: {', '.join(TARGETS)})"
                 )
         self.target_modules = [t for t in TARGETS if t in self.target_modules]  # one order, no repeats
+        if self.quantize_base not in (None, *QUANTIZED):
+            raise bad("quantize-base", f"one of {', '.join(QUANTIZED)} (or null)", self.quantize_base)
 
     @property
     def scaling(self) -> float:
@@ -98,6 +107,7 @@ class LoraConfig:
             "target_modules": self.target_modules,
             "train_embeddings": self.train_embeddings,
             "train_output_layer": self.train_output_layer,
+            "quantize_base": self.quantize_base,
         }
 
 
@@ -140,6 +150,11 @@ def check_run(cfg) -> None:
             "config key 'lora' cannot be combined with fp16: the frozen base stays in the run's dtype "
             "and fp16 loss scaling over the adapters is not supported; use bf16 (or fp32)"
         )
+    if cfg.lora.quantize_base and importlib.util.find_spec("bitsandbytes") is None:
+        raise JobError(
+            f"config key 'lora.quantize-base' {cfg.lora.quantize_base}: needs the bitsandbytes package "
+            "(the qlora extra: pip install 'neox-pipeline[qlora]')"
+        )
     if cfg.model.fp8:
         raise JobError(
             "config key 'lora' cannot be combined with 'fp8' yet: torchao would swap the adapted "
@@ -176,7 +191,8 @@ class LoRALinear(nn.Linear):
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.linear(x, self.weight, self.bias)
+        quantized = self._modules.get("base_layer")  # quantize_base: bitsandbytes' layer holds the weight
+        out = quantized(x) if quantized is not None else F.linear(x, self.weight, self.bias)
         a, b = self.lora_A.weight, self.lora_B.weight
         low = F.linear(self.lora_dropout(x).to(a.dtype), a)  # (..., rank)
         if low.dtype != out.dtype:  # fp32 adapters beside a 16-bit base outside DeepSpeed: add in out's dtype
@@ -192,7 +208,9 @@ class LoRALinear(nn.Linear):
         return (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, rank={self.lora_A.out_features}, scaling={self.scaling:g}"
+        base = "quantized" if "base_layer" in self._modules else f"bias={self.bias is not None}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, {base}, "
+                f"rank={self.lora_A.out_features}, scaling={self.scaling:g}")  # fmt: skip
 
 
 def apply_lora(model: nn.Module, lc: LoraConfig, seed: int = 0) -> dict:
@@ -231,10 +249,54 @@ def trainable_names(model: nn.Module) -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
+def quantize_base(model: nn.Module, kind: str, compute_dtype: torch.dtype) -> int:
+    """QLoRA: every frozen linear layer of the blocks (the adapted ones keep their adapters) computes
+    with bitsandbytes' nf4 or int8 copy of its weight, quantized where it will run (the GPU if there
+    is one: bitsandbytes' layers do not move once quantized). Embeddings, norms and the output layer
+    stay as they are. Returns how many layers were quantized."""
+    import bitsandbytes as bnb
+
+    device = (
+        torch.device("cuda", torch.cuda.current_device())
+        if torch.cuda.is_available()
+        else torch.device("cpu")
+    )
+    n = 0
+    for name, module in list(model.layers.named_modules()):
+        if not isinstance(module, nn.Linear) or name.endswith(("lora_A", "lora_B")):
+            continue
+        w, b = module.weight.detach(), None if module.bias is None else module.bias.detach()
+        with torch.device("meta"):
+            if kind == "nf4":
+                q = bnb.nn.Linear4bit(w.shape[1], w.shape[0], bias=b is not None, compute_dtype=compute_dtype,
+                                      quant_type="nf4")  # fmt: skip
+            else:
+                q = bnb.nn.Linear8bitLt(w.shape[1], w.shape[0], bias=b is not None, has_fp16_weights=False)
+        if kind == "nf4":
+            q.weight = bnb.nn.Params4bit(w.to(compute_dtype), requires_grad=False, quant_type="nf4")
+        else:
+            q.weight = bnb.nn.Int8Params(w.to(compute_dtype), requires_grad=False, has_fp16_weights=False)
+        if b is not None:
+            q.bias = nn.Parameter(b.to(compute_dtype), requires_grad=False)
+        q.to(device)  # quantizes here
+        if isinstance(module, LoRALinear):
+            del module.weight, module.bias
+            module.base_layer = q
+        else:
+            parent, _, child = name.rpartition(".")
+            setattr(model.layers.get_submodule(parent), child, q)
+        n += 1
+    return n
+
+
 def merge(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     """Fold every adapter into its layer's weight (summed in fp32, stored in `dtype`, default the
     weight's) and drop the adapters: a plain model again, whose state dict is a normal one."""
     for name, module in list(model.named_modules()):
+        if isinstance(module, LoRALinear) and "base_layer" in module._modules:
+            raise JobError(
+                "merge: the base is quantized; merge into the full-precision base (trainer.export --merge)"
+            )
         if isinstance(module, LoRALinear):
             plain = nn.Linear(
                 module.in_features, module.out_features, bias=module.bias is not None, device="meta"
@@ -415,6 +477,11 @@ def build_model(cfg, resume, log, run_settings) -> tuple[nn.Module, str]:
     run_settings(model, cfg)
     counts = apply_lora(model, cfg.lora, seed=cfg.data.seed)
     model.lora_base = {"path": str(Path(base).resolve()), "kind": kind}
+    quantized = ""
+    if cfg.lora.quantize_base:
+        dtype = torch.float32 if cfg.precision.name == "fp32" else torch.bfloat16
+        n = quantize_base(model, cfg.lora.quantize_base, dtype)
+        quantized = f", {n} linear layers in {cfg.lora.quantize_base}"
     if resume:  # the checkpoint's tensors are loaded non-strictly (no base in it): its names must be ours
         theirs = read_info(Path(resume[0]) / resume[1]).get("trainable")
         if theirs != trainable_names(model):
@@ -424,7 +491,7 @@ def build_model(cfg, resume, log, run_settings) -> tuple[nn.Module, str]:
             )
     lc = cfg.lora
     return model, (
-        f"{kind} {base} (frozen) + LoRA rank {lc.rank} alpha {lc.alpha:g} on {counts['layers']} "
+        f"{kind} {base} (frozen{quantized}) + LoRA rank {lc.rank} alpha {lc.alpha:g} on {counts['layers']} "
         f"linear layers ({', '.join(lc.target_modules)}): {counts['trainable'] / 1e6:.2f}M trainable, "
         f"{counts['frozen'] / 1e6:.1f}M frozen parameters"
     )

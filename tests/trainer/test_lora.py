@@ -484,3 +484,51 @@ def test_the_lora_section_reads_like_the_rest_of_the_config(corpus, tmp_path):
     default = load_config([str(write_config(tmp_path / "d.yml", corpus, lora={}))]).lora
     assert default.target_modules == ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
     assert (default.rank, default.alpha, default.dropout) == (16, 32.0, 0.0)
+
+
+@pytest.mark.parametrize("kind", ["nf4", "int8"])
+def test_a_quantized_base_trains_resumes_exactly_and_exports_peft_adapters(corpus, base, tmp_path, kind):
+    """QLoRA: bitsandbytes' nf4 / int8 copies of the blocks' frozen linear weights (on the CPU here)."""
+    pytest.importorskip("bitsandbytes")
+    peft = pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    keys = {"load": str(base), "lora": {**LORA, "quantize-base": kind}, **LR, "train-iters": 6, "save-interval": 3,
+            "lr-decay-iters": 6}  # fmt: skip
+    proc = run(write_config(tmp_path / "ref.yml", corpus, save=str(tmp_path / "ref"), **keys))
+    assert f"(frozen, 8 linear layers in {kind})" in proc.stdout
+    ref = losses(tmp_path / "ref")
+    stats = json.loads((tmp_path / "ref" / "train-stats.json").read_text())["lora"]
+    assert stats["base_unchanged"] and stats["trainable_parameters"] == adapter_count(4)
+    assert np.mean([ref[5], ref[6]]) < ref[1]
+    # quantization changes the base's output a little, not a lot
+    from trainer.checkpoint import load_hf
+
+    assert ref[1] == pytest.approx(first_batch_loss(load_hf(base), corpus), rel=0.02)
+    stopped = write_config(
+        tmp_path / "stop.yml", corpus, save=str(tmp_path / "stop"), **keys, **{"exit-interval": 3}
+    )
+    run(stopped)
+    run(stopped)
+    got = losses(tmp_path / "stop")
+    for it in range(1, 7):
+        assert got[it] == pytest.approx(ref[it], rel=1e-5), it
+    out = tmp_path / "adapters"
+    export("--checkpoint", str(tmp_path / "ref"), "--out", str(out))
+    peft_model = peft.PeftModel.from_pretrained(
+        transformers.GPTNeoXForCausalLM.from_pretrained(base), out
+    ).eval()
+    ours = ours_with_adapters(
+        tmp_path / "ref" / "global_step6"
+    )  # the same adapters on the full-precision base
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(IDS).logits, ours(IDS), rtol=1e-4, atol=1e-4)
+
+
+def test_an_unknown_quantization_is_one_line(corpus, base, tmp_path, capsys):
+    from trainer.train import main
+
+    cfg = write_config(tmp_path / "q.yml", corpus, load=str(base), lora={**LORA, "quantize-base": "fp4"})
+    assert main(["--config", str(cfg)]) == 1
+    assert capsys.readouterr().err.startswith(
+        "trainer.train: error: config key 'lora.quantize-base' must be one of nf4, int8 (or null), got 'fp4'"
+    )
