@@ -361,17 +361,17 @@ def teardown(c, config=None, volume=False, secrets=False, kubeconfig=None, conte
 
 @neox_task(help={**_COMMON, "experiment": "Determined experiment ID: export its latest completed checkpoint",
                  "checkpoint": "s3://BUCKET/PREFIX/... of a checkpoint (Determined's or the mirror's)",
-                 "out": "local output folder (with --local or a Determined checkpoint; must not exist, or be empty)",
+                 "to": "s3://BUCKET/PREFIX for the Hugging Face folder (default: export/<run>/hf on the volume)",
+                 "out": "with --local: the folder here (must not exist, or be empty)",
                  "local": "download the checkpoint and convert it here instead of in a Job in the cluster"})
-def export(c, config=None, out=None, experiment=None, checkpoint=None, local=False, kubeconfig=None, context=None,
-           namespace=None):
-    """Turn the run's checkpoint into a Hugging Face model folder: in the cluster (TrainJob/JobSet
-    engines: on the volume), or here with --local (and for Determined experiments)."""
+def export(c, config=None, out=None, experiment=None, checkpoint=None, to=None, local=False, kubeconfig=None,
+           context=None, namespace=None):
+    """Turn the run's checkpoint into a Hugging Face folder, in a Job where the checkpoint is (or --local)."""
     from k8s import deploy as _deploy
 
     opts = _options("export", config, out=out, kubeconfig=kubeconfig, context=context, namespace=namespace)
     _run("export", lambda: _deploy.export(opts, experiment_id=int(experiment) if experiment else None,
-                                          checkpoint=checkpoint, local=local))
+                                          checkpoint=checkpoint, local=local, to=to))
 
 
 ns = Collection(base, lock, build, push, local, deploy, secrets, status, logs, teardown, export)

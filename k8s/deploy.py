@@ -387,17 +387,18 @@ def teardown(opts: Options, volume: bool = False, secrets_too: bool = False, clu
 
 
 def export(opts: Options, experiment_id: int | None = None, checkpoint: str | None = None, local: bool = False,
-           cluster: Cluster | None = None, master: Master | None = None, out: TextIO | None = None,
-           **local_kw) -> str:
-    """A Hugging Face folder from the run's checkpoint. On the Kubernetes-native engines a Job in the
-    cluster (trainer image) converts the newest checkpoint on the volume into `export/<run>/hf` there,
-    so no checkpoint with its optimizer state crosses the network; `local` (and any Determined
-    experiment, whose checkpoints live in the bucket) downloads and converts on this machine."""
+           to: str | None = None, cluster: Cluster | None = None, master: Master | None = None,
+           out: TextIO | None = None, **local_kw) -> str:
+    """A Hugging Face folder from the run's checkpoint. By default a Job in the cluster (trainer image)
+    converts it where it is, so no checkpoint with its optimizer state crosses to this machine: the
+    newest checkpoint on the volume (TrainJob/JobSet), or a Determined experiment's in the bucket; the
+    folder goes to `export/<run>/hf` on the volume, or to `to` (s3://BUCKET/PREFIX). `local` downloads
+    the checkpoint (the mirror's newest for TrainJob/JobSet) and converts it on this machine."""
     from k8s import export as _export
 
     out = out or sys.stderr
     cfg = config(opts)
-    if local or checkpoint or cfg.train.engine == "determined":
+    if local:
         if not opts.out:
             raise JobError("export: --out DIR is required to export on this machine")
         if checkpoint is None and experiment_id is None and cfg.train.engine != "determined":
@@ -406,14 +407,27 @@ def export(opts: Options, experiment_id: int | None = None, checkpoint: str | No
             master = connect(cfg, opts)[1]
         return str(_export.export(cfg, opts.out, experiment_id=experiment_id, checkpoint=checkpoint, master=master,
                                   stream=out, **local_kw))
+    if to is not None and not re.match(r"^s3://[^/\s]+(/\S*)?$", to):
+        raise JobError(f"export: --to {to!r}: expected s3://BUCKET/PREFIX")
+    if checkpoint is None:
+        if experiment_id is not None:
+            master = master or connect(cfg, opts)[1]
+            checkpoint = _export.checkpoint_url(cfg, master, experiment_id)
+        elif cfg.train.engine == "determined":
+            raise JobError("export: a Determined run's checkpoint is named by --experiment ID (or --checkpoint s3://...)")
+        else:
+            checkpoint = stages.save_dir(cfg)
     lock = opts.lock or str(cfg.path.parent / cfg.raw.get("lock_file", "images.lock.json"))
     images = load_lock(lock, ("trainer",))
-    dest = cfg.on_volume(f"export/{cfg.instance}/hf")
-    job = render.job(cfg, stages.export(cfg, stages.save_dir(cfg), dest), images)
+    dest = to or cfg.on_volume(f"export/{cfg.instance}/hf")
+    remote = checkpoint.startswith("s3://") or dest.startswith("s3://")
+    work = cfg.on_volume(f"export/{cfg.instance}/work") if remote else None
+    job = render.job(cfg, stages.export(cfg, checkpoint, dest, work), images)
     validate_k8s(job)
     cluster = cluster or connect(cfg, opts)[0]
     what, _ = cluster.apply(job, force=opts.force_conflicts)
-    print(f"export: Job/{job['metadata']['name']} {what}", file=out)
+    print(f"export: Job/{job['metadata']['name']} {what} ({checkpoint} -> {dest})", file=out)
     cluster.wait_job(job["metadata"]["name"], opts.job_timeout, opts.poll, out)
-    print(f"export: Hugging Face model folder at {dest} on PersistentVolumeClaim/{cfg['volume']['name']}", file=out)
+    where = dest if to else f"{dest} on PersistentVolumeClaim/{cfg['volume']['name']}"
+    print(f"export: Hugging Face model folder at {where}", file=out)
     return dest

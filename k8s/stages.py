@@ -131,9 +131,19 @@ def mirror_url(cfg: PipelineConfig) -> str:
     return f"s3://{ck['bucket']}/{prefix}"
 
 
-def export(cfg: PipelineConfig, checkpoint: str, out: str) -> js.JobSpec:
-    return js.JobSpec("export", js.TRAINER, js.export_args(checkpoint, out), command=("python",),
-                      env=(("HOME", "/tmp"),), resources=_resources("export", {}))
+def export(cfg: PipelineConfig, checkpoint: str, out: str, work: str | None = None) -> js.JobSpec:
+    """trainer.export where the checkpoint is: either end may be s3:// (the checkpoint bucket's keys by
+    reference), with `work` on the volume for the download."""
+    args = js.export_args(checkpoint, out) + (("--work", work) if work else ())
+    env = {"HOME": "/tmp"}
+    keys: tuple = ()
+    if checkpoint.startswith("s3://") or out.startswith("s3://"):
+        ck = cfg["checkpoints"]
+        keys = tuple((k, ck["secret"], k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))
+        if ck.get("endpoint_url"):
+            env["AWS_ENDPOINT_URL"] = ck["endpoint_url"]
+    return js.JobSpec("export", js.TRAINER, args, command=("python",), env=tuple(env.items()), secret_keys=keys,
+                      resources=_resources("export", {}))
 
 
 def _secrets(section: dict) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ complete one. `--out` must not exist or be an empty folder: an existing one is n
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -98,10 +99,48 @@ def export(checkpoint_dir: str | Path, out: str | Path, dtype: str = "auto", mer
     return stats
 
 
+def export_anywhere(ckpt: str, out: str, work: str | None, dtype: str = "auto", merge: bool = False,
+                    base_out: str | None = None) -> dict:
+    """`export` with either end on S3 (trainer.export_remote): fetch, convert, upload."""
+    from trainer import export_remote as remote
+
+    if not (remote.is_s3(ckpt) or remote.is_s3(out)):
+        return export(ckpt, out, dtype, merge, base_out)
+    if work is None:
+        if remote.is_s3(out):
+            raise JobError("--out s3://...: give --work DIR, a folder with room for the export")
+        work = str(Path(out).parent / f".{Path(out).name}.work")
+    work_dir = Path(work)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    local_out = work_dir / "hf" if remote.is_s3(out) else Path(out)
+    if remote.is_s3(out):
+        remote.split(out, "--out")
+        check_out(local_out)
+    source = remote.fetch_checkpoint(ckpt, work_dir) if remote.is_s3(ckpt) else ckpt
+    stats = export(source, local_out, dtype, merge, base_out)
+    if remote.is_s3(out):
+        remote.upload_folder(local_out, out)
+        shutil.rmtree(local_out)
+        stats["out"] = out
+    if remote.is_s3(ckpt):
+        remote.remove_download(work_dir)
+        stats["checkpoint"] = ckpt
+    try:
+        work_dir.rmdir()  # ours, and empty once done; kept if anything else is in it
+    except OSError:
+        pass
+    return stats
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="save folder, tag folder or Determined checkpoint")
-    parser.add_argument("--out", required=True, help="Hugging Face folder to write (new, or an empty folder)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="save folder, tag folder or Determined checkpoint; or s3://BUCKET/PREFIX of one")
+    parser.add_argument("--out", required=True,
+                        help="Hugging Face folder to write (new, or an empty folder), or s3://BUCKET/PREFIX")
+    parser.add_argument("--work", metavar="DIR",
+                        help="a folder of ours for an s3:// --checkpoint's download and an s3:// --out's files "
+                             "(default: beside a local --out; needed with an s3:// --out and an s3:// --checkpoint)")
     parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
                         help="weights dtype (auto: the training precision; float32 for LoRA adapters)")
     parser.add_argument("--merge", action="store_true",
@@ -112,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
-        stats = export(args.checkpoint, args.out, args.dtype, args.merge, args.base_out)
+        stats = export_anywhere(args.checkpoint, args.out, args.work, args.dtype, args.merge, args.base_out)
         what = f"{stats['kind']}, " if "kind" in stats else ""
         print(f"{PROG}: wrote {args.out} ({what}{stats['parameters'] / 1e6:.1f}M parameters, {stats['dtype']}, "
               f"{human_bytes(stats['bytes'])}) from {stats['checkpoint']}")

@@ -163,3 +163,30 @@ def test_local_export_takes_the_newest_complete_checkpoint_from_the_mirror(make_
     with pytest.raises(JobError, match="exists and holds other files"):
         d.export(_opts(config, out=str(mine)), local=True, out=io.StringIO(), command=(sys.executable, str(fake)))
     assert [p.name for p in mine.iterdir()] == ["keep.txt"]
+
+
+def test_export_job_reads_a_determined_checkpoint_from_the_bucket_and_can_write_to_s3(
+        config_file, kube, cluster, det, master, secret_env):
+    """A Determined run's checkpoint lives in the bucket: the export Job fetches it there (the bucket's
+    keys by reference, the download on the volume) instead of this machine downloading it."""
+    master.login()
+    exp_id = master.create_experiment({"name": "x"}, [])
+    det.checkpoints[exp_id] = [{"uuid": "0b3c1f5e", "state": "STATE_COMPLETED"}]
+    log = io.StringIO()
+    dest = d.export(_opts(config_file), experiment_id=exp_id, to="s3://exports/gpt-neox/run1", cluster=cluster,
+                    master=master, out=log)
+    assert dest == "s3://exports/gpt-neox/run1"
+    (job,) = [o for (k, _), o in kube.objects.items() if k == "Job"]
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    assert c["args"] == ["-m", "trainer.export", "--checkpoint", "s3://model-checkpoints/gpt-neox-20b/0b3c1f5e",
+                         "--out", "s3://exports/gpt-neox/run1", "--work",
+                         "/mnt/finetune-gpt-neox/export/gpt-neox-20b-finetune/work"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "checkpoint-s3-credentials"
+    assert env["AWS_ENDPOINT_URL"]["value"] == "https://object.ord1.coreweave.com"
+    assert "Hugging Face model folder at s3://exports/gpt-neox/run1" in log.getvalue()
+    with pytest.raises(JobError, match=r"--to 'https://x': expected s3://BUCKET/PREFIX"):
+        d.export(_opts(config_file), experiment_id=exp_id, to="https://x", cluster=cluster, master=master,
+                 out=io.StringIO())
+    with pytest.raises(JobError, match="named by --experiment ID"):
+        d.export(_opts(config_file), cluster=cluster, master=master, out=io.StringIO())

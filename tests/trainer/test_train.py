@@ -138,6 +138,40 @@ def test_export_round_trip(trained, tmp_path):
     assert "tiny_text_document" in card and "| precision | fp32 |" in card
 
 
+def test_export_from_and_to_s3_where_the_checkpoint_is(trained, tmp_path):
+    """An export Job's path: the checkpoint in a bucket (moto on 127.0.0.1), the Hugging Face folder to
+    another prefix; --work holds the download only while it runs."""
+    transformers = pytest.importorskip("transformers", reason="transformers loads the exported folder")
+    from tests.support.s3 import KEYS, moto_s3
+
+    d, _ = trained
+    tag = d / "ckpt" / "global_step30"
+    with moto_s3() as (url, bucket):
+        bucket.create_bucket(Bucket="ckpts")
+        for f in tag.rglob("*"):
+            if f.is_file():
+                bucket.upload_file(str(f), "ckpts", f"run/global_step30/{f.relative_to(tag).as_posix()}")
+        env = {**os.environ, "AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": KEYS["aws_access_key_id"],
+               "AWS_SECRET_ACCESS_KEY": KEYS["aws_secret_access_key"], "AWS_DEFAULT_REGION": "us-east-1"}
+        work = tmp_path / "work"
+        proc = subprocess.run([sys.executable, "-m", "trainer.export", "--checkpoint", "s3://ckpts/run/global_step30",
+                               "--out", "s3://ckpts/hf/run", "--work", str(work)], capture_output=True, text=True,
+                              timeout=600, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        keys = {o["Key"] for o in bucket.list_objects_v2(Bucket="ckpts", Prefix="hf/run/")["Contents"]}
+        assert {"hf/run/config.json", "hf/run/model.safetensors", "hf/run/README.md",
+                "hf/run/generation_config.json"} <= keys
+        back = tmp_path / "back"
+        for key in keys:
+            (back / key.removeprefix("hf/run/")).parent.mkdir(parents=True, exist_ok=True)
+            bucket.download_file("ckpts", key, str(back / key.removeprefix("hf/run/")))
+    assert not (work / "checkpoint").exists() and not (work / "hf").exists()
+    transformers.GPTNeoXForCausalLM.from_pretrained(back)
+    bad = subprocess.run([sys.executable, "-m", "trainer.export", "--checkpoint", str(tag), "--out", "s3://ckpts/x"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "give --work DIR" in bad.stderr.strip().splitlines()[-1]
+
+
 RESUME_KEYS = {"train-iters": 12, "save-interval": 4, "lr-decay-iters": 12}
 
 
