@@ -256,11 +256,9 @@ def quantize_base(model: nn.Module, kind: str, compute_dtype: torch.dtype) -> in
     stay as they are. Returns how many layers were quantized."""
     import bitsandbytes as bnb
 
-    device = (
-        torch.device("cuda", torch.cuda.current_device())
-        if torch.cuda.is_available()
-        else torch.device("cpu")
-    )
+    # this rank's GPU (the process group, which sets the current device, comes after the model is built)
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
     n = 0
     for name, module in list(model.layers.named_modules()):
         if not isinstance(module, nn.Linear) or name.endswith(("lora_A", "lora_B")):
