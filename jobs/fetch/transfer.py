@@ -4,8 +4,9 @@ place only when it is complete and verified.
 
 A connection left without a task splits the largest chunk still in flight and takes its second half
 (the owner stops at the new end), so all connections stay busy to the last bytes instead of idling
-while a few finish long chunks. Written, hashed bytes are handed to the kernel's writeback as the
-download goes (sync_file_range), so the fsync before the rename finds little left to write."""
+while a few finish long chunks. Each chunk's bytes are handed to the kernel's writeback as they come
+(sync_file_range, from one thread of its own), so the disk works while the network does and the fsync
+before the rename finds little left to write."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ HASH_READ = 8 << 20
 BLOCK_MAX = 1 << 20  # the most one read hands over (sources read in blocks of at most this)
 STEAL_MIN = 1 << 20  # each half of a split chunk has at least this much left
 IDLE_POLL_S = 0.05  # how often an idle connection looks for a chunk to split
-WRITEBACK = 16 << 20  # start writeback of hashed bytes in steps of this much
+WRITEBACK = 16 << 20  # start writeback of each chunk's bytes in steps of this much
 # Per-file budgets that progress never refills: a file that keeps restarting from zero or keeps
 # disagreeing about its size fails by name instead of being fetched forever.
 MAX_RESTARTS = 4
@@ -53,6 +54,35 @@ def _sync_file_range():
 
 _SYNC_FILE_RANGE = _sync_file_range()
 _SYNC_FILE_RANGE_WRITE = 2
+
+
+class Writeback:
+    """One thread that starts the kernel's writeback of ranges handed to it, so that a busy disk stalls
+    this thread, never a connection. Each file gives it a descriptor of its own, which it closes when told
+    (after the ranges queued before), so a descriptor is never used after it is closed."""
+
+    def __init__(self) -> None:
+        self.q: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="fetch-writeback", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (item := self.q.get()) is not None:
+            fd, off, n = item
+            if n < 0:
+                os.close(fd)
+            else:  # best effort: a failure only leaves more for the final fsync
+                _SYNC_FILE_RANGE(fd, off, n, _SYNC_FILE_RANGE_WRITE)
+
+    def start(self, fd: int, off: int, n: int) -> None:
+        self.q.put((fd, off, n))
+
+    def release(self, fd: int) -> None:
+        self.q.put((fd, 0, -1))
+
+    def stop(self) -> None:
+        self.q.put(None)
+        self.thread.join()
 
 
 @dataclass
@@ -107,6 +137,8 @@ class FileJob:
         self.resumed = sum(c[2] for c in self.state.chunks)
         self._reset_hash()
         self.last_flush = 0.0
+        self.writeback: Writeback | None = None  # set by the engine where sync_file_range exists
+        self.wb_fd: int | None = None
 
     def _part_covers(self, state: PartState) -> bool:
         try:
@@ -120,7 +152,6 @@ class FileJob:
         self.hashed = 0
         self.hash_idx = 0
         self.hashing = False
-        self.written_back = 0
 
     def remaining(self) -> int:
         if self.file.size is None:
@@ -138,6 +169,8 @@ class FileJob:
             if self.fd is None:
                 self.part.parent.mkdir(parents=True, exist_ok=True)
                 self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
+                if self.writeback is not None:
+                    self.wb_fd = os.dup(self.fd)  # the writeback thread's own, closed by it
 
     @staticmethod
     def complete(c: list[int]) -> bool:
@@ -187,14 +220,21 @@ class FileJob:
         with self.lock:
             if gen != self.generation:
                 return -1
+            before = c[2]
             c[2] += len(block)
             inline = not self.hashing and pos == self.hashed
+            wb_fd = self.wb_fd
             if inline:
                 self.hashing = True
+        if wb_fd is not None:  # writeback of each chunk's bytes as they come, every WRITEBACK and at its end
+            a, b = before // WRITEBACK * WRITEBACK, c[2] // WRITEBACK * WRITEBACK
+            if c[0] + c[2] >= c[1] >= 0:
+                b = c[1] - c[0]
+            if b > a:
+                self.writeback.start(wb_fd, c[0] + a, b - a)
         if inline:  # the block is in memory and next in line: hash it without reading it back
             try:
                 self.hashers.update(block)
-                self._writeback(pos + len(block))
             finally:
                 with self.lock:
                     self.hashed += len(block)
@@ -204,13 +244,11 @@ class FileJob:
         self.maybe_flush()
         return len(block)
 
-    def _writeback(self, hashed: int) -> None:
-        """Start writeback of the hashed prefix in WRITEBACK steps (caller holds `hashing`, so the
-        descriptor stays open). Best effort: a failure only leaves more for the final fsync."""
-        if _SYNC_FILE_RANGE is None or hashed - self.written_back < WRITEBACK:
-            return
-        _SYNC_FILE_RANGE(self.fd, self.written_back, hashed - self.written_back, _SYNC_FILE_RANGE_WRITE)
-        self.written_back = hashed
+    def _release_wb_fd(self) -> None:
+        with self.lock:
+            fd, self.wb_fd = self.wb_fd, None
+        if fd is not None:
+            self.writeback.release(fd)
 
     def split_largest(self) -> tuple[list[int], int] | None:
         """Cut the chunk in flight with the most bytes left in two; returns the new second half (now part
@@ -250,7 +288,6 @@ class FileJob:
                 if len(data) != b - a:
                     raise JobError(f"staged file {self.part} is shorter than its sidecar says")
                 self.hashers.update(data)
-                self._writeback(b)
             finally:
                 with self.lock:
                     if gen == self.generation:
@@ -306,6 +343,7 @@ class FileJob:
                 if not self.hashing and self.hashed >= self._frontier():
                     break
             time.sleep(0.005)
+        self._release_wb_fd()
         os.fsync(self.fd)
         size = os.fstat(self.fd).st_size
         os.close(self.fd)
@@ -335,6 +373,7 @@ class FileJob:
         if self.fd is not None:
             with contextlib.suppress(OSError):  # disk full: the previous sidecar is still valid, only older
                 self.maybe_flush(force=True)
+            self._release_wb_fd()
             os.close(self.fd)
             self.fd = None
 
@@ -360,6 +399,9 @@ class Engine:
         self.fatal: BaseException | None = None
         self.verify_errors: list[str] = []
         self.finishers = ThreadPoolExecutor(2, thread_name_prefix="fetch-finish")
+        self.writeback = Writeback() if _SYNC_FILE_RANGE is not None and jobs else None
+        for job in jobs:
+            job.writeback = self.writeback
 
     def run(self) -> None:
         # Biggest files first so that the many small ones fill the tail.
@@ -389,6 +431,8 @@ class Engine:
             self.finishers.shutdown(wait=True)
             for job in self.jobs:
                 job.close()
+            if self.writeback is not None:
+                self.writeback.stop()
         if self.fatal:
             raise self.fatal
         if self.verify_errors:
