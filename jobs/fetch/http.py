@@ -66,6 +66,51 @@ class _NoCookies(http.cookiejar.DefaultCookiePolicy):
         return False
 
 
+def new_session() -> requests.Session:
+    s = requests.Session()
+    s.cookies.set_policy(_NoCookies())  # a cookie set by one host is a credential for it
+    return s
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+def request_following(session: requests.Session, method: str, url: str, headers: dict[str, str],
+                      redirect_hosts, **kw) -> requests.Response:
+    """One request, following redirects by hand: same host or one of `redirect_hosts` (* for any), and
+    no credentials after the first hop (Authorization and cookie headers dropped, user:password@ taken
+    out of the target). Raises requests' connection errors (callers retry them), JobError otherwise."""
+    allowed = {h.lower() for h in redirect_hosts}
+    hdrs = dict(headers)
+    home = host_of(url)
+    for _ in range(MAX_REDIRECTS + 1):
+        try:
+            r = session.request(method, url, headers=hdrs, allow_redirects=False, **kw)
+        except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
+                requests.exceptions.MissingSchema, requests.exceptions.InvalidHeader,
+                requests.exceptions.TooManyRedirects, UnicodeError) as exc:
+            raise JobError(f"{_without_userinfo(url)!r}: malformed URL ({exc})") from None
+        if r.status_code not in REDIRECTS or not r.headers.get("Location"):
+            return r
+        target = _without_userinfo(urljoin(url, r.headers["Location"]))
+        r.close()
+        check_url(target)
+        host = host_of(target)
+        if host != home and host not in allowed and ANY_HOST not in allowed:
+            shown = urlsplit(target)._replace(query="", fragment="").geturl()  # a signed query is a secret
+            raise JobError(f"{_without_userinfo(url)}: redirects to another host ({shown}); pass "
+                           f"--allow-redirect-host {host} to follow it")
+        if r.status_code == 303 and method != "HEAD":
+            method = "GET"
+        url = target
+        hdrs = {k: v for k, v in hdrs.items() if k.lower() not in CREDENTIALS}
+    raise JobError(f"{_without_userinfo(url)}: more than {MAX_REDIRECTS} redirects")
+
+
 class _Links(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
@@ -103,38 +148,15 @@ class HttpSource:
     def session(self) -> requests.Session:
         s = getattr(self._local, "session", None)
         if s is None:
-            s = self._local.session = requests.Session()
-            s.cookies.set_policy(_NoCookies())  # a cookie set by one host is a credential for it
+            s = self._local.session = new_session()
         return s
 
     def request(self, method: str, url: str, headers: dict[str, str] | None = None,
                 **kw) -> requests.Response:
-        """One request, following redirects by hand: same host or an allowed one, no credentials after
-        the first hop. Raises requests' connection errors (callers retry them), JobError otherwise."""
-        hdrs = {**self.headers, **(headers or {})}
-        home = host_of(url)
-        for _ in range(MAX_REDIRECTS + 1):
-            try:
-                r = self.session().request(method, url, headers=hdrs, allow_redirects=False, **kw)
-            except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
-                    requests.exceptions.MissingSchema, requests.exceptions.InvalidHeader,
-                    requests.exceptions.TooManyRedirects, UnicodeError) as exc:
-                raise JobError(f"{url!r}: malformed URL ({exc})") from None
-            if r.status_code not in REDIRECTS or not r.headers.get("Location"):
-                return r
-            target = urljoin(url, r.headers["Location"])
-            r.close()
-            check_url(target)
-            host = host_of(target)
-            if host != home and host not in self.redirect_hosts and ANY_HOST not in self.redirect_hosts:
-                shown = urlsplit(target)._replace(query="", fragment="").geturl()  # a signed query is a secret
-                raise JobError(f"{url}: redirects to another host ({shown}); pass --allow-redirect-host "
-                               f"{host} to follow it")
-            if r.status_code == 303 and method != "HEAD":
-                method = "GET"
-            url = target
-            hdrs = {k: v for k, v in hdrs.items() if k.lower() not in CREDENTIALS}
-        raise JobError(f"{url}: more than {MAX_REDIRECTS} redirects")
+        """One request, redirects followed by `request_following` (the first request only gets the
+        source's headers, which may hold credentials)."""
+        return request_following(self.session(), method, url, {**self.headers, **(headers or {})},
+                                 self.redirect_hosts, **kw)
 
     def _retrying(self, what: str, fn):
         """Listing and HEAD requests: retried like transfers, counted in `retries`."""

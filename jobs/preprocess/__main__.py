@@ -52,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
         help="accept inputs (or a whole run) without a single document instead of failing",
     )
     p.add_argument("--endpoint-url", default=None, help="S3 endpoint for s3:// inputs (or AWS_ENDPOINT_URL)")
+    p.add_argument(
+        "--allow-redirect-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="follow https:// input redirects to this other host (repeatable; * for any). Credentials are "
+        "never sent along a redirect",
+    )
     return p
 
 
@@ -72,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             endpoint_url=args.endpoint_url,
             engine=args.engine,
             allow_empty=args.allow_empty,
+            redirect_hosts=args.allow_redirect_host,
         )
         bad = f", {s.bad_lines:,} bad lines skipped" if s.bad_lines else ""
         print(

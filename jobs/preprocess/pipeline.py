@@ -248,10 +248,12 @@ def preprocess(
     endpoint_url: str | None = None,
     engine: str = "auto",
     allow_empty: bool = False,
+    redirect_hosts: tuple[str, ...] | list[str] = (),
 ) -> Stats:
     """Tokenize every document of `inputs`, in order, into OUTPUT_PREFIX_<key>_document.{bin,idx}.
 
-    Zero documents (from an input, or from all of them) is an error unless `allow_empty`."""
+    Zero documents (from an input, or from all of them) is an error unless `allow_empty`. An https:// input
+    redirected to another host is an error unless that host is in `redirect_hosts` (* for any)."""
     workers = workers or default_workers()
     set_workers(workers)
     start = time.monotonic()
@@ -269,7 +271,7 @@ def preprocess(
         if fast is None and engine == "tiktoken":
             raise JobError(f"{tokenizer_path}: the tiktoken engine cannot be used: {why}")
     dtype = dtype_for_vocab(tokenizer.get_vocab_size(with_added_tokens=True))
-    sources = expand_inputs(inputs, endpoint_url)
+    sources = expand_inputs(inputs, endpoint_url, tuple(redirect_hosts))
     prefix = f"{os.fspath(output_prefix)}_{jsonl_key}_document"
     _remove_stale_temps(prefix)
 

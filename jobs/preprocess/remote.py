@@ -5,6 +5,10 @@ counts the bytes it has passed on and, when the transfer breaks, reopens the obj
 (an HTTP or S3 Range request) after a backoff. A validator (the ETag: HTTP If-Range, S3 IfMatch) makes
 sure the rest comes from the same version of the object; one that changed fails the input by name.
 A server that ignores Range gets the whole object again, and the bytes already read are skipped.
+
+HTTP redirects are followed by hand (jobs.fetch.http.request_following, as the fetcher does): one to another
+host is refused unless that host is allowed (--allow-redirect-host), and credentials (user:password@ in the
+URL, Authorization, cookies) go with the first request only. A resume follows them again from the URL given.
 """
 
 from __future__ import annotations
@@ -53,8 +57,11 @@ class ResumingReader(io.RawIOBase):
                         f"{self.name}: giving up after {backoff.attempts} tries at byte {self.offset}: {exc}"
                     ) from exc
                 # one line per resume, so a flaky link shows in the job's log
-                print(f"{self.name}: connection lost at byte {self.offset} ({type(exc).__name__}); resuming",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"{self.name}: connection lost at byte {self.offset} ({type(exc).__name__}); resuming",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 self._stream = self._open()
                 self.resumes += 1
                 continue
@@ -90,14 +97,23 @@ def http_transient() -> tuple[type[BaseException], ...]:
     import requests
     import urllib3
 
-    return (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-            urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
+    return (
+        requests.ConnectionError,
+        requests.Timeout,
+        requests.exceptions.ChunkedEncodingError,
+        urllib3.exceptions.HTTPError,
+        http.client.HTTPException,
+        OSError,
+    )
 
 
-def open_http(url: str) -> ResumingReader:
+def open_http(url: str, redirect_hosts: tuple[str, ...] = ()) -> ResumingReader:
     import requests
 
+    from jobs.fetch.http import new_session, request_following
+
     first: dict[str, str | None] = {}
+    session = new_session()  # keeps the connection between resumes; takes no cookies
 
     def open_at(offset: int):
         headers = {}
@@ -105,11 +121,7 @@ def open_http(url: str) -> ResumingReader:
             headers["Range"] = f"bytes={offset}-"
             if first.get("etag"):
                 headers["If-Range"] = first["etag"]
-        try:
-            resp = requests.get(url, stream=True, timeout=(30, 300), headers=headers)
-        except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
-                requests.exceptions.MissingSchema, requests.exceptions.InvalidHeader, UnicodeError) as exc:
-            raise JobError(f"{url}: {exc}") from exc
+        resp = request_following(session, "GET", url, headers, redirect_hosts, stream=True, timeout=(30, 300))
         if resp.status_code >= 500 or resp.status_code in (408, 429):
             resp.close()
             raise TransientError(f"HTTP {resp.status_code} {resp.reason}")
@@ -121,7 +133,9 @@ def open_http(url: str) -> ResumingReader:
             first.update(etag=etag, encoding=encoding)
         elif encoding != "identity" or first["encoding"] != "identity":
             resp.close()  # offsets count decoded bytes; a Range counts encoded ones
-            raise JobError(f"{url}: the connection broke at byte {offset} and a {encoding} transfer cannot resume")
+            raise JobError(
+                f"{url}: the connection broke at byte {offset} and a {encoding} transfer cannot resume"
+            )
         elif resp.status_code == 200 and first["etag"] and etag != first["etag"]:
             resp.close()
             raise JobError(f"{url}: changed while being read (ETag {first['etag']} became {etag})")
@@ -143,8 +157,16 @@ def s3_transient() -> tuple[type[BaseException], ...]:
     import botocore.exceptions as e
     import urllib3
 
-    return (e.ResponseStreamingError, e.IncompleteReadError, e.ReadTimeoutError, e.ConnectionError,
-            e.ConnectionClosedError, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
+    return (
+        e.ResponseStreamingError,
+        e.IncompleteReadError,
+        e.ReadTimeoutError,
+        e.ConnectionError,
+        e.ConnectionClosedError,
+        urllib3.exceptions.HTTPError,
+        http.client.HTTPException,
+        OSError,
+    )
 
 
 def open_s3(client, bucket: str, key: str) -> ResumingReader:

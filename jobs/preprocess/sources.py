@@ -125,10 +125,10 @@ def _expand_s3(spec: str, endpoint_url: str | None) -> list[Source]:
     return [source(k, size) for k, size in sorted(found)]
 
 
-def _expand_http(spec: str) -> list[Source]:
+def _expand_http(spec: str, redirect_hosts: tuple[str, ...]) -> list[Source]:
     name = urlparse(spec).path
     _require_format(name)
-    return [Source(spec, None, lambda: open_http(spec))]
+    return [Source(spec, None, lambda: open_http(spec, redirect_hosts))]
 
 
 URL_FORMS = {"s3": "s3://bucket/key", "http": "http://host/path", "https": "https://host/path"}
@@ -157,15 +157,18 @@ def _check_spec(spec: str) -> str:
     return scheme
 
 
-def expand_inputs(specs: list[str], endpoint_url: str | None = None) -> list[Source]:
-    """Each spec in the order given; within a directory, glob or prefix, sorted by name."""
+def expand_inputs(
+    specs: list[str], endpoint_url: str | None = None, redirect_hosts: tuple[str, ...] = ()
+) -> list[Source]:
+    """Each spec in the order given; within a directory, glob or prefix, sorted by name. https:// inputs
+    may be redirected to `redirect_hosts` (other hosts: refused)."""
     sources: list[Source] = []
     for spec in specs:
         scheme = _check_spec(spec)
         if scheme == "s3":
             sources += _expand_s3(spec, endpoint_url)
         elif scheme in ("http", "https"):
-            sources += _expand_http(spec)
+            sources += _expand_http(spec, tuple(redirect_hosts))
         else:
             sources += _expand_local(spec)
     return sources

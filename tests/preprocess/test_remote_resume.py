@@ -18,7 +18,9 @@ from tests.fetch.servers import FileServer
 from .helpers import read_docs
 
 # About 5 MB: reads go in 1 MB pieces, so a reset halfway through leaves whole pieces to resume after.
-TEXTS = [f"document {i}: " + "the quick brown fox jumps over the lazy dog " * (i % 7 + 1) for i in range(24000)]
+TEXTS = [
+    f"document {i}: " + "the quick brown fox jumps over the lazy dog " * (i % 7 + 1) for i in range(24000)
+]
 
 
 @pytest.fixture
@@ -102,5 +104,7 @@ def test_s3_input_that_changes_while_read_fails_by_name(bucket, fast_backoff):
     reader.read(100_000)
     bucket.put_object(Bucket="resume", Key="big.jsonl", Body=b'{"text": "a new version"}\n')
     _break(reader)
-    with pytest.raises(JobError, match=r"s3://resume/big.jsonl: changed while being read \(no longer ETag .+\)"):
+    with pytest.raises(
+        JobError, match=r"s3://resume/big.jsonl: changed while being read \(no longer ETag .+\)"
+    ):
         reader.read(1 << 16)
