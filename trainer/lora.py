@@ -137,13 +137,14 @@ def check_run(cfg) -> None:
     """Settings LoRA cannot be combined with: one line, at config time (before any heavy work)."""
     if cfg.zero_stage == 3:
         why = (
-            " (model-parallel-size / pipe-parallel-size above 1 map to stage 3)"
+            " (model-parallel-size / pipe-parallel-size above 1 map to stage 3: set both to 1)"
             if cfg.parallel.mapped_to_zero3
             else ""
         )
         raise JobError(
-            f"config key 'lora' cannot be combined with ZeRO stage 3{why}: the frozen base is not "
-            f"sharded and the adapters are small; use zero_optimization.stage 0, 1 or 2"
+            f"config key 'lora' cannot be combined with ZeRO stage 3{why}: every rank holds the whole "
+            f"frozen base (stages 1 and 2 shard the adapters' optimizer state); use zero_optimization.stage "
+            f"0, 1 or 2"
         )
     if cfg.precision.fp16_enabled:
         raise JobError(
