@@ -125,11 +125,27 @@ def main() -> None:
         urls.write_text("".join(f"{base}{rel}\n  out={rel}\n" for rel in sizes))
         tools = {
             f"jobs.fetch --connections {args.connections}": lambda d: [
-                sys.executable, "-m", "jobs.fetch", base, str(d), "--connections", str(args.connections)],
+                sys.executable,
+                "-m",
+                "jobs.fetch",
+                base,
+                str(d),
+                "--connections",
+                str(args.connections),
+            ],
             # aria2c is given the URL list: it cannot crawl a listing
             f"aria2c -x{args.connections} -s{args.connections} (URL list given)": lambda d: [
-                "aria2c", f"-x{args.connections}", f"-s{args.connections}", "-i", str(urls), "-d", str(d), "-q", "--file-allocation=none",
-                "--auto-file-renaming=false"],
+                "aria2c",
+                f"-x{args.connections}",
+                f"-s{args.connections}",
+                "-i",
+                str(urls),
+                "-d",
+                str(d),
+                "-q",
+                "--file-allocation=none",
+                "--auto-file-renaming=false",
+            ],
         }
         for r in range(args.repeat):
             for name, cmd in list(tools.items())[:: 1 if r % 2 == 0 else -1]:  # who goes first alternates
@@ -140,65 +156,107 @@ def main() -> None:
 
         if not args.skip_wget:
             dest = work / "wget"
-            secs, sent = timed(nginx, ["wget", "-r", "-np", "-nH", "--cut-dirs=1", "-q", "-R", "index.html*",
-                                       "-P", str(dest), base])
+            secs, sent = timed(
+                nginx,
+                [
+                    "wget",
+                    "-r",
+                    "-np",
+                    "-nH",
+                    "--cut-dirs=1",
+                    "-q",
+                    "-R",
+                    "index.html*",
+                    "-P",
+                    str(dest),
+                    base,
+                ],
+            )
             check(dest, "wget")
             rows["wget -r -np (one stream)"] = [(secs, sent)]
 
-        result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(),
-                  "layout": args.layout, "total_bytes": total, "files": len(sizes),
-                  "rate_per_connection": "20 MB/s", "connections": args.connections,
-                  "runs": {k: {"seconds": [round(s, 2) for s, _ in v], "median_MB_per_s": med_rate(v),
-                               "share_of_cap": round(total / statistics.median(s for s, _ in v) / cap, 3),
-                               "bytes_sent_by_nginx": [b for _, b in v]} for k, v in rows.items()}}
+        result = {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "cores": os.cpu_count(),
+            "layout": args.layout,
+            "total_bytes": total,
+            "files": len(sizes),
+            "rate_per_connection": "20 MB/s",
+            "connections": args.connections,
+            "runs": {
+                k: {
+                    "seconds": [round(s, 2) for s, _ in v],
+                    "median_MB_per_s": med_rate(v),
+                    "share_of_cap": round(total / statistics.median(s for s, _ in v) / cap, 3),
+                    "bytes_sent_by_nginx": [b for _, b in v],
+                }
+                for k, v in rows.items()
+            },
+        }
         if not args.skip_resume:
             result["resume"] = resume(nginx, base, work, sizes, total, args.connections, check)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"{result['date']}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
-              f"{len(sizes)} files, {total / 1e6:.0f} MB; cap {args.connections} x 20 MB/s = {cap / 1e6:.0f} MB/s")
-        print("| tool | seconds (each run) | median MB/s | share of cap | max bytes sent by nginx |\n"
-              "|---|---|---|---|---|")
+        print(
+            f"{result['date']}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
+            f"{len(sizes)} files, {total / 1e6:.0f} MB; cap {args.connections} x 20 MB/s = {cap / 1e6:.0f} MB/s"
+        )
+        print(
+            "| tool | seconds (each run) | median MB/s | share of cap | max bytes sent by nginx |\n"
+            "|---|---|---|---|---|"
+        )
         for k, v in rows.items():
             r = result["runs"][k]
-            print(f"| {k} | {', '.join(f'{s:.2f}' for s, _ in v)} | {r['median_MB_per_s']} | "
-                  f"{r['share_of_cap']:.0%} | {max(b for _, b in v)} |")
+            print(
+                f"| {k} | {', '.join(f'{s:.2f}' for s, _ in v)} | {r['median_MB_per_s']} | "
+                f"{r['share_of_cap']:.0%} | {max(b for _, b in v)} |"
+            )
         fetcher, aria2c = (statistics.median(s for s, _ in rows[k]) for k in list(tools))
         print(f"fetcher throughput / aria2c's (median seconds): {aria2c / fetcher:.2f}x")
         if "resume" in result:
             r = result["resume"]
-            print(f"resume after SIGKILL at {r['kept_after_kill'] / total:.0%}: nginx sent "
-                  f"{r['nginx_bytes_sent_both_runs']} bytes in both runs = {r['ratio_to_total']:.3f} x the data")
+            print(
+                f"resume after SIGKILL at {r['kept_after_kill'] / total:.0%}: nginx sent "
+                f"{r['nginx_bytes_sent_both_runs']} bytes in both runs = {r['ratio_to_total']:.3f} x the data"
+            )
     finally:
         if nginx:
             nginx.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
-def resume(nginx: Nginx, base: str, work: Path, sizes: dict[str, int], total: int, connections: int,
-           check) -> dict:
+def resume(
+    nginx: Nginx, base: str, work: Path, sizes: dict[str, int], total: int, connections: int, check
+) -> dict:
     """SIGKILL at 50%, then re-run; nginx counts every byte it sent for both runs."""
     dest = work / "resume"
     before = nginx.bytes_sent("/slow/")
     t = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.fetch", base, str(dest),
-                             "--connections", str(connections)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobs.fetch", base, str(dest), "--connections", str(connections)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     while staged(dest, sizes) < total / 2 and proc.poll() is None:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     kept = staged(dest, sizes)
-    subprocess.run([sys.executable, "-m", "jobs.fetch", base, str(dest), "--connections",
-                    str(connections)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "jobs.fetch", base, str(dest), "--connections", str(connections)], check=True
+    )
     resume_secs = time.monotonic() - t
     time.sleep(0.2)
     resume_sent = nginx.bytes_sent("/slow/") - before
     run2 = json.loads((dest / "fetch-stats.json").read_text())
     check(dest, "resume")
 
-    return {"kept_after_kill": kept, "second_run_bytes_moved": run2["bytes_moved"],
-            "nginx_bytes_sent_both_runs": resume_sent, "ratio_to_total": round(resume_sent / total, 3),
-            "seconds": round(resume_secs, 1)}
+    return {
+        "kept_after_kill": kept,
+        "second_run_bytes_moved": run2["bytes_moved"],
+        "nginx_bytes_sent_both_runs": resume_sent,
+        "ratio_to_total": round(resume_sent / total, 3),
+        "seconds": round(resume_secs, 1),
+    }
 
 
 if __name__ == "__main__":

@@ -39,8 +39,12 @@ class Options:
     stream: TextIO | None = None  # progress output (stderr by default)
 
 
-FORMS = {"http": "http://host/path", "https": "https://host/path", "s3": "s3://bucket/prefix",
-         "hf": "hf://org/repo[@revision]"}
+FORMS = {
+    "http": "http://host/path",
+    "https": "https://host/path",
+    "s3": "s3://bucket/prefix",
+    "hf": "hf://org/repo[@revision]",
+}
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 
 
@@ -51,7 +55,7 @@ def open_source(source: str, opts: Options) -> Source:
         raise JobError(f"{source!r}: SOURCE holds a NUL character")
     m = _SCHEME.match(source)
     scheme = m[1].lower() if m else ""
-    if scheme in FORMS and not source[m.end():].startswith("//"):
+    if scheme in FORMS and not source[m.end() :].startswith("//"):
         raise JobError(f"{source}: malformed URL (expected {FORMS[scheme]})")
     if scheme in ("http", "https"):
         from .http import HttpSource, check_url
@@ -150,8 +154,13 @@ def fetch(source: str, dest: str | os.PathLike, opts: Options | None = None) -> 
         if more > free:
             raise JobError(f"{dest}: needs {human_bytes(more)} more but only {human_bytes(free)} is free")
         stats.add(bytes_resumed=sum(j.resumed for j in jobs))
-        summary.update(files_total=len(files), files_fetched=len(todo), files_up_to_date=len(files) - len(todo),
-                       bytes_total=sum(f.size or 0 for f in files), connections=opts.connections)
+        summary.update(
+            files_total=len(files),
+            files_fetched=len(todo),
+            files_up_to_date=len(files) - len(todo),
+            bytes_total=sum(f.size or 0 for f in files),
+            connections=opts.connections,
+        )
 
         progress = Progress(PROG, _describe, total=need or None, stream=opts.stream or sys.stderr)
         plock = threading.Lock()
@@ -182,10 +191,16 @@ def fetch(source: str, dest: str | os.PathLike, opts: Options | None = None) -> 
             getattr(src, "close", lambda: None)()  # kept replies no download used
             stats.add(retries=getattr(src, "retries", 0))  # listing and HEAD retries
             secs = time.monotonic() - t0
-            summary.update(ok=ok, seconds=round(secs, 3), bytes_moved=stats.bytes_moved,
-                           bytes_resumed=stats.bytes_resumed, retries=stats.retries, restarts=stats.restarts,
-                           splits=stats.splits,
-                           rate_bytes_per_s=round(stats.bytes_moved / secs) if secs > 0 else 0)
+            summary.update(
+                ok=ok,
+                seconds=round(secs, 3),
+                bytes_moved=stats.bytes_moved,
+                bytes_resumed=stats.bytes_resumed,
+                retries=stats.retries,
+                restarts=stats.restarts,
+                splits=stats.splits,
+                rate_bytes_per_s=round(stats.bytes_moved / secs) if secs > 0 else 0,
+            )
             write_json_atomic(dest / STATS_NAME, summary)
     return summary
 
@@ -204,7 +219,9 @@ def _describe(done: float, total: float | None, rate: float, eta: float | None) 
 
 
 def summary_line(s: dict) -> str:
-    return (f"{s['files_total']} files ({human_bytes(s['bytes_total'])}) in {s['dest']}: "
-            f"{s['files_fetched']} fetched, {s['files_up_to_date']} already up to date; "
-            f"{human_bytes(s['bytes_moved'])} transferred in {human_duration(s['seconds'])} "
-            f"({human_bytes(s['rate_bytes_per_s'])}/s), {s['retries']} retries")
+    return (
+        f"{s['files_total']} files ({human_bytes(s['bytes_total'])}) in {s['dest']}: "
+        f"{s['files_fetched']} fetched, {s['files_up_to_date']} already up to date; "
+        f"{human_bytes(s['bytes_moved'])} transferred in {human_duration(s['seconds'])} "
+        f"({human_bytes(s['rate_bytes_per_s'])}/s), {s['retries']} retries"
+    )

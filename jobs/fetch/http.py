@@ -79,8 +79,9 @@ def _without_userinfo(url: str) -> str:
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
-def request_following(session: requests.Session, method: str, url: str, headers: dict[str, str],
-                      redirect_hosts, **kw) -> requests.Response:
+def request_following(
+    session: requests.Session, method: str, url: str, headers: dict[str, str], redirect_hosts, **kw
+) -> requests.Response:
     """One request, following redirects by hand: same host or one of `redirect_hosts` (* for any), and
     no credentials after the first hop (Authorization and cookie headers dropped, user:password@ taken
     out of the target). Raises requests' connection errors (callers retry them), JobError otherwise."""
@@ -90,9 +91,14 @@ def request_following(session: requests.Session, method: str, url: str, headers:
     for _ in range(MAX_REDIRECTS + 1):
         try:
             r = session.request(method, url, headers=hdrs, allow_redirects=False, **kw)
-        except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
-                requests.exceptions.MissingSchema, requests.exceptions.InvalidHeader,
-                requests.exceptions.TooManyRedirects, UnicodeError) as exc:
+        except (
+            requests.exceptions.InvalidURL,
+            requests.exceptions.InvalidSchema,
+            requests.exceptions.MissingSchema,
+            requests.exceptions.InvalidHeader,
+            requests.exceptions.TooManyRedirects,
+            UnicodeError,
+        ) as exc:
             raise JobError(f"{_without_userinfo(url)!r}: malformed URL ({exc})") from None
         if r.status_code not in REDIRECTS or not r.headers.get("Location"):
             return r
@@ -102,8 +108,10 @@ def request_following(session: requests.Session, method: str, url: str, headers:
         host = host_of(target)
         if host != home and host not in allowed and ANY_HOST not in allowed:
             shown = urlsplit(target)._replace(query="", fragment="").geturl()  # a signed query is a secret
-            raise JobError(f"{_without_userinfo(url)}: redirects to another host ({shown}); pass "
-                           f"--allow-redirect-host {host} to follow it")
+            raise JobError(
+                f"{_without_userinfo(url)}: redirects to another host ({shown}); pass "
+                f"--allow-redirect-host {host} to follow it"
+            )
         if r.status_code == 303 and method != "HEAD":
             method = "GET"
         url = target
@@ -132,8 +140,14 @@ def _check(r: requests.Response, url: str) -> None:
 
 
 class HttpSource:
-    def __init__(self, url: str, headers: dict[str, str] | None = None, connections: int = 16,
-                 if_range: bool = True, redirect_hosts: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        url: str,
+        headers: dict[str, str] | None = None,
+        connections: int = 16,
+        if_range: bool = True,
+        redirect_hosts: tuple[str, ...] = (),
+    ) -> None:
         self.url = url
         self.if_range = if_range  # off where identity is not an HTTP validator (hub blob ids)
         self.description = url
@@ -142,7 +156,9 @@ class HttpSource:
         self.connections = connections
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._kept: dict[str, requests.Response] = {}  # a probe's whole-file 200 reply, kept to be the download
+        self._kept: dict[
+            str, requests.Response
+        ] = {}  # a probe's whole-file 200 reply, kept to be the download
         self.retries = 0
 
     def session(self) -> requests.Session:
@@ -151,12 +167,14 @@ class HttpSource:
             s = self._local.session = new_session()
         return s
 
-    def request(self, method: str, url: str, headers: dict[str, str] | None = None,
-                **kw) -> requests.Response:
+    def request(
+        self, method: str, url: str, headers: dict[str, str] | None = None, **kw
+    ) -> requests.Response:
         """One request, redirects followed by `request_following` (the first request only gets the
         source's headers, which may hold credentials)."""
-        return request_following(self.session(), method, url, {**self.headers, **(headers or {})},
-                                 self.redirect_hosts, **kw)
+        return request_following(
+            self.session(), method, url, {**self.headers, **(headers or {})}, self.redirect_hosts, **kw
+        )
 
     def _retrying(self, what: str, fn):
         """Listing and HEAD requests: retried like transfers, counted in `retries`."""
@@ -212,7 +230,7 @@ class HttpSource:
                 if "?" in link or not link.startswith(base) or link in seen:
                     continue  # sort links, parents and other hosts: like --no-parent
                 seen.add(link)
-                rel = unquote(link[len(base):])
+                rel = unquote(link[len(base) :])
                 if link.endswith("/"):
                     sub = self._retrying(link, lambda u=link: self._get_page(u))
                     if sub is not None:
@@ -225,8 +243,13 @@ class HttpSource:
         def once():
             r = self.request("HEAD", url, timeout=TIMEOUT, headers={"Accept-Encoding": "identity"})
             if r.status_code in (405, 501):  # no HEAD: ask for one byte instead
-                r = self.request("GET", url, timeout=TIMEOUT, stream=True,
-                                 headers={"Range": "bytes=0-0", "Accept-Encoding": "identity"})
+                r = self.request(
+                    "GET",
+                    url,
+                    timeout=TIMEOUT,
+                    stream=True,
+                    headers={"Range": "bytes=0-0", "Accept-Encoding": "identity"},
+                )
                 r.close()
             _check(r, url)
             return r
@@ -252,8 +275,13 @@ class HttpSource:
         """Whether a GET of bytes=0-0 comes back as that byte of a file of `size` (206). A 200 means
         Range is ignored: that reply is the whole file, so it is kept, unread, as the file's one stream
         (closing it would waste what the server already pushed into the connection)."""
-        r = self.request("GET", url, timeout=TIMEOUT, stream=True,
-                         headers={"Range": "bytes=0-0", "Accept-Encoding": "identity"})
+        r = self.request(
+            "GET",
+            url,
+            timeout=TIMEOUT,
+            stream=True,
+            headers={"Range": "bytes=0-0", "Accept-Encoding": "identity"},
+        )
         if r.status_code == 200 and "Content-Encoding" not in r.headers:
             with self._lock:
                 old, self._kept[url] = self._kept.get(url), r
@@ -265,8 +293,11 @@ class HttpSource:
                 return False
             _check(r, url)
             cr = r.headers.get("Content-Range", "")
-            return r.status_code == 206 and _CONTENT_RANGE.fullmatch(cr.strip()) is not None \
+            return (
+                r.status_code == 206
+                and _CONTENT_RANGE.fullmatch(cr.strip()) is not None
                 and cr.rsplit("/", 1)[-1].strip() == str(size)
+            )
         finally:
             r.close()
 
@@ -306,8 +337,10 @@ class HttpSource:
                 _check_total(cr, file.size)
             cl = r.headers.get("Content-Length", "")
             if cl.isdigit() and length is not None and int(cl) != length:
-                raise SizeMismatch(f"{'Content-Range' if r.status_code == 206 else 'the listing'} says "
-                                   f"{length} bytes, Content-Length {cl}")
+                raise SizeMismatch(
+                    f"{'Content-Range' if r.status_code == 206 else 'the listing'} says "
+                    f"{length} bytes, Content-Length {cl}"
+                )
         except BaseException:
             r.close()
             raise

@@ -35,7 +35,9 @@ class PartState:
     size: int | None
     identity: str | None
     ranges: bool
-    chunks: list[list[int]]  # [start, end, done]: bytes [start, start+done) are on disk; end -1 = unknown size
+    chunks: list[
+        list[int]
+    ]  # [start, end, done]: bytes [start, start+done) are on disk; end -1 = unknown size
     sha256: str | None = None  # set once verified and renamed into place, until the manifest records it
 
     def matches(self, url: str, size: int | None, identity: str | None) -> bool:
@@ -55,8 +57,9 @@ class PartState:
 MIN_CHUNK = 4 << 20  # a file up to this size is one request
 
 
-def plan_chunks(size: int | None, ranges: bool, connections: int, min_chunk: int = MIN_CHUNK,
-                max_chunk: int = 64 << 20) -> list[list[int]]:
+def plan_chunks(
+    size: int | None, ranges: bool, connections: int, min_chunk: int = MIN_CHUNK, max_chunk: int = 64 << 20
+) -> list[list[int]]:
     """Split a file so that all connections share a large file, about four chunks each, taken in order;
     the last wave (one chunk per connection) in chunks of `min_chunk`, so that the bytes still unhashed
     when the last byte arrives are few (the hash must wait for every chunk before it). Idle connections
@@ -68,8 +71,9 @@ def plan_chunks(size: int | None, ranges: bool, connections: int, min_chunk: int
         return [[0, size, 0]]
     chunk = min(max(size // (connections * 4), min_chunk), max_chunk)
     tail = max(0, size - connections * chunk) // chunk * chunk
-    return ([[s, s + chunk, 0] for s in range(0, tail, chunk)]
-            + [[s, min(s + min_chunk, size), 0] for s in range(tail, size, min_chunk)])
+    return [[s, s + chunk, 0] for s in range(0, tail, chunk)] + [
+        [s, min(s + min_chunk, size), 0] for s in range(tail, size, min_chunk)
+    ]
 
 
 def part_paths(dest: Path, rel: str) -> tuple[Path, Path]:

@@ -127,12 +127,18 @@ class FileJob:
         self.resumable = bool(file.identity or file.expected)
         ranges = file.ranges and self.resumable
         state = PartState.load(self.sidecar)
-        if state and self.resumable and not state.sha256 and state.matches(file.url, file.size, file.identity) \
-                and self._part_covers(state):
+        if (
+            state
+            and self.resumable
+            and not state.sha256
+            and state.matches(file.url, file.size, file.identity)
+            and self._part_covers(state)
+        ):
             self.state = state
         else:
-            self.state = PartState(file.url, file.size, file.identity, ranges,
-                                   plan_chunks(file.size, ranges, connections))
+            self.state = PartState(
+                file.url, file.size, file.identity, ranges, plan_chunks(file.size, ranges, connections)
+            )
             self.part.unlink(missing_ok=True)
         self.resumed = sum(c[2] for c in self.state.chunks)
         self._reset_hash()
@@ -307,8 +313,13 @@ class FileJob:
                 return
             self.last_flush = now
             with self.lock:
-                snap = PartState(self.state.url, self.state.size, self.state.identity, self.state.ranges,
-                                 [list(c) for c in self.state.chunks])
+                snap = PartState(
+                    self.state.url,
+                    self.state.size,
+                    self.state.identity,
+                    self.state.ranges,
+                    [list(c) for c in self.state.chunks],
+                )
             snap.save(self.sidecar)
         finally:
             self.flush_lock.release()
@@ -355,8 +366,10 @@ class FileJob:
         digests = self.hashers.hexdigests()
         if bad := mismatch(f.expected, digests):
             self._discard()
-            raise VerifyError(f"checksum mismatch for {f.path} ({bad}; expected value from "
-                              f"{f.expected_from}); not moved into place, partial data discarded")
+            raise VerifyError(
+                f"checksum mismatch for {f.path} ({bad}; expected value from "
+                f"{f.expected_from}); not moved into place, partial data discarded"
+            )
         self.final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.part, self.final)
         # The sidecar stays, marked done, so a kill before the manifest is saved loses nothing.
@@ -383,8 +396,15 @@ class VerifyError(JobError):
 
 
 class Engine:
-    def __init__(self, source: Source, jobs: list[FileJob], connections: int, stats: Stats,
-                 on_bytes: Callable[[int], None], on_done: Callable[[Done], None]) -> None:
+    def __init__(
+        self,
+        source: Source,
+        jobs: list[FileJob],
+        connections: int,
+        stats: Stats,
+        on_bytes: Callable[[int], None],
+        on_done: Callable[[Done], None],
+    ) -> None:
         self.source = source
         self.jobs = jobs
         self.connections = max(1, connections)
@@ -485,9 +505,12 @@ class Engine:
             self._fail(exc)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                self._fail(JobError(
-                    f"out of disk space writing {job.part}; what was fetched is kept in "
-                    f"{staging_dir(job.dest)} for the next run to resume"))
+                self._fail(
+                    JobError(
+                        f"out of disk space writing {job.part}; what was fetched is kept in "
+                        f"{staging_dir(job.dest)} for the next run to resume"
+                    )
+                )
             else:
                 self._fail(JobError(f"cannot write {job.part}: {exc.strerror}"))
         except BaseException as exc:  # a bug: stop everything rather than hang
@@ -554,8 +577,10 @@ class Engine:
                 new = job.restart(gen)
                 if new is not None:
                     if job.restarts > MAX_RESTARTS:
-                        raise JobError(f"{job.file.url}: giving up after restarting it from zero "
-                                       f"{MAX_RESTARTS} times ({exc})") from None
+                        raise JobError(
+                            f"{job.file.url}: giving up after restarting it from zero "
+                            f"{MAX_RESTARTS} times ({exc})"
+                        ) from None
                     self.stats.add(restarts=1)
                     for task in job.task(new):
                         self.q.put(task)
@@ -563,13 +588,17 @@ class Engine:
             except SizeMismatch as exc:
                 mismatches += 1  # never reset by progress: bytes of a file of the wrong size are no progress
                 if mismatches > MAX_MISMATCHES:
-                    raise JobError(f"{job.file.url}: its size disagrees ({exc}) after {MAX_MISMATCHES} retries; "
-                                   "if the file is changing on the server, run again to fetch its current "
-                                   "version") from None
+                    raise JobError(
+                        f"{job.file.url}: its size disagrees ({exc}) after {MAX_MISMATCHES} retries; "
+                        "if the file is changing on the server, run again to fetch its current "
+                        "version"
+                    ) from None
                 self.stats.add(retries=1)
                 backoff.wait(self.stop)
             except TransientError as exc:
                 self.stats.add(retries=1)
                 if not backoff.wait(self.stop):
-                    raise JobError(f"giving up after {backoff.attempts} tries without progress: {exc}") from None
+                    raise JobError(
+                        f"giving up after {backoff.attempts} tries without progress: {exc}"
+                    ) from None
         return False

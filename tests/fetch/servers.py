@@ -72,9 +72,14 @@ class Nginx:
         # As root, nginx workers would drop to `nobody`, which cannot read a private tmp folder.
         user = "user root root;" if os.geteuid() == 0 else ""
         conf = self.dir / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(d=self.dir, user=user, port=self.port, root=self.root, rate=self.rate))
-        self.proc = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(self.dir), "-e", str(self.dir / "error.log")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        conf.write_text(
+            NGINX_CONF.format(d=self.dir, user=user, port=self.port, root=self.root, rate=self.rate)
+        )
+        self.proc = subprocess.Popen(
+            [NGINX, "-c", str(conf), "-p", str(self.dir), "-e", str(self.dir / "error.log")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -308,8 +313,11 @@ class HubHandler(FileHandler):
                 self.send_json(404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"})
                 return
             meta = srv.meta[name]
-            extra = {"X-Repo-Commit": srv.commit, "X-Linked-Size": str(meta["size"]),
-                     "X-Linked-Etag": f'"{meta["etag"]}"'}
+            extra = {
+                "X-Repo-Commit": srv.commit,
+                "X-Linked-Size": str(meta["size"]),
+                "X-Linked-Etag": f'"{meta["etag"]}"',
+            }
             self.send_file(f, extra, head=head)
             return
         self.send_json(404, {"error": "not found"})
@@ -334,8 +342,14 @@ class HubServer(FileServer):
 
     handler = HubHandler
 
-    def __init__(self, root: Path, repo: str, lfs_threshold: int = 1 << 16, token: str | None = None,
-                 repo_type: str = "model") -> None:
+    def __init__(
+        self,
+        root: Path,
+        repo: str,
+        lfs_threshold: int = 1 << 16,
+        token: str | None = None,
+        repo_type: str = "model",
+    ) -> None:
         super().__init__(root)
         self.repo, self.token, self.repo_type = repo, token, repo_type
         self.commit = hashlib.sha1(repo.encode()).hexdigest()
@@ -347,8 +361,12 @@ class HubServer(FileServer):
                 blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
                 sha = hashlib.sha256(data).hexdigest()
                 lfs = len(data) >= lfs_threshold
-                self.meta[rel] = {"size": len(data), "blob": blob, "sha256": sha if lfs else None,
-                                  "etag": sha if lfs else blob}
+                self.meta[rel] = {
+                    "size": len(data),
+                    "blob": blob,
+                    "sha256": sha if lfs else None,
+                    "etag": sha if lfs else blob,
+                }
         # Files can be corrupted after listing to test verification; the published hashes stay.
 
     def etag(self, path: Path) -> str:
@@ -361,5 +379,14 @@ class HubServer(FileServer):
             if m["sha256"]:
                 s["lfs"] = {"size": m["size"], "sha256": m["sha256"], "pointerSize": 134}
             siblings.append(s)
-        return {"_id": "x", "id": self.repo, "modelId": self.repo, "sha": self.commit, "private": False,
-                "siblings": siblings, "tags": [], "downloads": 0, "likes": 0}
+        return {
+            "_id": "x",
+            "id": self.repo,
+            "modelId": self.repo,
+            "sha": self.commit,
+            "private": False,
+            "siblings": siblings,
+            "tags": [],
+            "downloads": 0,
+            "likes": 0,
+        }
