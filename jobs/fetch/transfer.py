@@ -474,6 +474,8 @@ class Engine:
             except queue.Empty:
                 pass
             for job in sorted(self.jobs, key=lambda j: -j.remaining()):
+                if job.remaining() <= 2 * STEAL_MIN + BLOCK_MAX:
+                    break  # this and the rest have too little left to split
                 split = job.split_largest()
                 if split is not None:
                     self.stats.add(splits=1)
