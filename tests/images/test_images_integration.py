@@ -438,6 +438,7 @@ def test_stage_caches_from_the_registry_seed_a_build_on_a_clean_engine(
 
 _TRITON_PROBE = r"""
 import os
+os.environ.update(TRITON_CACHE_DIR="/tmp/triton", TORCHINDUCTOR_CACHE_DIR="/tmp/inductor")
 from triton.runtime.build import compile_module_from_src
 src = '''#include <Python.h>
 static struct PyModuleDef m = {PyModuleDef_HEAD_INIT, "neox_probe", NULL, -1, NULL};
@@ -456,8 +457,7 @@ def test_trainer_image_compiles_what_its_run_time_paths_build_and_ships_no_cuda_
     """The kept g++ and Python headers are used: Triton builds a C launcher against Python.h (as on a
     GPU), inductor builds CPU kernels in C++. The CUDA compiler (nvcc, from the build wheels) is gone."""
     ref = built_images["trainer"].ref
-    env = {"TRITON_CACHE_DIR": "/tmp/triton", "TORCHINDUCTOR_CACHE_DIR": "/tmp/inductor"}
-    code, out = run_container(ref, ["-c", _TRITON_PROBE], entrypoint="python", environment=env)
+    code, out = run_container(ref, ["-c", _TRITON_PROBE], entrypoint="python")
     assert code == 0 and "triton launcher build: neox_probe" in out and "inductor cpu: ok" in out, out[-3000:]
     code, out = run_container(
         ref,
