@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -506,6 +507,23 @@ def choose_checkpoint(save_dir: str | os.PathLike | None) -> tuple[str | None, l
     if latest and latest not in found and chosen:
         notes.append(f"'latest' names {latest}, which is not a checkpoint here; using {chosen}")
     return chosen, notes
+
+
+def resume_candidates(train, log: Callable[[str], None]) -> Iterator[tuple[str, str, bool]]:
+    """(folder, tag, module_only) of each complete checkpoint a run could continue from, in the order
+    the run looks: `save` then `load` (with `finetune: true`, only `load`, weights only); the notes on
+    incomplete ones are logged."""
+    places = [(train.load, True)] if train.finetune else [(train.save, False), (train.load, False)]
+    seen = set()
+    for where, module_only in places:
+        if not where or where in seen:
+            continue
+        seen.add(where)
+        tag, notes = choose_checkpoint(where)
+        for note in notes:
+            log(f"note: {note}")
+        if tag:
+            yield where, tag, module_only
 
 
 def ds_checkpoint_tag(path: str | os.PathLike | None) -> str | None:

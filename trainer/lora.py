@@ -385,17 +385,7 @@ def resume_point(cfg, log) -> tuple[str, str, bool] | None:
     """As trainer.train.resume_point, but only LoRA checkpoints resume: a full checkpoint of ours in
     `load` is the base; one in `save` is refused (its weights would be mistaken for adapters)."""
     t = cfg.train
-    places = [(t.load, True)] if t.finetune else [(t.save, False), (t.load, False)]
-    seen = set()
-    for where, module_only in places:
-        if not where or where in seen:
-            continue
-        seen.add(where)
-        tag, notes = checkpoint.choose_checkpoint(where)
-        for note in notes:
-            log(f"note: {note}")
-        if not tag:
-            continue
+    for where, tag, module_only in checkpoint.resume_candidates(t, log):
         tag_dir = Path(where) / tag
         if is_lora_checkpoint(tag_dir):
             check_shape(tag_dir, cfg.lora)

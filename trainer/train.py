@@ -51,18 +51,7 @@ def log(msg: str) -> None:
 
 def resume_point(cfg: NeoXConfig) -> tuple[str, str, bool] | None:
     """(dir, tag, module_only) of a complete checkpoint of ours to continue from, or None."""
-    places = [(cfg.train.load, True)] if cfg.train.finetune else [(cfg.train.save, False), (cfg.train.load, False)]
-    seen = set()
-    for where, module_only in places:
-        if not where or where in seen:
-            continue
-        seen.add(where)
-        tag, notes = checkpoint.choose_checkpoint(where)
-        for note in notes:
-            log(f"note: {note}")
-        if tag:
-            return where, tag, module_only
-    return None
+    return next(checkpoint.resume_candidates(cfg.train, log), None)
 
 
 def build_model(cfg: NeoXConfig, resume: tuple[str, str, bool] | None) -> tuple[GPTNeoX, str]:
