@@ -243,13 +243,7 @@ class HttpSource:
         def once():
             r = self.request("HEAD", url, timeout=TIMEOUT, headers={"Accept-Encoding": "identity"})
             if r.status_code in (405, 501):  # no HEAD: ask for one byte instead
-                r = self.request(
-                    "GET",
-                    url,
-                    timeout=TIMEOUT,
-                    stream=True,
-                    headers={"Range": "bytes=0-0", "Accept-Encoding": "identity"},
-                )
+                r = self._first_byte(url)
                 r.close()
             _check(r, url)
             return r
@@ -271,17 +265,21 @@ class HttpSource:
             ranges = self._retrying(url, lambda: self._probe_ranges(url, size))
         return RemoteFile(rel, url, size, identity, ranges)
 
-    def _probe_ranges(self, url: str, size: int) -> bool:
-        """Whether a GET of bytes=0-0 comes back as that byte of a file of `size` (206). A 200 means
-        Range is ignored: that reply is the whole file, so it is kept, unread, as the file's one stream
-        (closing it would waste what the server already pushed into the connection)."""
-        r = self.request(
+    def _first_byte(self, url: str):
+        """A streamed GET of bytes=0-0: the HEAD stand-in and the range probe both ask this."""
+        return self.request(
             "GET",
             url,
             timeout=TIMEOUT,
             stream=True,
             headers={"Range": "bytes=0-0", "Accept-Encoding": "identity"},
         )
+
+    def _probe_ranges(self, url: str, size: int) -> bool:
+        """Whether a GET of bytes=0-0 comes back as that byte of a file of `size` (206). A 200 means
+        Range is ignored: that reply is the whole file, so it is kept, unread, as the file's one stream
+        (closing it would waste what the server already pushed into the connection)."""
+        r = self._first_byte(url)
         if r.status_code == 200 and "Content-Encoding" not in r.headers:
             with self._lock:
                 old, self._kept[url] = self._kept.get(url), r
