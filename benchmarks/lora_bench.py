@@ -2,7 +2,8 @@
 
     python benchmarks/lora_bench.py [--preset neox-20b|tiny] [--layers N] [--micro-batch 4] [--seq 2048]
         [--steps 10] [--warmup 3] [--rank 16] [--alpha 32] [--zero 0|1|2] [--impl ours peft]
-        [--no-checkpoint-activations] [--compile] [--no-fused-loss] [--out results.jsonl]
+        [--no-checkpoint-activations] [--compile] [--no-fused-loss] [--quantize-base nf4|int8]
+        [--out results.jsonl]
 
 Target (issue 15): ours >= 1.3 x the baseline's tokens/s at the GPT-NeoX-20B shape (all 44 layers),
 r=16 on all four linear layers, with the same or lower peak memory.
@@ -96,6 +97,12 @@ def build_ours(args):
         torch.set_default_dtype(torch.float32)
     model.rotary = Rotary(mcfg.rot_dim, mcfg.max_position_embeddings, mcfg.rotary_base).to(DEV)  # fp32 tables
     counts = apply_lora(model, cfg.lora, seed=0)
+    if args.quantize_base:  # QLoRA: the frozen linear layers in bitsandbytes' nf4 / int8
+        from trainer.lora import quantize_base
+
+        quantize_base(model, args.quantize_base, torch.bfloat16)
+        if DEV == "cuda":
+            torch.cuda.empty_cache()  # the bf16 copies are gone: the peak should show it
     engine = parallelize(model, cfg)
     return (lambda tokens: lm_loss(engine, tokens)), engine.backward, engine.step, counts["trainable"]
 
@@ -167,7 +174,8 @@ def child(args) -> dict:
     return {"impl": args.child, "preset": args.preset, "layers": args.layers, "hidden": args.hidden,
             "micro_batch": args.micro_batch, "seq": args.seq, "rank": args.rank, "zero": args.zero,
             "checkpoint_activations": args.checkpoint_activations, "compile": args.compile,
-            "fused_loss": args.fused_loss, "device": torch.cuda.get_device_name() if DEV == "cuda" else "cpu",
+            "fused_loss": args.fused_loss, "quantize_base": args.quantize_base,
+            "device": torch.cuda.get_device_name() if DEV == "cuda" else "cpu",
             "trainable": trainable, "build_s": built, "step_s": seconds,
             "tokens_per_s": args.micro_batch * args.seq / seconds, "peak_gib": peak, "reserved_gib": reserved,
             "last_loss": float(last.item())}  # fmt: skip
@@ -203,7 +211,7 @@ def parent(args, argv: list[str]) -> int:
         row = json.loads(result[-1].removeprefix("lora_bench_result "))
         rows[impl] = row
         print(f"lora_bench: {impl:5s} {args.preset} {args.layers} layers, micro-batch {args.micro_batch}, seq {args.seq}, "
-              f"r={args.rank}: {row['tokens_per_s']:,.0f} tokens/s ({row['step_s'] * 1000:.0f} ms/step), "
+              f"r={args.rank}{', base ' + args.quantize_base if args.quantize_base else ''}: {row['tokens_per_s']:,.0f} tokens/s ({row['step_s'] * 1000:.0f} ms/step), "
               f"peak {fmt_gib(row['peak_gib'])} (reserved {fmt_gib(row['reserved_gib'])}), "
               f"{row['trainable']:,} trainable parameters, loss {row['last_loss']:.3f}", flush=True)  # fmt: skip
         if args.out:
@@ -243,6 +251,7 @@ def main() -> int:
     )
     p.add_argument("--compile", action="store_true", help="ours: torch.compile each block (compile-blocks)")
     p.add_argument("--no-fused-loss", dest="fused_loss", action="store_false", help="ours: full logits")
+    p.add_argument("--quantize-base", choices=("nf4", "int8"), help="ours: QLoRA, the frozen base quantized")
     p.add_argument("--out", help="append one JSON line per implementation")
     p.add_argument("--child", choices=("ours", "peft"), help=argparse.SUPPRESS)
     argv = sys.argv[1:]

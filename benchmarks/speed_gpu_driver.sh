@@ -3,7 +3,7 @@
 # benchmarks/gpu_wheels.sh), build the fused kernels and FusedAdam for sm_90, optionally run GPU tests, then
 # the side-by-side throughput benchmark (ours and the baselines in one command).
 #   TESTS="tests/gpu/test_fp8_gpu.py ..." BENCH="--preset pythia-1.4b --impl ours hf ... --micro-batches 16" \
-#   [BENCH2="--preset neox-20b --layers 8 ..."] bash benchmarks/speed_gpu_driver.sh
+#   [BENCH2="--preset neox-20b --layers 8 ..."] [LORA="--micro-batch 16 ..." LORA2=...] bash benchmarks/speed_gpu_driver.sh
 # Every step has a timeout under the whole run's deadline (DEADLINE_S); logs and results land in $OUT.
 set -u -o pipefail
 OUT=${OUT:-/tmp/speed-out}
@@ -57,5 +57,13 @@ for n in "" 2; do
   # shellcheck disable=SC2086
   step "bench$n" $(( $(left) - 8 )) python3 benchmarks/e2e_throughput.py ${!var} --out "$OUT/e2e$n.jsonl" 2>&1 \
     | tee "$OUT/bench$n.log" | grep -E "^e2e|Error|rror:|^impl|^(ours|hf)" | grep -v "Warning"
+done
+# LORA, LORA2, ...: benchmarks/lora_bench.py commands (issue 15), each its implementations side by side
+for n in "" 2 3 4 5 6; do
+  var=LORA$n
+  [ -n "${!var:-}" ] || continue
+  # shellcheck disable=SC2086
+  step "lora$n" $(( $(left) - 8 )) python3 benchmarks/lora_bench.py ${!var} --out "$OUT/lora$n.jsonl" 2>&1 \
+    | tee "$OUT/lora$n.log" | grep -E "^lora_bench|Error|rror:" | grep -v "Warning"
 done
 echo "=== done (t+$(( $(date +%s) - START ))s)"
