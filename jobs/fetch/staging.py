@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from jobs.cli import JobError, write_json_atomic
@@ -27,6 +27,18 @@ def staging_dir(dest: Path) -> Path:
     return dest / STAGING
 
 
+@dataclass(slots=True)
+class Chunk:
+    """One range of a file: bytes [start, start + done) of [start, end) are on disk; end -1 = unknown size."""
+
+    start: int
+    end: int
+    done: int = 0
+
+    def complete(self) -> bool:
+        return self.end >= 0 and self.start + self.done >= self.end
+
+
 @dataclass
 class PartState:
     """What the sidecar records: enough to resume after kill -9 with only the missing bytes."""
@@ -35,21 +47,23 @@ class PartState:
     size: int | None
     identity: str | None
     ranges: bool
-    chunks: list[
-        list[int]
-    ]  # [start, end, done]: bytes [start, start+done) are on disk; end -1 = unknown size
+    chunks: list[Chunk]  # stored in the sidecar as [start, end, done] lists
     sha256: str | None = None  # set once verified and renamed into place, until the manifest records it
 
     def matches(self, url: str, size: int | None, identity: str | None) -> bool:
         return self.url == url and self.size == size and self.identity == identity
 
     def save(self, path: Path) -> None:
-        write_json_atomic(path, asdict(self))
+        record = {f.name: getattr(self, f.name) for f in fields(self)}
+        record["chunks"] = [[c.start, c.end, c.done] for c in self.chunks]
+        write_json_atomic(path, record)
 
     @classmethod
     def load(cls, path: Path) -> PartState | None:
         try:
-            return cls(**json.loads(path.read_text()))
+            state = cls(**json.loads(path.read_text()))
+            state.chunks = [Chunk(*c) for c in state.chunks]
+            return state
         except (OSError, ValueError, TypeError):
             return None  # missing or torn: start that file afresh
 
@@ -59,20 +73,20 @@ MIN_CHUNK = 4 << 20  # a file up to this size is one request
 
 def plan_chunks(
     size: int | None, ranges: bool, connections: int, min_chunk: int = MIN_CHUNK, max_chunk: int = 64 << 20
-) -> list[list[int]]:
+) -> list[Chunk]:
     """Split a file so that all connections share a large file, about four chunks each, taken in order;
     the last wave (one chunk per connection) in chunks of `min_chunk`, so that the bytes still unhashed
     when the last byte arrives are few (the hash must wait for every chunk before it). Idle connections
     also split the largest chunk in flight (transfer.py). Small chunks throughout measured slower: more
     requests, and the hash reading back bytes while the connections still write beside them."""
     if size is None:
-        return [[0, -1, 0]]
+        return [Chunk(0, -1)]
     if not ranges or size <= min_chunk:
-        return [[0, size, 0]]
+        return [Chunk(0, size)]
     chunk = min(max(size // (connections * 4), min_chunk), max_chunk)
     tail = max(0, size - connections * chunk) // chunk * chunk
-    return [[s, s + chunk, 0] for s in range(0, tail, chunk)] + [
-        [s, min(s + min_chunk, size), 0] for s in range(tail, size, min_chunk)
+    return [Chunk(s, s + chunk) for s in range(0, tail, chunk)] + [
+        Chunk(s, min(s + min_chunk, size)) for s in range(tail, size, min_chunk)
     ]
 
 

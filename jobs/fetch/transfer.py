@@ -19,14 +19,14 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from jobs.cli import JobError
 from jobs.retry import Backoff, RestartFile, SizeMismatch, TransientError
 
 from .plan import RemoteFile, Source
-from .staging import PartState, part_paths, plan_chunks, staging_dir
+from .staging import Chunk, PartState, part_paths, plan_chunks, staging_dir
 from .verify import Hashers, mismatch
 
 FLUSH_S = 0.2  # sidecar refresh interval: bounds what a kill -9 makes us fetch twice
@@ -140,7 +140,7 @@ class FileJob:
                 file.url, file.size, file.identity, ranges, plan_chunks(file.size, ranges, connections)
             )
             self.part.unlink(missing_ok=True)
-        self.resumed = sum(c[2] for c in self.state.chunks)
+        self.resumed = sum(c.done for c in self.state.chunks)
         self._reset_hash()
         self.last_flush = 0.0
         self.writeback: Writeback | None = None  # set by the engine where sync_file_range exists
@@ -151,7 +151,7 @@ class FileJob:
             have = self.part.stat().st_size
         except OSError:
             return False
-        return all(c[0] + c[2] <= have for c in state.chunks if c[2])
+        return all(c.start + c.done <= have for c in state.chunks if c.done)
 
     def _reset_hash(self) -> None:
         self.hashers = Hashers(self.file.expected, self.file.size)
@@ -162,7 +162,7 @@ class FileJob:
     def remaining(self) -> int:
         if self.file.size is None:
             return 0
-        return self.file.size - sum(c[2] for c in self.state.chunks)
+        return self.file.size - sum(c.done for c in self.state.chunks)
 
     def allocated(self) -> int:
         try:
@@ -178,21 +178,17 @@ class FileJob:
                 if self.writeback is not None:
                     self.wb_fd = os.dup(self.fd)  # the writeback thread's own, closed by it
 
-    @staticmethod
-    def complete(c: list[int]) -> bool:
-        return c[1] >= 0 and c[0] + c[2] >= c[1]
-
     def _frontier(self) -> int:
         """End of the contiguous bytes written from offset 0 (caller holds the lock)."""
         chunks = self.state.chunks
-        while self.hash_idx < len(chunks) and self.complete(chunks[self.hash_idx]):
+        while self.hash_idx < len(chunks) and chunks[self.hash_idx].complete():
             self.hash_idx += 1
         if self.hash_idx == len(chunks):
-            return chunks[-1][1]
+            return chunks[-1].end
         c = chunks[self.hash_idx]
-        return c[0] + c[2]
+        return c.start + c.done
 
-    def write(self, c: list[int], gen: int, pos: int, block: bytes) -> int:
+    def write(self, c: Chunk, gen: int, pos: int, block: bytes) -> int:
         """Write a received block of chunk `c` at `pos`, cut at the chunk's end (which a split may have
         moved closer); returns the bytes written, -1 when the file was restarted under us (drop the task).
         A split never moves an end below the owner's position + BLOCK_MAX and pieces are at most
@@ -209,11 +205,11 @@ class FileJob:
                 break
         return total
 
-    def _write_piece(self, c: list[int], gen: int, pos: int, block) -> int:
+    def _write_piece(self, c: Chunk, gen: int, pos: int, block) -> int:
         with self.lock:
             if gen != self.generation:
                 return -1
-            end = c[1]
+            end = c.end
         if end >= 0 and len(block) > end - pos:
             block = block[: max(0, end - pos)]
         if not block:
@@ -226,18 +222,18 @@ class FileJob:
         with self.lock:
             if gen != self.generation:
                 return -1
-            before = c[2]
-            c[2] += len(block)
+            before = c.done
+            c.done += len(block)
             inline = not self.hashing and pos == self.hashed
             wb_fd = self.wb_fd
             if inline:
                 self.hashing = True
         if wb_fd is not None:  # writeback of each chunk's bytes as they come, every WRITEBACK and at its end
-            a, b = before // WRITEBACK * WRITEBACK, c[2] // WRITEBACK * WRITEBACK
-            if c[0] + c[2] >= c[1] >= 0:
-                b = c[1] - c[0]
+            a, b = before // WRITEBACK * WRITEBACK, c.done // WRITEBACK * WRITEBACK
+            if c.complete():
+                b = c.end - c.start
             if b > a:
-                self.writeback.start(wb_fd, c[0] + a, b - a)
+                self.writeback.start(wb_fd, c.start + a, b - a)
         if inline:  # the block is in memory and next in line: hash it without reading it back
             try:
                 self.hashers.update(block)
@@ -256,7 +252,7 @@ class FileJob:
         if fd is not None:
             self.writeback.release(fd)
 
-    def split_largest(self) -> tuple[list[int], int] | None:
+    def split_largest(self) -> tuple[Chunk, int] | None:
         """Cut the chunk in flight with the most bytes left in two; returns the new second half (now part
         of the plan) and the generation, or None when no chunk has enough left to be worth a request."""
         with self.lock:
@@ -265,15 +261,15 @@ class FileJob:
             best, left = -1, 2 * STEAL_MIN - 1
             for i in range(self.hash_idx, len(self.state.chunks)):
                 c = self.state.chunks[i]
-                rest = c[1] - (c[0] + c[2]) - BLOCK_MAX  # what the owner has not got, beyond its next block
-                if c[1] >= 0 and rest > left:
+                rest = c.end - (c.start + c.done) - BLOCK_MAX  # what the owner lacks beyond its next block
+                if c.end >= 0 and rest > left:
                     best, left = i, rest
             if best < 0:
                 return None
             c = self.state.chunks[best]
-            mid = c[1] - left // 2
-            new = [mid, c[1], 0]
-            c[1] = mid
+            mid = c.end - left // 2
+            new = Chunk(mid, c.end)
+            c.end = mid
             self.state.chunks.insert(best + 1, new)  # kept in offset order: the hash frontier walks it
             return new, self.generation
 
@@ -318,7 +314,7 @@ class FileJob:
                     self.state.size,
                     self.state.identity,
                     self.state.ranges,
-                    [list(c) for c in self.state.chunks],
+                    [replace(c) for c in self.state.chunks],
                 )
             snap.save(self.sidecar)
         finally:
@@ -344,7 +340,7 @@ class FileJob:
 
     def all_complete(self) -> bool:
         with self.lock:
-            return all(self.complete(c) for c in self.state.chunks)
+            return all(c.complete() for c in self.state.chunks)
 
     def finish(self) -> Done:
         """Hash what is left, check size and checksums, then rename into place (or discard)."""
@@ -530,7 +526,7 @@ class Engine:
                 if self.pending == 0:
                     self.all_done.set()
 
-    def _run_chunk(self, job: FileJob, c: list[int], gen: int) -> bool:
+    def _run_chunk(self, job: FileJob, c: Chunk, gen: int) -> bool:
         """Fetch one chunk to its end (which a split may move closer); True when it is complete (False:
         dropped or stopped)."""
         backoff = Backoff()
@@ -539,7 +535,7 @@ class Engine:
             with job.lock:
                 if gen != job.generation:
                     return False
-                start, end, done = c
+                start, end, done = c.start, c.end, c.done
             pos = start + done
             if end >= 0 and pos >= end:
                 return True
@@ -563,14 +559,14 @@ class Engine:
                             self.stats.add(bytes_moved=n)
                             self.on_bytes(n)
                             backoff.progressed()
-                        end = c[1]  # a split may have moved it closer: stop there, the rest is another's
+                        end = c.end  # a split may have moved it closer: stop there, the rest is another's
                         if not block or (end >= 0 and pos >= end):
                             break
                 finally:
                     getattr(blocks, "close", lambda: None)()  # release the connection early
                 if end < 0:  # unknown size: the stream's end is the file's end
                     with job.lock:
-                        c[1] = pos
+                        c.end = pos
                     return True
                 if pos < end:
                     raise TransientError(f"{job.file.url}: connection closed at byte {pos} of {end}")

@@ -18,7 +18,7 @@ from jobs.cli import JobError
 from jobs.fetch import Options, fetch
 from jobs.fetch.cli import main
 from jobs.fetch.http import HttpSource
-from jobs.fetch.staging import PartState, staging_dir
+from jobs.fetch.staging import Chunk, PartState, staging_dir
 
 REPO = Path(__file__).parents[2]
 SIZE = 6 << 20  # two ranged chunks (4 MiB minimum chunk)
@@ -96,7 +96,7 @@ def test_a_resumed_file_without_validators_is_never_spliced_from_stale_bytes(ser
         part = staging_dir(dest) / "data.bin.part"
         part.parent.mkdir(parents=True)
         part.write_bytes(b"old version " * (SIZE // 24))  # what an earlier, interrupted run staged
-        PartState(url, SIZE, None, True, [[0, SIZE, SIZE // 2]]).save(part.with_name("data.bin.part.json"))
+        PartState(url, SIZE, None, True, [Chunk(0, SIZE, SIZE // 2)]).save(part.with_name("data.bin.part.json"))
         stats = fetch(url, dest, Options(connections=4))
     assert (dest / "data.bin").read_bytes() == new
     assert stats["bytes_resumed"] == 0

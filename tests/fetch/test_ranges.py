@@ -12,7 +12,7 @@ from servers import FileServer
 
 from jobs.fetch import Options, fetch
 from jobs.fetch.plan import RemoteFile
-from jobs.fetch.staging import MIN_CHUNK, plan_chunks
+from jobs.fetch.staging import MIN_CHUNK, Chunk, plan_chunks
 from jobs.fetch.transfer import BLOCK_MAX, STEAL_MIN, FileJob
 
 
@@ -95,24 +95,24 @@ def test_idle_connections_split_the_chunks_in_flight(tmp_path):
 @pytest.mark.parametrize("size", [MIN_CHUNK + 1, 100_000_000, 1_200_000_000, 10_000_000_000])
 def test_plan_covers_the_file_in_order_with_a_last_wave_of_small_chunks(size):
     chunks = plan_chunks(size, True, 16)
-    assert chunks[0][0] == 0 and chunks[-1][1] == size
-    assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:], strict=False))
-    tail = [c for c in chunks if c[1] - c[0] <= MIN_CHUNK]
-    assert sum(c[1] - c[0] for c in tail) >= min(size, 16 * MIN_CHUNK) - MIN_CHUNK  # one wave at least
-    assert plan_chunks(size, False, 16) == [[0, size, 0]]
+    assert chunks[0].start == 0 and chunks[-1].end == size
+    assert all(a.end == b.start for a, b in zip(chunks, chunks[1:], strict=False))
+    tail = [c for c in chunks if c.end - c.start <= MIN_CHUNK]
+    assert sum(c.end - c.start for c in tail) >= min(size, 16 * MIN_CHUNK) - MIN_CHUNK  # one wave at least
+    assert plan_chunks(size, False, 16) == [Chunk(0, size, 0)]
 
 
 def test_a_split_leaves_the_owner_its_next_block_and_keeps_offset_order(tmp_path):
     f = RemoteFile("x.bin", "http://h/x.bin", 3 * MIN_CHUNK, identity='"v1"')
     job = FileJob(f, tmp_path, connections=1)
-    job.state.chunks = [[0, 3 * MIN_CHUNK, 5 << 20]]  # the owner is at 5 MiB of 12 MiB
+    job.state.chunks = [Chunk(0, 3 * MIN_CHUNK, 5 << 20)]  # the owner is at 5 MiB of 12 MiB
     new, gen = job.split_largest()
     owner = job.state.chunks[0]
     assert gen == job.generation and job.state.chunks == [owner, new]
-    assert owner[1] == new[0] >= 5 * (1 << 20) + BLOCK_MAX and new[1] == 3 * MIN_CHUNK
-    assert new[1] - new[0] >= STEAL_MIN and new[2] == 0
+    assert owner.end == new.start >= 5 * (1 << 20) + BLOCK_MAX and new.end == 3 * MIN_CHUNK
+    assert new.end - new.start >= STEAL_MIN and new.done == 0
     while job.split_largest() is not None:  # halves until nothing is worth a request
         pass
     chunks = job.state.chunks
-    assert len(chunks) > 2 and all(a[1] == b[0] for a, b in zip(chunks, chunks[1:], strict=False))
-    assert all(c[1] - (c[0] + c[2]) - BLOCK_MAX < 2 * STEAL_MIN for c in chunks)
+    assert len(chunks) > 2 and all(a.end == b.start for a, b in zip(chunks, chunks[1:], strict=False))
+    assert all(c.end - (c.start + c.done) - BLOCK_MAX < 2 * STEAL_MIN for c in chunks)

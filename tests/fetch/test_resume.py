@@ -16,7 +16,7 @@ from conftest import assert_same_tree
 
 from jobs.cli import JobError
 from jobs.fetch import Options, fetch
-from jobs.fetch.staging import Lease, PartState, staging_dir
+from jobs.fetch.staging import Chunk, Lease, PartState, staging_dir
 
 BIG = "global_step150000/layer_00-model_00-model_states.pt"
 
@@ -30,7 +30,7 @@ def staged_bytes(dest, skip_in_place: bool = False) -> int:
         if skip_in_place and (dest / rel).exists():
             continue
         state = PartState.load(side)
-        total += sum(c[2] for c in state.chunks) if state else 0
+        total += sum(c.done for c in state.chunks) if state else 0
     return total
 
 
@@ -68,7 +68,7 @@ def test_a_changed_file_restarts_from_zero(nginx, weights, dest, tmp_path):
     part.parent.mkdir(parents=True)
     part.write_bytes(b"XXXXXXXX")
     PartState(f"{nginx.url}/latest", len(files["latest"]), '"old-etag"', True,
-              [[0, len(files["latest"]), 8]]).save(part.with_name("latest.part.json"))
+              [Chunk(0, len(files["latest"]), 8)]).save(part.with_name("latest.part.json"))
     (dest / "latest").unlink()
     stats = fetch(f"{nginx.url}/latest", dest)
     assert (dest / "latest").read_bytes() == files["latest"] and stats["bytes_resumed"] == 0
