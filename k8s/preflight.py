@@ -11,11 +11,10 @@ import uuid
 from collections.abc import Callable
 from typing import TextIO
 
-import boto3
 import botocore.exceptions
 import requests
-from botocore.config import Config
 
+from jobs import remote
 from jobs.cli import JobError
 from k8s.cluster import Cluster
 from k8s.config import PipelineConfig
@@ -30,8 +29,7 @@ MANIFEST_TYPES = ", ".join([
 
 
 def s3_client(endpoint_url: str | None):
-    return boto3.client("s3", endpoint_url=endpoint_url,
-                        config=Config(retries={"max_attempts": 2}, connect_timeout=10, read_timeout=30))
+    return remote.s3_client(endpoint_url, retries={"max_attempts": 2}, connect_timeout=10, read_timeout=30)
 
 
 def check_bucket(bucket: str, endpoint_url: str | None, prefix: str = "", create: bool = False) -> str:

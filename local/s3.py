@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jobs.remote import s3_client
+
 # moto accepts any keys; these are not secrets and never leave this process.
 _KEYS = {"aws_access_key_id": "local", "aws_secret_access_key": "local", "region_name": "us-east-1"}
 
@@ -13,14 +15,13 @@ class LocalS3:
     """`with LocalS3() as s3:` starts moto's threaded server on 127.0.0.1 and stops it after."""
 
     def __enter__(self) -> LocalS3:
-        import boto3
         from moto.server import ThreadedMotoServer
 
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.endpoint = f"http://{host}:{port}"
-        self.client = boto3.client("s3", endpoint_url=self.endpoint, **_KEYS)
+        self.client = s3_client(self.endpoint, keys=_KEYS)
         return self
 
     def __exit__(self, *exc) -> None:

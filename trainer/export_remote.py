@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from jobs.cli import JobError
+from jobs.remote import s3_client
 
 
 def is_s3(url: str | Path | None) -> bool:
@@ -43,11 +44,10 @@ def fetch_checkpoint(url: str, work: Path) -> Path:
 
 def upload_folder(folder: Path, url: str) -> int:
     """Every file of `folder` under s3://BUCKET/PREFIX/, config.json last; returns the bytes sent."""
-    import boto3
     from boto3.s3.transfer import TransferConfig
 
     bucket, prefix = split(url, "--out")
-    client = boto3.client("s3")
+    client = s3_client()
     config = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20)
     files = sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: (p.name == "config.json", str(p)))
     sent = 0

@@ -24,6 +24,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from jobs.cli import JobError
+from jobs.remote import s3_client
 from trainer.checkpoint import COMPLETE
 
 ENV = "NEOX_CHECKPOINT_MIRROR"
@@ -56,11 +57,10 @@ class Mirror:
         self.url = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
         self.log = log
         try:
-            import boto3
             from boto3.s3.transfer import TransferConfig
         except ImportError:
             raise JobError(f"{what} needs boto3 (the trainer extra)") from None
-        self.client = boto3.client("s3")
+        self.client = s3_client()
         # 64 MiB parts: 10,000 parts (S3's limit) reach 625 GiB per file
         self.transfer = TransferConfig(multipart_threshold=chunk_bytes, multipart_chunksize=chunk_bytes)
         self.uploaded: list[str] = []

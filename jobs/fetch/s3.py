@@ -4,17 +4,15 @@ boto3's standard chain (environment, shared files, instance roles) and are never
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from collections.abc import Iterator
 
-import boto3
 import botocore.exceptions as bex
 import urllib3.exceptions
-from botocore.config import Config
 
 from jobs.cli import JobError
+from jobs.remote import s3_client, s3_endpoint
 from jobs.retry import RestartFile, SizeMismatch, TransientError
 
 from .plan import RemoteFile, safe_relpath
@@ -37,10 +35,14 @@ class S3Source:
     def __init__(self, url: str, endpoint_url: str | None = None, connections: int = 16) -> None:
         self.bucket, self.prefix = parse_s3_url(url)
         self.description = url
-        self.endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
-        cfg = Config(max_pool_connections=max(10, connections), retries={"mode": "standard", "max_attempts": 5},
-                     connect_timeout=15, read_timeout=60)
-        self.client = boto3.session.Session().client("s3", endpoint_url=self.endpoint_url, config=cfg)
+        self.endpoint_url = s3_endpoint(endpoint_url)
+        self.client = s3_client(
+            self.endpoint_url,
+            max_pool_connections=max(10, connections),
+            retries={"mode": "standard", "max_attempts": 5},
+            connect_timeout=15,
+            read_timeout=60,
+        )
         self._local = threading.local()
 
     def _where(self, key: str = "") -> str:

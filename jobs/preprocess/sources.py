@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlparse, urlsplit
 
 from jobs.cli import JobError
+from jobs.remote import s3_client
 
 from .remote import open_http, open_s3
 
@@ -82,18 +83,12 @@ def _expand_local(spec: str) -> list[Source]:
     return [_local(spec)]
 
 
-def _s3_client(endpoint_url: str | None):
-    import boto3  # imported late: local runs need no AWS stack
-
-    return boto3.client("s3", endpoint_url=endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None)
-
-
 def _expand_s3(spec: str, endpoint_url: str | None) -> list[Source]:
     from botocore.exceptions import BotoCoreError, ClientError
 
     url = urlparse(spec)
     bucket, key = url.netloc, url.path.lstrip("/")
-    client = _s3_client(endpoint_url)
+    client = s3_client(endpoint_url)
 
     def source(k: str, size: int) -> Source:
         name = f"s3://{bucket}/{k}"
