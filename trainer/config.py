@@ -29,14 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from jobs.cli import JobError
-from trainer.model import ModelConfig
+from trainer.neox_yaml import merge, normalise, unknown_keys_error
+from trainer.neox_yaml import yaml_number as _yaml_number
 
-
-def normalise(key: str) -> str:
-    return key.replace("-", "_")
+if typing.TYPE_CHECKING:
+    from trainer.model import ModelConfig
 
 
 class _Section:
@@ -56,16 +54,6 @@ class _Section:
                 )
             if hints[f.name] is float and isinstance(value, int):
                 setattr(self, f.name, float(value))
-
-
-def _yaml_number(value: Any) -> Any:
-    """PyYAML (YAML 1.1) reads `1e-5` as a string; take such strings as the number they spell."""
-    if isinstance(value, str):
-        try:
-            return float(value) if any(c in value for c in ".eE") else int(value)
-        except ValueError:
-            return value
-    return value
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -464,6 +452,8 @@ class NeoXConfig:
         return self.padded_vocab(Tokenizer.from_file(str(path)).get_vocab_size())
 
     def model_config(self, vocab_size: int | None = None) -> ModelConfig:
+        from trainer.model import ModelConfig  # here, not at the top: reading a config needs no torch
+
         m = self.model
         return ModelConfig(
             vocab_size=vocab_size or self.tokenizer_vocab_size(),
@@ -500,60 +490,6 @@ class NeoXConfig:
         return lines
 
 
-def read_yaml(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise JobError(f"config file {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise JobError(f"config file {path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise JobError(f"config file {path}: expected a mapping of keys, got {type(data).__name__}")
-    return data
-
-
-def set_key(raw: dict, key: str, value: Any, what: str = "--override") -> None:
-    """Set `key` (dotted keys reach into nested sections) in the raw mapping."""
-    *parents, last = [normalise(key.split(".")[0]), *key.split(".")[1:]]
-    node = raw
-    for p in parents:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise JobError(f"{what} {key!r}: {p} is not a mapping")
-    node[last] = value
-
-
-def apply_override(raw: dict, item: str) -> None:
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise JobError(f"--override {item!r}: expected key=value")
-    set_key(raw, key, _yaml_number(yaml.safe_load(value)) if value else None)
-
-
-def _unknown_keys(unknown: list[str], ours: set[str], origins: dict[str, tuple[str, str]]) -> JobError:
-    """One line naming every unknown key, where it was set, and the closest known key (as spelt there)."""
-    import difflib
-
-    known = sorted(ours | GPT_NEOX_KEYS)
-    what = "not known to trainer.train or gpt-neox"
-    parts = []
-    for key in sorted(unknown):
-        spelt, where = origins.get(key, (key, ""))
-        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-        hint = ""
-        if close:
-            hint = f" (did you mean {close[0].replace('_', '-') if '-' in spelt else close[0]!r}?)"
-        parts.append((f"{spelt!r}" + (f" in {where}" if where else ""), hint))
-    if len(parts) == 1:
-        return JobError(f"config key {parts[0][0]} is {what}{parts[0][1]}")
-    return JobError(f"config keys {what}: " + ", ".join(name + hint for name, hint in parts))
-
-
 def from_dict(raw: dict, files: list[str] | None = None,
               origins: dict[str, tuple[str, str]] | None = None) -> NeoXConfig:
     """`origins`: {key: (spelling, where it was set)}, for the unknown-key error."""
@@ -562,7 +498,8 @@ def from_dict(raw: dict, files: list[str] | None = None,
         f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
     unknown = [k for k in raw if k not in ours and k not in GPT_NEOX_KEYS]
     if unknown:  # before the sections: a misspelt key must not fall back to its default silently
-        raise _unknown_keys(unknown, ours, origins or {})
+        raise unknown_keys_error(unknown, ours | GPT_NEOX_KEYS, origins or {},
+                                 "not known to trainer.train or gpt-neox")
     consumed: set[str] = set()
     sections = {}
     for name, cls in SECTIONS.items():
@@ -590,14 +527,5 @@ def load_config(files: list[str | os.PathLike], overrides: list[str] = ()) -> Ne
     """Merge NeoX YAML files in order (a later file wins), apply overrides, build the checked config."""
     if not files:
         raise JobError("no config file given")
-    raw: dict = {}
-    origins: dict[str, tuple[str, str]] = {}
-    for f in files:
-        for k, v in read_yaml(f).items():
-            raw[normalise(k)] = v
-            origins[normalise(k)] = (k, str(f))
-    for item in overrides:
-        apply_override(raw, item)
-        key = item.partition("=")[0].split(".")[0]
-        origins.setdefault(normalise(key), (key, "--override"))
+    raw, origins = merge(files, overrides)
     return from_dict(raw, [str(f) for f in files], origins)

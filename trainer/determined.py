@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from jobs.cli import JobError
-from trainer.config import NeoXConfig, from_dict, normalise, read_yaml, set_key
+from trainer.config import NeoXConfig, from_dict
+from trainer.neox_yaml import merge, set_key
 
 TAG = "neox"
 
@@ -41,9 +42,7 @@ def config_from_hparams(hparams: dict, exp_conf: dict, workdir: str | os.PathLik
         files = [files]
     if not files:
         raise JobError("hyperparameter conf_file names no NeoX config file")
-    raw: dict = {}
-    for name in files:
-        raw.update({normalise(k): v for k, v in read_yaml(conf_dir / name).items()})
+    raw, _ = merge(conf_dir / name for name in files)
     for key, value in (hparams.get("overrides") or {}).items():
         set_key(raw, key, value, "hyperparameter overrides")
     length = (exp_conf.get("searcher") or {}).get("max_length")
