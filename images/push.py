@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import tempfile
 import time
@@ -18,6 +17,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from images.build import OCI, BuiltImage, ImageError
+from images.lock import existing_pins, write_pins
+from jobs.retry import Backoff
 
 _TRANSIENT = re.compile(
     r"timeout|timed out|connection reset|connection refused|temporar|503|502|504|EOF|broken pipe|i/o",
@@ -91,6 +92,7 @@ def push_tag(
     auth_config: dict | None = None,
 ) -> None:
     """Push one local tag, retrying transient failures with exponential backoff and jitter."""
+    backoff = Backoff(attempts - 1, base=2.0)
     for attempt in range(1, attempts + 1):
         try:
             events = client.api.push(repository, tag=tag, stream=True, decode=True, auth_config=auth_config)
@@ -99,13 +101,13 @@ def push_tag(
         except PushError as exc:
             if not exc.transient or attempt == attempts:
                 raise PushError(f"push of {repository}:{tag} failed: {exc}", exc.transient) from exc
-            delay = min(30.0, 2**attempt) * (0.5 + random.random() / 2)
+            delay = backoff.delay()
             log(f"transient push error ({exc}); retry {attempt}/{attempts - 1} in {delay:.1f}s")
             time.sleep(delay)
         except Exception as exc:  # requests/docker transport errors: engine or registry unreachable
             if attempt == attempts:
                 raise ImageError(f"push of {repository}:{tag} failed: {exc}") from exc
-            time.sleep(min(30.0, 2**attempt))
+            time.sleep(backoff.delay())
 
 
 def push_image(
@@ -155,20 +157,9 @@ def registry_digest(client, ref: str, auth_config: dict | None = None) -> str:
 
 
 def write_lock(path: Path, refs: dict[str, str]) -> None:
-    """Merge `refs` into the lock file (other images' pins are kept), atomically."""
-    existing: dict[str, str] = {}
-    if path.exists():
-        try:
-            existing = json.loads(path.read_text()).get("images", {})
-        except (OSError, ValueError) as exc:
-            raise ImageError(f"lock file {path} is not valid JSON: {exc}") from exc
-    payload = {"images": dict(sorted({**existing, **refs}.items()))}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    """Merge `refs` into the lock file (other images' pins are kept), atomically (images/lock.py)."""
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        existing = existing_pins(path)
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"lock file {path} is not valid JSON: {exc}") from exc
+    write_pins(path, {**existing, **refs})

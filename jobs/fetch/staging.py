@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from jobs.cli import JobError, write_json_atomic
+from jobs.procs import pid_alive
 
 STAGING = ".fetch-staging"
 HEARTBEAT_S = 5.0
@@ -122,12 +123,9 @@ class Lease:
         if pid == os.getpid():
             return True
         try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return True
-        except (PermissionError, TypeError, ValueError):
+            return not pid_alive(int(pid))
+        except (TypeError, ValueError):
             return False
-        return False
 
     def acquire(self, wait_s: float | None = None) -> None:
         """Take the lease; wait (up to about one stale period) for a silent owner's lease to expire."""

@@ -21,6 +21,7 @@ from jobs.cli import JobError, Progress, human_bytes, human_duration, write_json
 from jobs.indexed_dataset import TEMP_MARK, IndexedDatasetWriter, data_path, dtype_for_vocab, index_path
 from jobs.preprocess.fast_bpe import load_fast_bpe
 from jobs.preprocess.sources import Source, expand_inputs, format_of, read_source
+from jobs.procs import pid_alive
 
 PROG = "preprocess"
 BATCH_CHARS = 1 << 20  # ~1 MB of text a batch: enough work to spread over Rayon threads
@@ -217,23 +218,13 @@ def _remove_stale_temps(prefix: str) -> None:
             owner_host, _, pid = tmp[len(str(final)) + len(TEMP_MARK) :].rpartition(".")
             try:
                 if owner_host == host and pid.isdigit():
-                    if _pid_alive(int(pid)):
+                    if pid_alive(int(pid)):
                         continue
                 elif now - os.path.getmtime(tmp) < STALE_TEMP_SECONDS:
                     continue
                 os.unlink(tmp)
             except OSError:
                 pass
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def preprocess(
