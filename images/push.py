@@ -8,16 +8,13 @@ endpoint, which handles the registry's auth) and its digest recorded.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from images.build import OCI, BuiltImage, ImageError
-from images.lock import existing_pins, write_pins
+from images.digests import existing_pins, write_pins
 from jobs.retry import Backoff
 
 _TRANSIENT = re.compile(
@@ -157,7 +154,7 @@ def registry_digest(client, ref: str, auth_config: dict | None = None) -> str:
 
 
 def write_lock(path: Path, refs: dict[str, str]) -> None:
-    """Merge `refs` into the lock file (other images' pins are kept), atomically (images/lock.py)."""
+    """Merge `refs` into the lock file (other images' pins are kept), atomically (images/digests.py)."""
     try:
         existing = existing_pins(path)
     except (OSError, ValueError) as exc:

@@ -1,9 +1,10 @@
 """The user's pipeline config (`pipeline.yaml`): its schema, loading, and the checks that give one
-clear line per mistake (unknown keys, wrong types, secret values, missing lock entries)."""
+clear line per mistake (unknown keys, wrong types, secret values). After validation each section is a
+frozen dataclass that owns its defaults; callers read attributes, never `.get(key, default)`."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
@@ -11,12 +12,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import jsonschema
-import yaml
 
+from images.digests import IMAGES, load_lock
 from jobs.cli import JobError
 from k8s.secret_scan import SECRET_HELP, find_secret
+from trainer.neox_yaml import read_yaml
 
-IMAGES = ("fetcher", "preprocessor", "trainer")
+__all__ = ["IMAGES", "ENGINES", "NAME_PATTERN", "PipelineConfig", "load_config", "load_lock", "load_neox"]
+
 # Training engines: Determined (the guide's), Kubeflow Trainer v2 and plain JobSet (Kubernetes-native).
 ENGINES = ("determined", "trainjob", "jobset")
 # Kubeflow Trainer's runtimes that launch through the MPI plugin: no PET_* variables, so not torchrun.
@@ -160,6 +163,73 @@ def _describe(err: jsonschema.ValidationError) -> str:
 
 
 @dataclass(frozen=True)
+class Volume:
+    name: str
+    size: str
+    storage_class: str
+    mount_path: str
+    access_mode: str = "ReadWriteMany"
+
+
+@dataclass(frozen=True)
+class Weights:
+    source: str
+    dest: str
+    connections: int | None = None
+    checksums: str | None = None
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    endpoint_url: str | None = None
+    secret: str | None = None
+    resources: dict | None = None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    inputs: tuple[str, ...]
+    tokenizer: str
+    output_prefix: str
+    source: str | None = None
+    dir: str | None = None
+    jsonl_key: str = "text"
+    append_eod: bool = True
+    workers: int = 8
+    secret: str | None = None
+    resources: dict | None = None
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    bucket: str
+    secret: str
+    endpoint_url: str | None = None
+    prefix: str = ""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    slots: int
+    max_batches: int
+    node_selector: dict | None = None
+    resource_pool: str | None = None
+    validation_period_batches: int | None = None
+    metric: str | None = None  # None: the experiment base's, else lm_loss
+    smaller_is_better: bool = True
+    project_id: int | None = None
+    save_dir: str | None = None
+
+
+def _section(cls: type, raw: dict) -> Any:
+    """A validated section as its dataclass (lists as tuples, so the whole config stays frozen)."""
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+
+
+_SECTIONS = {"volume": Volume, "weights": Weights, "dataset": Dataset, "checkpoints": Checkpoints,
+             "experiment": Experiment}
+
+
+@dataclass(frozen=True)
 class TrainSettings:
     """`train:` resolved: which engine runs the train stage and how wide. Without `nodes`, the
     Determined `experiment.slots` decide (96 slots at 8 GPUs per node = 12 nodes)."""
@@ -214,6 +284,16 @@ class PipelineConfig:
     neox_paths: tuple[Path, ...] = field(default=())
     base_path: Path | None = None
     train: TrainSettings = field(default_factory=TrainSettings)
+    volume: Volume = field(init=False)
+    weights: Weights = field(init=False)
+    dataset: Dataset = field(init=False)
+    checkpoints: Checkpoints = field(init=False)
+    experiment: Experiment = field(init=False)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if not f.init:  # frozen: set once, here, from the validated mapping
+                object.__setattr__(self, f.name, _section(_SECTIONS[f.name], self.raw[f.name]))
 
     def __getitem__(self, key: str) -> Any:
         return self.raw[key]
@@ -224,41 +304,30 @@ class PipelineConfig:
 
     @property
     def mount(self) -> PurePosixPath:
-        return PurePosixPath(self.raw["volume"]["mount_path"])
+        return PurePosixPath(self.volume.mount_path)
+
+    @property
+    def lock_path(self) -> Path:
+        """The image-digest lock file (images/digests.py), beside the config unless absolute."""
+        return self.path.parent / self.raw.get("lock_file", "images.lock.json")
 
     def on_volume(self, rel: str) -> str:
         return str(self.mount / rel)
 
     @property
     def data_path(self) -> str:
-        key = self.raw["dataset"].get("jsonl_key", "text")
-        return self.on_volume(f"{self.raw['dataset']['output_prefix']}_{key}_document")
+        return self.on_volume(f"{self.dataset.output_prefix}_{self.dataset.jsonl_key}_document")
 
     @property
     def instance(self) -> str:
         """A label-safe name for this deployment (labels and object names derive from it)."""
-        name = re.sub(r"[^a-z0-9-]+", "-", self.raw["experiment"]["name"].lower()).strip("-")
+        name = re.sub(r"[^a-z0-9-]+", "-", self.experiment.name.lower()).strip("-")
         return name[:40].rstrip("-") or "neox"
-
-
-def _load_yaml(path: Path, what: str) -> Any:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise JobError(f"{what} {path}: cannot read ({exc.strerror or exc})") from exc
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" line {mark.line + 1}" if mark else ""
-        raise JobError(f"{what} {path}:{at} is not valid YAML ({getattr(exc, 'problem', exc)})") from exc
 
 
 def load_config(path: str | os.PathLike) -> PipelineConfig:
     path = Path(path)
-    raw = _load_yaml(path, "config")
-    if not isinstance(raw, dict):
-        raise JobError(f"config {path}: expected a mapping at the top")
+    raw = read_yaml(path, "config")
     # Secrets first: a credential pasted under an unknown key must be named as a secret, not as a typo.
     if (where := find_secret(raw)) is not None:
         raise JobError(f"config {path}: {where} holds a secret value; {SECRET_HELP}")
@@ -277,42 +346,15 @@ def load_config(path: str | os.PathLike) -> PipelineConfig:
     if train.engine == "determined" and not raw.get("determined_master"):
         raise JobError(f"config {path}: determined_master is required with train.engine determined")
     multi_node = train.nodes > 1 if train.engine != "determined" else raw["experiment"]["slots"] > 8
-    if raw["volume"].get("access_mode", "ReadWriteMany") != "ReadWriteMany" and multi_node:
+    cfg = PipelineConfig(raw=raw, path=path, neox_paths=neox, base_path=exp_base, train=train)
+    if cfg.volume.access_mode != "ReadWriteMany" and multi_node:
         raise JobError(f"config {path}: volume.access_mode must be ReadWriteMany for a multi-node run")
-    return PipelineConfig(raw=raw, path=path, neox_paths=neox, base_path=exp_base, train=train)
+    return cfg
 
 
 def load_neox(path: Path) -> dict:
     """A NeoX YAML as gpt-neox reads it (PyYAML, so the guide's `True` and trailing commas pass)."""
-    data = _load_yaml(path, "NeoX config")
-    if not isinstance(data, dict):
-        raise JobError(f"NeoX config {path}: expected a mapping at the top")
+    data = read_yaml(path, "NeoX config")
     if (where := find_secret(data)) is not None:
         raise JobError(f"NeoX config {path}: {where} holds a secret value; {SECRET_HELP}")
     return data
-
-
-_DIGEST_RE = re.compile(r"^(?P<repo>[^\s@]+)@sha256:[0-9a-f]{64}$")
-
-
-def load_lock(path: str | os.PathLike, names: tuple[str, ...] = IMAGES) -> dict[str, str]:
-    """Image refs from `images.lock.json`, each checked to be pinned by digest."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise JobError(f"lock file {path}: cannot read ({exc.strerror or exc}); run `invoke push` first") from exc
-    except json.JSONDecodeError as exc:
-        raise JobError(f"lock file {path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
-    images = data.get("images") if isinstance(data, dict) else None
-    if not isinstance(images, dict):
-        raise JobError(f"lock file {path}: expected {{\"images\": {{name: ref@sha256:...}}}}")
-    refs = {}
-    for name in names:
-        ref = images.get(name)
-        if not ref:
-            raise JobError(f"lock file {path}: no entry for image {name!r}")
-        if not isinstance(ref, str) or not _DIGEST_RE.match(ref):
-            raise JobError(f"lock file {path}: image {name!r} is not pinned by digest ({ref!r})")
-        refs[name] = ref
-    return refs

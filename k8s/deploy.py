@@ -81,7 +81,7 @@ def unpinned_images() -> dict[str, str]:
 
 def load(opts: Options) -> tuple[PipelineConfig, dict[str, str], Plan]:
     cfg = config(opts)
-    lock = Path(opts.lock or cfg.path.parent / cfg.raw.get("lock_file", "images.lock.json"))
+    lock = Path(opts.lock or cfg.lock_path)
     unpinned = not lock.exists() and opts.dry_run
     images = unpinned_images() if unpinned else load_lock(lock)
     plan = build_plan(cfg, images, opts.schemas)
@@ -118,7 +118,7 @@ def deploy(opts: Options, cluster: Cluster | None = None, master: Master | None 
         master = None  # the Kubernetes-native engines need no Determined master
     if not opts.skip_preflight:
         run_preflight(cfg, images, cluster, master, create_bucket=opts.create_bucket, out=out)
-    secret = cfg["checkpoints"]["secret"]
+    secret = cfg.checkpoints.secret
     if cluster.get("Secret", secret) is None:
         raise JobError(f"Secret/{secret}: not in namespace {cfg.namespace}; run `invoke secrets` first")
 
@@ -227,7 +227,7 @@ def submit(cfg: PipelineConfig, plan: Plan, cluster: Cluster, master: Master, ou
     master.login()
     with tempfile.TemporaryDirectory(prefix="neox-context-") as tmp:
         context = read_context(write_context(plan, Path(tmp)))
-    exp_id = master.create_experiment(plan.experiment, context, cfg["experiment"].get("project_id"))
+    exp_id = master.create_experiment(plan.experiment, context, cfg.experiment.project_id)
     url = master.experiment_url(exp_id)
     apply(render.config_map(cfg, record_name, {"experiment-id": str(exp_id), "config-sha256": digest,
                                                "url": url}, "experiment"))
@@ -238,7 +238,7 @@ def submit(cfg: PipelineConfig, plan: Plan, cluster: Cluster, master: Master, ou
 def secret_manifest(cfg: PipelineConfig, env: dict[str, str] | None = None) -> list[dict]:
     """The Secrets the config names, filled from the environment (never written to disk)."""
     env = os.environ if env is None else env
-    wanted = {cfg["checkpoints"]["secret"]: ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    wanted = {cfg.checkpoints.secret: ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     for section, keys in (("weights", ("HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")),
                           ("dataset", ("HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))):
         if (name := cfg[section].get("secret")) and name not in wanted:
@@ -246,7 +246,7 @@ def secret_manifest(cfg: PipelineConfig, env: dict[str, str] | None = None) -> l
     out = []
     for name, keys in wanted.items():
         data = {k: base64.b64encode(env[k].encode()).decode() for k in keys if env.get(k)}
-        if name == cfg["checkpoints"]["secret"] and len(data) < 2:
+        if name == cfg.checkpoints.secret and len(data) < 2:
             raise JobError(f"Secret/{name}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment")
         if not data:
             raise JobError(f"Secret/{name}: none of {', '.join(keys)} is set in the environment")
@@ -278,7 +278,7 @@ def status(opts: Options, cluster: Cluster | None = None, master: Master | None 
     if cluster is None or (master is None and cfg.train.engine == "determined"):
         cluster, master = connect(cfg, opts)
     report: dict = {"engine": cfg.train.engine}
-    pvc = cluster.get("PersistentVolumeClaim", cfg["volume"]["name"])
+    pvc = cluster.get("PersistentVolumeClaim", cfg.volume.name)
     report["volume"] = pvc.get("status", {}).get("phase", "?") if pvc else "absent"
     print(f"volume   {cfg['volume']['name']}: {report['volume']}", file=out)
     report["jobs"] = {}
@@ -374,10 +374,10 @@ def teardown(opts: Options, volume: bool = False, secrets_too: bool = False, clu
             if cluster.delete(kind, obj["metadata"]["name"]):
                 gone.append(f"{kind}/{obj['metadata']['name']}")
     if secrets_too:
-        for secret in {cfg["checkpoints"]["secret"], cfg["weights"].get("secret"), cfg["dataset"].get("secret")} - {None}:
+        for secret in {cfg.checkpoints.secret, cfg.weights.secret, cfg.dataset.secret} - {None}:
             if cluster.delete("Secret", secret):
                 gone.append(f"Secret/{secret}")
-    if volume and cluster.delete("PersistentVolumeClaim", cfg["volume"]["name"]):
+    if volume and cluster.delete("PersistentVolumeClaim", cfg.volume.name):
         gone.append(f"PersistentVolumeClaim/{cfg['volume']['name']}")
     for g in gone:
         print(f"teardown: deleted {g}", file=out)
@@ -402,7 +402,7 @@ def export(opts: Options, experiment_id: int | None = None, checkpoint: str | No
         if not opts.out:
             raise JobError("export: --out DIR is required to export on this machine")
         if checkpoint is None and experiment_id is None and cfg.train.engine != "determined":
-            checkpoint = _export.mirror_checkpoint(stages.mirror_url(cfg), cfg["checkpoints"].get("endpoint_url"))
+            checkpoint = _export.mirror_checkpoint(stages.mirror_url(cfg), cfg.checkpoints.endpoint_url)
         if master is None and experiment_id is not None:
             master = connect(cfg, opts)[1]
         return str(_export.export(cfg, opts.out, experiment_id=experiment_id, checkpoint=checkpoint, master=master,
@@ -417,7 +417,7 @@ def export(opts: Options, experiment_id: int | None = None, checkpoint: str | No
             raise JobError("export: a Determined run's checkpoint is named by --experiment ID (or --checkpoint s3://...)")
         else:
             checkpoint = stages.save_dir(cfg)
-    lock = opts.lock or str(cfg.path.parent / cfg.raw.get("lock_file", "images.lock.json"))
+    lock = opts.lock or str(cfg.lock_path)
     images = load_lock(lock, ("trainer",))
     dest = to or cfg.on_volume(f"export/{cfg.instance}/hf")
     remote = checkpoint.startswith("s3://") or dest.startswith("s3://")

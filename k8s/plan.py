@@ -12,8 +12,6 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from jobs.cli import JobError, atomic_dir, write_json_atomic
 from k8s import render, stages
 from k8s.config import PipelineConfig
@@ -21,6 +19,7 @@ from k8s.engines import kubernetes_engine
 from k8s.engines.determined import CONF_DIR, experiment_config
 from k8s.secret_scan import SECRET_HELP, find_secret, secret_values_in_env
 from k8s.validate import KUBERNETES_VERSION, validate_experiment, validate_k8s
+from trainer.neox_yaml import read_yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,12 +52,7 @@ class Plan:
 def _experiment_base(cfg: PipelineConfig) -> dict | None:
     if cfg.base_path is None:
         return None
-    try:
-        base = yaml.safe_load(cfg.base_path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise JobError(f"experiment_base {cfg.base_path}: is not valid YAML ({exc})") from exc
-    if not isinstance(base, dict):
-        raise JobError(f"experiment_base {cfg.base_path}: expected a mapping at the top")
+    base = read_yaml(cfg.base_path, "experiment_base")
     if (where := find_secret(base)) is not None:
         raise JobError(f"experiment_base {cfg.base_path}: {where} holds a secret value; {SECRET_HELP}")
     return base

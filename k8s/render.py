@@ -69,15 +69,15 @@ def spec_hash(obj: object) -> str:
 
 
 def pvc(cfg: PipelineConfig) -> dict:
-    vol = cfg["volume"]
+    vol = cfg.volume
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": meta(cfg, vol["name"], "volume"),
+        "metadata": meta(cfg, vol.name, "volume"),
         "spec": {
-            "accessModes": [vol.get("access_mode", "ReadWriteMany")],
-            "storageClassName": vol["storage_class"],
-            "resources": {"requests": {"storage": vol["size"]}},
+            "accessModes": [vol.access_mode],
+            "storageClassName": vol.storage_class,
+            "resources": {"requests": {"storage": vol.size}},
         },
     }
 
@@ -125,7 +125,7 @@ def mounts(cfg: PipelineConfig, spec: JobSpec) -> list[dict]:
 
 
 def volumes(cfg: PipelineConfig, spec: JobSpec) -> list[dict]:
-    out = [{"name": VOLUME, "persistentVolumeClaim": {"claimName": cfg["volume"]["name"]}},
+    out = [{"name": VOLUME, "persistentVolumeClaim": {"claimName": cfg.volume.name}},
            {"name": "tmp", "emptyDir": {}}]
     if spec.files:
         out.append({"name": CONFIGS_VOLUME, "configMap": {"name": configs_config_map_name(cfg)}})
@@ -157,8 +157,8 @@ def pod_spec(cfg: PipelineConfig, spec: JobSpec, containers: list[dict], extra_v
         "containers": containers,
         "volumes": [*volumes(cfg, spec), *extra_volumes],
     }
-    if cfg["experiment"].get("node_selector") and spec.stage == "train":
-        pod["nodeSelector"] = dict(cfg["experiment"]["node_selector"])
+    if cfg.experiment.node_selector and spec.stage == "train":
+        pod["nodeSelector"] = dict(cfg.experiment.node_selector)
     return pod
 
 

@@ -38,18 +38,18 @@ def pod_spec(cfg: PipelineConfig, spec: JobSpec) -> dict:
             "env": env,
             "volumeMounts": [{"name": VOLUME, "mountPath": str(cfg.mount)}],
         }],
-        "volumes": [{"name": VOLUME, "persistentVolumeClaim": {"claimName": cfg["volume"]["name"]}}],
+        "volumes": [{"name": VOLUME, "persistentVolumeClaim": {"claimName": cfg.volume.name}}],
     }
-    if cfg["experiment"].get("node_selector"):
-        pod["nodeSelector"] = dict(cfg["experiment"]["node_selector"])
+    if cfg.experiment.node_selector:
+        pod["nodeSelector"] = dict(cfg.experiment.node_selector)
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"labels": labels(cfg, "trainer")}, "spec": pod}
 
 
 def experiment_config(cfg: PipelineConfig, spec: JobSpec, images: dict[str, str], base: dict | None,
                       conf_files: list[str]) -> dict:
     exp = copy.deepcopy(base if base is not None else _MINIMAL_BASE)
-    e = cfg["experiment"]
-    exp["name"] = e["name"]
+    e = cfg.experiment
+    exp["name"] = e.name
     hp = exp.setdefault("hyperparameters", {}) or {}
     hp["conf_dir"] = CONF_DIR
     hp["conf_file"] = list(conf_files)
@@ -60,23 +60,22 @@ def experiment_config(cfg: PipelineConfig, spec: JobSpec, images: dict[str, str]
     env["pod_spec"] = pod_spec(cfg, spec)
     exp["environment"] = env
     res = exp.setdefault("resources", {}) or {}
-    res["slots_per_trial"] = e["slots"]
-    if e.get("resource_pool"):
-        res["resource_pool"] = e["resource_pool"]
+    res["slots_per_trial"] = e.slots
+    if e.resource_pool:
+        res["resource_pool"] = e.resource_pool
     exp["resources"] = res
-    ck = cfg["checkpoints"]
-    storage = {"type": "s3", "bucket": ck["bucket"]}
-    if ck.get("endpoint_url"):
-        storage["endpoint_url"] = ck["endpoint_url"]
-    if ck.get("prefix"):
-        storage["prefix"] = ck["prefix"]
+    ck = cfg.checkpoints
+    storage = {"type": "s3", "bucket": ck.bucket}
+    if ck.endpoint_url:
+        storage["endpoint_url"] = ck.endpoint_url
+    if ck.prefix:
+        storage["prefix"] = ck.prefix
     exp["checkpoint_storage"] = storage  # no keys: boto3 reads them from the env the Secret fills
     searcher = dict(exp.get("searcher") or {})
-    searcher.update({"name": "single", "metric": e.get("metric", searcher.get("metric", "lm_loss")),
-                     "smaller_is_better": e.get("smaller_is_better", True),
-                     "max_length": {"batches": e["max_batches"]}})
+    searcher.update({"name": "single", "metric": e.metric or searcher.get("metric", "lm_loss"),
+                     "smaller_is_better": e.smaller_is_better, "max_length": {"batches": e.max_batches}})
     exp["searcher"] = searcher
-    if e.get("validation_period_batches"):
-        exp["min_validation_period"] = {"batches": e["validation_period_batches"]}
+    if e.validation_period_batches:
+        exp["min_validation_period"] = {"batches": e.validation_period_batches}
     exp["entrypoint"] = list(ENTRYPOINT)
     return exp
