@@ -28,8 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "fetch"))
-from servers import Nginx  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from a checkout
+from tests.support.servers import Nginx  # noqa: E402
 
 RATE = "19532k"  # nginx k = 1024 bytes: 20.0 MB/s per connection
 RATE_BYTES = 19532 * 1024

@@ -9,11 +9,12 @@ import threading
 import time
 
 import pytest
-from test_resume import BIG, staged_bytes
 
 from jobs.cli import JobError
 from jobs.fetch import Options, fetch
 from jobs.fetch.staging import staging_dir
+from tests.support.trees import BIG_FILE as BIG
+from tests.support.trees import staged_bytes
 
 
 @pytest.fixture

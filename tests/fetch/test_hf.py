@@ -1,5 +1,5 @@
 """The fetcher against a stand-in for the Hugging Face Hub: a small HTTP server on 127.0.0.1
-(tests/fetch/servers.py HubServer) that answers the model-info API with files metadata and
+(tests/support/servers.py HubServer) that answers the model-info API with files metadata and
 `resolve/<rev>/<file>` with the headers huggingface_hub checks. It stands in for the hub, which is
 not reachable here; HF_ENDPOINT points huggingface_hub at it. Xet is not involved: the stand-in
 never offers it (HF_HUB_DISABLE_XET=1 is set anyway)."""
@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import assert_same_tree, make_tree
-from servers import HubServer
 
 from jobs.cli import JobError
 from jobs.fetch import fetch
 from jobs.fetch.cli import main
+from tests.support.servers import HubServer
+from tests.support.trees import assert_same_tree, make_tree
 
 REPO = "EleutherAI/tiny-neox"
 TOKEN = "hf_test_secret_token"

@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import assert_same_tree
-from servers import FileServer
 
 from jobs.cli import JobError
 from jobs.fetch import Options, fetch
 from jobs.fetch.cli import main
+from tests.support.servers import FileServer
+from tests.support.trees import assert_same_tree
 
 
 def test_listing_exact_bytes_and_manifest(nginx, weights, dest):

@@ -1,5 +1,5 @@
 """Nothing lost, nothing half-accepted: sizes that disagree, files without validators, redirects,
-malformed sources and unwritable folders, each against a real server on 127.0.0.1 (servers.py)."""
+malformed sources and unwritable folders, each against a real server on 127.0.0.1 (tests/support/servers.py)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
-from readonly import unprivileged, world_readable_tmp
-from servers import FileServer
 
 from jobs.cli import JobError
 from jobs.fetch import Options, fetch
 from jobs.fetch.cli import main
 from jobs.fetch.http import HttpSource
 from jobs.fetch.staging import Chunk, PartState, staging_dir
+from tests.support.readonly import unprivileged, world_readable_tmp
+from tests.support.servers import FileServer
 
 REPO = Path(__file__).parents[2]
 SIZE = 6 << 20  # two ranged chunks (4 MiB minimum chunk)

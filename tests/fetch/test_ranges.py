@@ -8,12 +8,12 @@ import json
 import random
 
 import pytest
-from servers import FileServer
 
 from jobs.fetch import Options, fetch
 from jobs.fetch.plan import RemoteFile
 from jobs.fetch.staging import MIN_CHUNK, Chunk, plan_chunks
 from jobs.fetch.transfer import BLOCK_MAX, STEAL_MIN, FileJob
+from tests.support.servers import FileServer
 
 
 def _file(root, name: str, size: int, seed: int = 1) -> bytes:

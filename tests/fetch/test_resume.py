@@ -12,26 +12,12 @@ import sys
 import time
 
 import pytest
-from conftest import assert_same_tree
 
 from jobs.cli import JobError
 from jobs.fetch import Options, fetch
 from jobs.fetch.staging import Chunk, Lease, PartState, staging_dir
-
-BIG = "global_step150000/layer_00-model_00-model_states.pt"
-
-
-def staged_bytes(dest, skip_in_place: bool = False) -> int:
-    """Bytes the sidecars record; with skip_in_place, not those of files already renamed into place
-    (a kill between a file's rename and its sidecar's removal leaves both)."""
-    total = 0
-    for side in staging_dir(dest).rglob("*.part.json"):
-        rel = side.relative_to(staging_dir(dest)).as_posix()[: -len(".part.json")]
-        if skip_in_place and (dest / rel).exists():
-            continue
-        state = PartState.load(side)
-        total += sum(c.done for c in state.chunks) if state else 0
-    return total
+from tests.support.trees import BIG_FILE as BIG
+from tests.support.trees import assert_same_tree, staged_bytes
 
 
 def test_kill_9_then_resume_moves_only_the_missing_bytes(slow_nginx, weights, dest):

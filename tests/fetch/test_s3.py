@@ -6,45 +6,42 @@ import hashlib
 import json
 
 import pytest
-from conftest import assert_same_tree
 
 from jobs.cli import JobError
 from jobs.fetch import Options, fetch
 from jobs.fetch.cli import main
+from tests.support.s3 import moto_s3
+from tests.support.trees import assert_same_tree
 
-moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed")
+pytest.importorskip("moto.server", reason="moto[server] is not installed")
 boto3 = pytest.importorskip("boto3")
 
 
 @pytest.fixture(scope="module")
 def s3(weights):
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    mp = pytest.MonkeyPatch()
-    # Credentials only through boto3's standard chain (here: the environment).
-    mp.setenv("AWS_ACCESS_KEY_ID", "testing-key")
-    mp.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
-    mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    mp.delenv("AWS_ENDPOINT_URL", raising=False)
-    client = boto3.client("s3", endpoint_url=endpoint)
-    client.create_bucket(Bucket="weights")
-    root, files = weights
-    for rel, data in files.items():
-        client.put_object(Bucket="weights", Key=f"neox/slim/{rel}", Body=data)
-    # one multipart object: its ETag is not an MD5, so sha256 is computed instead
-    up = client.create_multipart_upload(Bucket="weights", Key="multi/blob.bin")
-    parts, blob = [], bytes(range(256)) * (24 << 12)  # 6 MiB
-    for n, off in enumerate(range(0, len(blob), 5 << 20), 1):
-        r = client.upload_part(Bucket="weights", Key="multi/blob.bin", UploadId=up["UploadId"], PartNumber=n,
-                               Body=blob[off:off + (5 << 20)])
-        parts.append({"PartNumber": n, "ETag": r["ETag"]})
-    client.complete_multipart_upload(Bucket="weights", Key="multi/blob.bin", UploadId=up["UploadId"],
-                                     MultipartUpload={"Parts": parts})
-    yield endpoint, client, blob
-    server.stop()
-    mp.undo()
+    with moto_s3() as (endpoint, _):
+        mp = pytest.MonkeyPatch()
+        # Credentials only through boto3's standard chain (here: the environment).
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing-key")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        mp.delenv("AWS_ENDPOINT_URL", raising=False)
+        client = boto3.client("s3", endpoint_url=endpoint)
+        client.create_bucket(Bucket="weights")
+        root, files = weights
+        for rel, data in files.items():
+            client.put_object(Bucket="weights", Key=f"neox/slim/{rel}", Body=data)
+        # one multipart object: its ETag is not an MD5, so sha256 is computed instead
+        up = client.create_multipart_upload(Bucket="weights", Key="multi/blob.bin")
+        parts, blob = [], bytes(range(256)) * (24 << 12)  # 6 MiB
+        for n, off in enumerate(range(0, len(blob), 5 << 20), 1):
+            r = client.upload_part(Bucket="weights", Key="multi/blob.bin", UploadId=up["UploadId"], PartNumber=n,
+                                   Body=blob[off:off + (5 << 20)])
+            parts.append({"PartNumber": n, "ETag": r["ETag"]})
+        client.complete_multipart_upload(Bucket="weights", Key="multi/blob.bin", UploadId=up["UploadId"],
+                                         MultipartUpload={"Parts": parts})
+        yield endpoint, client, blob
+        mp.undo()
 
 
 def test_prefix_exact_bytes_and_idempotent(s3, weights, dest, capsys):

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.s3 import moto_s3
+
 TOKENIZER = Path(__file__).parents[3] / "shared/data/20B_tokenizer.json"
 
 
@@ -29,8 +31,6 @@ def tokenizer(tokenizer_path):
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory):
     """moto's S3 server on 127.0.0.1 and a random port, with dummy credentials in the environment."""
-    from moto.server import ThreadedMotoServer
-
     mp = pytest.MonkeyPatch()
     for k, v in {
         "AWS_ACCESS_KEY_ID": "testing",
@@ -40,11 +40,8 @@ def s3_endpoint(tmp_path_factory):
         mp.setenv(k, v)
     mp.delenv("AWS_ENDPOINT_URL", raising=False)
     mp.delenv("AWS_PROFILE", raising=False)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with moto_s3() as (endpoint, _):
+        yield endpoint
     mp.undo()
 
 

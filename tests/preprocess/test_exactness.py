@@ -10,8 +10,7 @@ import pytest
 from jobs.cli import JobError
 from jobs.indexed_dataset import IndexedDataset
 from jobs.preprocess import preprocess
-
-from .helpers import TRICKY_TEXTS, expected_ids, long_text, read_docs, write_jsonl
+from tests.support.corpus import TRICKY_TEXTS, expected_ids, long_text, read_docs, write_jsonl
 
 
 def _engine(name: str) -> str:

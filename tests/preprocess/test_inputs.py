@@ -11,8 +11,7 @@ import pyarrow.parquet as pq
 import zstandard
 
 from jobs.preprocess import preprocess
-
-from .helpers import TRICKY_TEXTS, expected_ids, read_docs
+from tests.support.corpus import TRICKY_TEXTS, expected_ids, read_docs
 
 A = ["alpha one", "alpha two 🎉"]
 B = ["beta  one", "", "beta two"]

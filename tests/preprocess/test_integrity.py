@@ -12,9 +12,8 @@ import pytest
 import zstandard
 
 from jobs.preprocess.__main__ import main
-from tests.fetch.readonly import unprivileged, world_readable_tmp
-
-from .helpers import read_docs
+from tests.support.corpus import read_docs
+from tests.support.readonly import unprivileged, world_readable_tmp
 
 LINES = [json.dumps({"text": f"document {i} " + "words " * (i % 50)}) + "\n" for i in range(20000)]
 DATA = "".join(LINES).encode()

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from .helpers import TRICKY_TEXTS, expected_ids, long_text, read_docs
+from tests.support.corpus import TRICKY_TEXTS, expected_ids, long_text, read_docs
 
 REPO = Path(__file__).parents[2]
 

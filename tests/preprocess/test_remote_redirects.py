@@ -11,9 +11,8 @@ import pytest
 from jobs.cli import JobError
 from jobs.preprocess import preprocess
 from jobs.preprocess.__main__ import main
-from tests.fetch.servers import FileServer
-
-from .helpers import read_docs
+from tests.support.corpus import read_docs
+from tests.support.servers import FileServer
 
 TEXTS = [f"document {i}: redirected text " * (i % 5 + 1) for i in range(3000)]
 

@@ -13,9 +13,8 @@ import pytest
 from jobs.cli import JobError
 from jobs.preprocess import preprocess
 from jobs.preprocess.remote import open_s3
-from tests.fetch.servers import FileServer
-
-from .helpers import read_docs
+from tests.support.corpus import read_docs
+from tests.support.servers import FileServer
 
 # About 5 MB: reads go in 1 MB pieces, so a reset halfway through leaves whole pieces to resume after.
 TEXTS = [

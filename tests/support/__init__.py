@@ -2,5 +2,9 @@
 
 - `net`: free ports on 127.0.0.1 and waiting for a server to listen;
 - `s3`: an S3-compatible server (moto's) on 127.0.0.1;
+- `servers`: nginx and small fault-injecting HTTP servers (files with Range, a Hugging Face Hub stand-in);
+- `trees`: the fetcher's miniature checkpoint tree, a check that a copy matches it, staged byte counts;
+- `readonly`: a folder a job cannot write, even as root;
+- `corpus`: the preprocessor tests' documents and the ids they must give;
 - `kube`: the stand-ins for the Kubernetes API server and the Determined master.
 """

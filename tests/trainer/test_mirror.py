@@ -8,6 +8,7 @@ import json
 import pytest
 
 from jobs.cli import JobError
+from tests.support.s3 import moto_s3
 from trainer import checkpoint as ck
 
 from .test_complete import make
@@ -19,18 +20,13 @@ SECRET = "s3cr3t-never-in-a-log-line"
 def s3(monkeypatch):
     """moto's server; keys and endpoint only through boto3's standard environment variables."""
     boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    for k, v in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "AKIDMIRRORTEST",
-                 "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)
-    client = boto3.client("s3")
-    client.create_bucket(Bucket="ckpt")
-    yield client
-    server.stop()
+    with moto_s3() as (url, _):
+        for k, v in {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "AKIDMIRRORTEST",
+                     "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(k, v)
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="ckpt")
+        yield client
 
 
 def objects(client, prefix=""):
