@@ -22,12 +22,15 @@ padding, so the padded vocabulary matches checkpoints written with tensor parall
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pydantic
 
 from jobs.cli import JobError
 from trainer.neox_yaml import merge, normalise, unknown_keys_error
@@ -38,35 +41,38 @@ if typing.TYPE_CHECKING:
 
 
 class _Section:
-    """Type-checks its fields (after dataclass init) so a wrong type names its key."""
-
-    def _check_types(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if not _type_ok(value, hints[f.name]):
-                value = _yaml_number(value)
-                setattr(self, f.name, value)
-            if not _type_ok(value, hints[f.name]):
-                raise JobError(
-                    f"config key {f.name.replace('_', '-')!r} must be {_type_name(hints[f.name])}, "
-                    f"got {value!r} ({type(value).__name__})"
-                )
-            if hints[f.name] is float and isinstance(value, int):
-                setattr(self, f.name, float(value))
+    """A group of keys: pydantic checks their types (`_parse`, every error at once), `__post_init__`
+    their meaning."""
 
 
-def _type_ok(value: Any, hint: Any) -> bool:
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return any(_type_ok(value, h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    origin = typing.get_origin(hint) or hint
-    if origin is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if origin is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, origin)
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@functools.cache
+def _model(cls: type) -> type[pydantic.BaseModel]:
+    """A strict pydantic model of the section's fields (no coercion: `"3"` is not an integer, `1` is
+    not true), each optional so that only the keys given are checked and the dataclass keeps its defaults."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: (hints[f.name], None) for f in dataclasses.fields(cls)}
+    return pydantic.create_model(cls.__name__, __config__=pydantic.ConfigDict(strict=True), **fields)
+
+
+def _accepts_str(hint: Any) -> bool:
+    return hint is str or str in typing.get_args(hint)
+
+
+def _parse(cls: type, given: dict[str, Any]) -> tuple[Any, list[str]]:
+    """The section built from `given`, or None and one phrase per key of the wrong type."""
+    hints = typing.get_type_hints(cls)
+    given = {k: v if _accepts_str(hints[k]) else _yaml_number(v) for k, v in given.items()}
+    try:
+        checked = _model(cls).model_validate(given).model_dump(exclude_unset=True)
+    except pydantic.ValidationError as exc:
+        wrong = dict.fromkeys(str(e["loc"][0]) for e in exc.errors())  # a union reports each branch
+        return None, [f"config key {k.replace('_', '-')!r} must be {_type_name(hints[k])}, "
+                      f"got {given[k]!r} ({type(given[k]).__name__})" for k in wrong]
+    return cls(**checked), []
 
 
 def _type_name(hint: Any) -> str:
@@ -107,7 +113,6 @@ class ModelArgs(_Section):
     output_layer_init_method: str = "wang_init"
 
     def __post_init__(self) -> None:
-        self._check_types()
         if self.max_position_embeddings is None:
             self.max_position_embeddings = self.seq_length
         if self.norm != "layernorm":
@@ -130,9 +135,6 @@ class ParallelArgs(_Section):
     pipe_parallel_size: int = 1
     model_parallel_size: int = 1
 
-    def __post_init__(self) -> None:
-        self._check_types()
-
     @property
     def mapped_to_zero3(self) -> bool:
         return self.pipe_parallel_size > 1 or self.model_parallel_size > 1
@@ -145,13 +147,12 @@ class OptimizerArgs(_Section):
     gradient_clipping: float = 1.0
 
     def __post_init__(self) -> None:
-        self._check_types()
         kind = str(self.optimizer.get("type", "")).lower()
         if kind not in ("adam", "adamw"):
             raise JobError(f"config key 'optimizer.type': {self.optimizer.get('type')!r} is not implemented (Adam, AdamW)")
         params = self.optimizer.setdefault("params", {})
         params.update({k: _yaml_number(v) for k, v in params.items()})
-        if not _type_ok(params.get("lr"), float):
+        if not _is_number(params.get("lr")):
             raise JobError(f"config key 'optimizer.params.lr' must be a number, got {params.get('lr')!r}")
 
     @property
@@ -167,7 +168,6 @@ class ScheduleArgs(_Section):
     warmup: float = 0.01  # a fraction of lr_decay_iters
 
     def __post_init__(self) -> None:
-        self._check_types()
         if self.lr_decay_style not in ("cosine", "linear", "constant"):
             raise JobError(f"config key 'lr-decay-style': {self.lr_decay_style!r} is not one of cosine, linear, constant")
 
@@ -179,7 +179,6 @@ class PrecisionArgs(_Section):
     precision: str | None = None  # gpt-neox's shorthand: fp16, bfloat16, fp32
 
     def __post_init__(self) -> None:
-        self._check_types()
         if self.precision not in (None, "fp16", "bfloat16", "fp32"):
             raise JobError(f"config key 'precision': {self.precision!r} is not one of fp16, bfloat16, fp32")
         if self.fp16_enabled and self.bf16_enabled:
@@ -204,9 +203,6 @@ class BatchArgs(_Section):
     gradient_accumulation_steps: int = 1
     train_batch_size: int | None = None  # checked against the world size at start-up
 
-    def __post_init__(self) -> None:
-        self._check_types()
-
 
 @dataclass
 class DataArgs(_Section):
@@ -216,7 +212,6 @@ class DataArgs(_Section):
     data_impl: str = "mmap"
 
     def __post_init__(self) -> None:
-        self._check_types()
         if self.data_impl != "mmap":
             raise JobError(f"config key 'data-impl': {self.data_impl!r} is not implemented (only mmap)")
         self.split_weights()
@@ -249,9 +244,6 @@ class TrainArgs(_Section):
     peak_tflops: float = 989.0  # per-device peak for MFU (H100/H200 dense bf16); ours, not gpt-neox's
     steps_per_print: int = 10
     wall_clock_breakdown: bool = False
-
-    def __post_init__(self) -> None:
-        self._check_types()
 
 
 def range_errors(sec: dict[str, Any]) -> list[str]:
@@ -288,7 +280,7 @@ def range_errors(sec: dict[str, Any]) -> list[str]:
     need(m.rotary_emb_base > 0, "rotary-emb-base", m.rotary_emb_base, "> 0")
     need(m.layernorm_epsilon > 0, "layernorm-epsilon", m.layernorm_epsilon, "> 0")
     lr = o.optimizer["params"].get("lr")
-    if _type_ok(lr, float):
+    if _is_number(lr):
         need(lr >= 0, "optimizer.params.lr", lr, ">= 0")
         if lr >= 0 and sc.min_lr >= 0 and lr < sc.min_lr:
             errors.append(f"config key 'min-lr' {sc.min_lr} must not exceed 'optimizer.params.lr' {lr}")
@@ -296,11 +288,11 @@ def range_errors(sec: dict[str, Any]) -> list[str]:
     need(0.0 <= sc.warmup <= 1.0, "warmup", sc.warmup, "a fraction in [0, 1]")
     betas = o.optimizer["params"].get("betas")
     if betas is not None:
-        ok = isinstance(betas, list) and len(betas) == 2 and all(_type_ok(x, float) and 0 <= x < 1 for x in betas)
+        ok = isinstance(betas, list) and len(betas) == 2 and all(_is_number(x) and 0 <= x < 1 for x in betas)
         need(ok, "optimizer.params.betas", betas, "two numbers in [0, 1)")
     eps = o.optimizer["params"].get("eps")
     if eps is not None:
-        need(_type_ok(eps, float) and eps > 0, "optimizer.params.eps", eps, "a number > 0")
+        need(_is_number(eps) and eps > 0, "optimizer.params.eps", eps, "a number > 0")
     need(o.weight_decay >= 0, "weight-decay", o.weight_decay, ">= 0")
     need(o.gradient_clipping >= 0, "gradient-clipping", o.gradient_clipping, ">= 0 (0: off)")
     need(sec["data"].seed >= 0, "seed", sec["data"].seed, ">= 0")
@@ -414,7 +406,7 @@ class NeoXConfig:
 
     def __post_init__(self) -> None:
         stage = self.zero_optimization.get("stage", 0)
-        if not _type_ok(stage, int) or not 0 <= stage <= 3:
+        if not isinstance(stage, int) or isinstance(stage, bool) or not 0 <= stage <= 3:
             raise JobError(f"config key 'zero_optimization.stage' must be 0, 1, 2 or 3, got {stage!r}")
         if self.parallel.mapped_to_zero3 and stage != 3:
             self.zero_optimization["stage"] = 3
@@ -502,12 +494,15 @@ def from_dict(raw: dict, files: list[str] | None = None,
                                  "not known to trainer.train or gpt-neox")
     consumed: set[str] = set()
     sections = {}
+    errors: list[str] = []
     for name, cls in SECTIONS.items():
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in raw.items() if k in names}
         consumed |= kwargs.keys()
-        sections[name] = cls(**kwargs)
-    errors = range_errors(sections)
+        sections[name], wrong = _parse(cls, kwargs)
+        errors += wrong
+    if not errors:  # ranges only once every type is right
+        errors = range_errors(sections)
     if errors:
         raise JobError(errors[0] if len(errors) == 1 else f"{len(errors)} config errors: " + "; ".join(errors))
     consumed |= set(_EXTRA_KEYS)

@@ -96,6 +96,20 @@ def test_range_errors_are_reported_all_at_once(tmp_path):
         assert key in msg
 
 
+def test_type_errors_in_several_sections_are_reported_all_at_once(tmp_path):
+    f = tmp_path / "bad.yml"
+    f.write_text("seq-length: abc\nno-weight-tying: 3\nlr-decay-iters: soon\nseed: 1.5\nmin-lr: 1.0e-5\n")
+    with pytest.raises(JobError) as err:
+        load_config([f])
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("4 config errors: "), msg
+    assert "config key 'seq-length' must be an integer, got 'abc' (str)" in msg
+    assert "config key 'no-weight-tying' must be true or false, got 3 (int)" in msg
+    assert "config key 'lr-decay-iters' must be an integer or null, got 'soon' (str)" in msg
+    assert "config key 'seed' must be an integer, got 1.5 (float)" in msg
+    assert "min-lr" not in msg  # `1.0e-5`, a string to PyYAML, is the number it spells
+
+
 def test_misspelt_key_is_an_error_naming_the_closest_key(tmp_path):
     f = tmp_path / "typo.yml"
     f.write_text("train_itres: 20\n")  # once ignored: the run went on for the default 1000 iterations
