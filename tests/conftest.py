@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# Fixtures shared by several areas; helpers without fixtures are imported as `tests.support.X`.
+pytest_plugins = ["tests.support.fixtures"]
+
 # testcontainers' Ryuk reaper image cannot be pulled on hosts without registry access;
 # fixtures clean up their own containers instead.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")

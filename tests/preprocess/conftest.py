@@ -1,4 +1,5 @@
-"""Fixtures for the preprocessor tests: the real 20B tokenizer, a local S3 server, a local HTTP server."""
+"""Fixtures for the preprocessor tests: the real 20B tokenizer and a local HTTP server (the local S3 server,
+`s3_endpoint`, is tests/support/fixtures.py's)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
-from tests.support.s3 import moto_s3
 
 TOKENIZER = Path(__file__).parents[3] / "shared/data/20B_tokenizer.json"
 
@@ -26,23 +25,6 @@ def tokenizer(tokenizer_path):
     from tokenizers import Tokenizer
 
     return Tokenizer.from_file(str(tokenizer_path))
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint(tmp_path_factory):
-    """moto's S3 server on 127.0.0.1 and a random port, with dummy credentials in the environment."""
-    mp = pytest.MonkeyPatch()
-    for k, v in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        mp.setenv(k, v)
-    mp.delenv("AWS_ENDPOINT_URL", raising=False)
-    mp.delenv("AWS_PROFILE", raising=False)
-    with moto_s3() as (endpoint, _):
-        yield endpoint
-    mp.undo()
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
