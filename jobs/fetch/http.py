@@ -18,6 +18,7 @@ from urllib.parse import unquote, urldefrag, urljoin, urlsplit
 import requests
 
 from jobs.cli import JobError
+from jobs.remote import range_headers, transient_status
 from jobs.retry import Backoff, RestartFile, SizeMismatch, TransientError
 
 from .plan import RemoteFile, safe_relpath
@@ -133,7 +134,7 @@ def _check(r: requests.Response, url: str) -> None:
     """Map an HTTP status to fatal (JobError naming the URL) or transient (retry)."""
     if r.status_code in FATAL:
         raise JobError(f"{url}: HTTP {r.status_code} ({FATAL[r.status_code]})")
-    if r.status_code >= 500 or r.status_code in (408, 429):
+    if transient_status(r.status_code):
         raise TransientError(f"{url}: HTTP {r.status_code}")
     if r.status_code >= 400:
         raise JobError(f"{url}: HTTP {r.status_code}")
@@ -310,9 +311,8 @@ class HttpSource:
     def read(self, file: RemoteFile, start: int, end: int | None) -> tuple[int, Iterator[bytes]]:
         headers = {"Accept-Encoding": "identity"}
         if start > 0 or (end is not None and file.size is not None and end < file.size):
-            headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
-            if file.identity and self.if_range:  # a changed file answers 200: restart it
-                headers["If-Range"] = file.identity
+            # with If-Range a changed file answers 200: restart it
+            headers.update(range_headers(start, end, file.identity if self.if_range else None))
         with self._lock:
             r = self._kept.pop(file.url, None) if "Range" not in headers else None
         try:

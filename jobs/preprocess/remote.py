@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable
 
 from jobs.cli import JobError
+from jobs.remote import range_headers, transient_status
 from jobs.retry import Backoff, TransientError
 
 Opener = Callable[[int], io.RawIOBase]  # the object's bytes from an offset on
@@ -116,13 +117,9 @@ def open_http(url: str, redirect_hosts: tuple[str, ...] = ()) -> ResumingReader:
     session = new_session()  # keeps the connection between resumes; takes no cookies
 
     def open_at(offset: int):
-        headers = {}
-        if offset:
-            headers["Range"] = f"bytes={offset}-"
-            if first.get("etag"):
-                headers["If-Range"] = first["etag"]
+        headers = range_headers(offset, validator=first.get("etag")) if offset else {}
         resp = request_following(session, "GET", url, headers, redirect_hosts, stream=True, timeout=(30, 300))
-        if resp.status_code >= 500 or resp.status_code in (408, 429):
+        if transient_status(resp.status_code):
             resp.close()
             raise TransientError(f"HTTP {resp.status_code} {resp.reason}")
         if resp.status_code not in (200, 206):
