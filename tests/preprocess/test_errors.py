@@ -7,23 +7,11 @@ import json
 
 import pytest
 
-from jobs.preprocess.__main__ import main
+from tests.support.corpus import run_cli
 
 
 def _run(capsys, tmp_path, tokenizer_path, inputs, *extra):
-    rc = main(
-        [
-            "--input",
-            *map(str, inputs),
-            "--tokenizer",
-            str(tokenizer_path),
-            "--output-prefix",
-            str(tmp_path / "out" / "ds"),
-            *extra,
-        ]
-    )
-    out, err = capsys.readouterr()
-    return rc, out, err
+    return run_cli(capsys, tmp_path / "out" / "ds", inputs, tokenizer_path, *extra)
 
 
 def _assert_failed_cleanly(rc, err, tmp_path, *needles):

@@ -11,28 +11,11 @@ import time
 import pytest
 import zstandard
 
-from jobs.preprocess.__main__ import main
-from tests.support.corpus import read_docs
+from tests.support.corpus import read_docs, run_cli
 from tests.support.readonly import unprivileged, world_readable_tmp
 
 LINES = [json.dumps({"text": f"document {i} " + "words " * (i % 50)}) + "\n" for i in range(20000)]
 DATA = "".join(LINES).encode()
-
-
-def _run(capsys, prefix, inputs, tokenizer_path, *extra):
-    rc = main(
-        [
-            "--input",
-            *map(str, inputs),
-            "--tokenizer",
-            str(tokenizer_path),
-            "--output-prefix",
-            str(prefix),
-            *extra,
-        ]
-    )
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def _one_line(err: str) -> str:
@@ -58,13 +41,13 @@ def test_a_compressed_input_that_ends_early_fails_naming_the_file(capsys, tmp_pa
     packed = gzip.compress(DATA)
     cut_gz.write_bytes(packed[: len(packed) // 2])
     for cut in (cut_zst, cut_gz):
-        rc, _, err = _run(capsys, tmp_path / "out" / "ds", [cut], tokenizer_path)
+        rc, _, err = run_cli(capsys, tmp_path / "out" / "ds", [cut], tokenizer_path)
         line = _one_line(err)
         assert rc == 1 and f"{cut}: cannot read: the file is truncated" in line, line
         assert not list((tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else True
     whole = tmp_path / "whole.jsonl.zst"
     whole.write_bytes(b"".join(blocks))
-    rc, _, err = _run(capsys, tmp_path / "ok", [whole], tokenizer_path)
+    rc, _, err = run_cli(capsys, tmp_path / "ok", [whole], tokenizer_path)
     assert rc == 0, err
     assert len(read_docs(tmp_path / "ok_text_document")) == len(LINES)
 
@@ -77,11 +60,11 @@ def test_an_input_without_documents_is_an_error_unless_allowed(capsys, tmp_path,
     empty_zst = tmp_path / "empty.jsonl.zst"
     empty_zst.write_bytes(zstandard.ZstdCompressor().compress(b"\n\n"))
     for inputs, named in (([empty], empty), ([good, empty_zst], empty_zst)):
-        rc, _, err = _run(capsys, tmp_path / "out" / "ds", inputs, tokenizer_path)
+        rc, _, err = run_cli(capsys, tmp_path / "out" / "ds", inputs, tokenizer_path)
         line = _one_line(err)
         assert rc == 1 and f"{named}: no documents" in line and "--allow-empty" in line, line
         assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*"))
-    rc, out, err = _run(capsys, tmp_path / "out" / "ds", [empty], tokenizer_path, "--allow-empty")
+    rc, out, err = run_cli(capsys, tmp_path / "out" / "ds", [empty], tokenizer_path, "--allow-empty")
     assert rc == 0 and "0 documents" in out, err
     assert read_docs(tmp_path / "out" / "ds_text_document") == []
 
@@ -102,7 +85,7 @@ def test_an_input_without_documents_is_an_error_unless_allowed(capsys, tmp_path,
 )
 def test_a_malformed_input_is_one_line(spec, capsys, tmp_path, tokenizer_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    rc, _, err = _run(capsys, tmp_path / "out" / "ds", [spec], tokenizer_path)
+    rc, _, err = run_cli(capsys, tmp_path / "out" / "ds", [spec], tokenizer_path)
     line = _one_line(err)
     assert rc == 1 and ("malformed URL" in line if spec else "empty path" in line), line
 
@@ -115,7 +98,7 @@ def test_a_read_only_output_folder_is_one_line(capsys, tokenizer_path):
         out.mkdir()
         out.chmod(0o555)
         with unprivileged():
-            rc, _, err = _run(capsys, out / "ds", [src], tokenizer_path)
+            rc, _, err = run_cli(capsys, out / "ds", [src], tokenizer_path)
     line = _one_line(err)
     assert rc == 1 and str(out) in line and "Permission denied" in line, line
 
@@ -130,7 +113,7 @@ def test_the_output_folder_keeps_unrelated_files(capsys, tmp_path, tokenizer_pat
         os.utime(out / name, (old, old))
     src = tmp_path / "a.jsonl"
     src.write_bytes(DATA[:1000].rsplit(b"\n", 1)[0] + b"\n")
-    rc, _, err = _run(capsys, out / "ds", [src], tokenizer_path)
+    rc, _, err = run_cli(capsys, out / "ds", [src], tokenizer_path)
     assert rc == 0, err
     for name, data in keep.items():
         assert (out / name).read_bytes() == data, name

@@ -51,3 +51,22 @@ def expected_ids(tokenizer, texts: list[str], eod: bool = False) -> list[list[in
         if ids:
             out.append(ids + ([0] if eod else []))
     return out
+
+
+def run_cli(capsys, prefix, inputs, tokenizer_path, *extra) -> tuple[int, str, str]:
+    """`python -m jobs.preprocess` in-process on `inputs` into `prefix`; its exit code, stdout and stderr."""
+    from jobs.preprocess.__main__ import main
+
+    rc = main(
+        [
+            "--input",
+            *map(str, inputs),
+            "--tokenizer",
+            str(tokenizer_path),
+            "--output-prefix",
+            str(prefix),
+            *extra,
+        ]
+    )
+    out, err = capsys.readouterr()
+    return rc, out, err
