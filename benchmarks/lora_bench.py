@@ -150,6 +150,7 @@ def child(args) -> dict:
     t0 = time.perf_counter()
     loss_fn, backward, step, trainable = (build_ours if args.child == "ours" else build_peft)(args)
     built = time.perf_counter() - t0
+    resident = torch.cuda.memory_allocated() / 2**30 if DEV == "cuda" else None  # weights + optimizer state
     tokens = torch.randint(0, args.vocab, (args.micro_batch, args.seq + 1), device=DEV)
 
     def one_step() -> float:
@@ -178,6 +179,7 @@ def child(args) -> dict:
             "device": torch.cuda.get_device_name() if DEV == "cuda" else "cpu",
             "trainable": trainable, "build_s": built, "step_s": seconds,
             "tokens_per_s": args.micro_batch * args.seq / seconds, "peak_gib": peak, "reserved_gib": reserved,
+            "built_gib": resident,
             "last_loss": float(last.item())}  # fmt: skip
 
 
@@ -212,7 +214,8 @@ def parent(args, argv: list[str]) -> int:
         rows[impl] = row
         print(f"lora_bench: {impl:5s} {args.preset} {args.layers} layers, micro-batch {args.micro_batch}, seq {args.seq}, "
               f"r={args.rank}{', base ' + args.quantize_base if args.quantize_base else ''}: {row['tokens_per_s']:,.0f} tokens/s ({row['step_s'] * 1000:.0f} ms/step), "
-              f"peak {fmt_gib(row['peak_gib'])} (reserved {fmt_gib(row['reserved_gib'])}), "
+              f"peak {fmt_gib(row['peak_gib'])} (reserved {fmt_gib(row['reserved_gib'])}, "
+              f"{fmt_gib(row['built_gib'])} before the first step), "
               f"{row['trainable']:,} trainable parameters, loss {row['last_loss']:.3f}", flush=True)  # fmt: skip
         if args.out:
             with open(args.out, "a") as f:

@@ -79,10 +79,11 @@ def test_lora_loss_curves_with_and_without_the_fused_kernels_agree_within_bf16_t
             f"{name}: loss did not fall ({c[:5].mean():.3f} -> {c[-20:].mean():.3f})"
         )
     # bf16 rounding differs between the kernels, so the curves drift apart a little: compare windows
+    # (measured on one H200: 9e-6 over the first 10 iterations, 8e-5 over the last 50)
     rel = np.abs(a - b) / b
-    assert rel[:10].max() < 1e-2, f"first iterations differ by {rel[:10].max():.2%}"
+    assert rel[:10].max() < 1e-3, f"first iterations differ by {rel[:10].max():.2%}"
     window = np.abs(a[-50:].mean() - b[-50:].mean()) / b[-50:].mean()
-    assert window < 3e-2, f"last 50 iterations' mean losses differ by {window:.2%}"
+    assert window < 1e-2, f"last 50 iterations' mean losses differ by {window:.2%}"
 
 
 def test_lora_checkpoints_on_the_gpu_hold_adapters_only(runs):
