@@ -61,7 +61,9 @@ SCHEMA: dict[str, Any] = {
                 "name": _NAME,
                 "size": _QUANTITY,
                 "storage_class": {"type": "string", "minLength": 1},
-                "access_mode": {"enum": ["ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod", "ReadOnlyMany"]},
+                "access_mode": {
+                    "enum": ["ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod", "ReadOnlyMany"]
+                },
                 "mount_path": {"type": "string", "pattern": r"^/[^\s]*$"},
             },
         },
@@ -150,6 +152,7 @@ SCHEMA: dict[str, Any] = {
     },
 }
 
+
 def _describe(err: jsonschema.ValidationError) -> str:
     where = ".".join(str(p) for p in err.absolute_path) or "<top>"
     if err.validator == "additionalProperties":
@@ -225,8 +228,13 @@ def _section(cls: type, raw: dict) -> Any:
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
 
 
-_SECTIONS = {"volume": Volume, "weights": Weights, "dataset": Dataset, "checkpoints": Checkpoints,
-             "experiment": Experiment}
+_SECTIONS = {
+    "volume": Volume,
+    "weights": Weights,
+    "dataset": Dataset,
+    "checkpoints": Checkpoints,
+    "experiment": Experiment,
+}
 
 
 @dataclass(frozen=True)
@@ -256,21 +264,29 @@ def train_settings(raw: dict, where: str) -> TrainSettings:
     if "nodes" in t:
         nodes = t["nodes"]
     elif gpus and slots % gpus:
-        raise JobError(f"config {where}: experiment.slots {slots} is not a multiple of train.gpus_per_node "
-                       f"{gpus}; set train.nodes")
+        raise JobError(
+            f"config {where}: experiment.slots {slots} is not a multiple of train.gpus_per_node "
+            f"{gpus}; set train.nodes"
+        )
     else:
         nodes = slots // gpus if gpus else 1
     procs = t.get("processes_per_node", gpus or 1)
     if gpus and procs != gpus:
-        raise JobError(f"config {where}: train.processes_per_node {procs} does not match train.gpus_per_node "
-                       f"{gpus} (one process per GPU)")
+        raise JobError(
+            f"config {where}: train.processes_per_node {procs} does not match train.gpus_per_node "
+            f"{gpus} (one process per GPU)"
+        )
     runtime = t.get("runtime", "torch-distributed")
     if t.get("own_runtime") and ("runtime" in t or "runtime_kind" in t):
-        raise JobError(f"config {where}: train.own_runtime renders its own runtime; drop train.runtime and "
-                       f"train.runtime_kind")
+        raise JobError(
+            f"config {where}: train.own_runtime renders its own runtime; drop train.runtime and "
+            f"train.runtime_kind"
+        )
     if t.get("engine") == "trainjob" and runtime in MPI_RUNTIMES:
-        raise JobError(f"config {where}: train.runtime {runtime!r} launches through MPI; the trainer starts "
-                       f"with torchrun, so name a runtime with the torch policy (default torch-distributed)")
+        raise JobError(
+            f"config {where}: train.runtime {runtime!r} launches through MPI; the trainer starts "
+            f"with torchrun, so name a runtime with the torch policy (default torch-distributed)"
+        )
     fields = {k: v for k, v in t.items() if k not in ("nodes", "gpus_per_node", "processes_per_node")}
     return TrainSettings(nodes=nodes, gpus_per_node=gpus, processes_per_node=procs, **fields)
 

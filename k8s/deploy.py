@@ -86,8 +86,11 @@ def load(opts: Options) -> tuple[PipelineConfig, dict[str, str], Plan]:
     images = unpinned_images() if unpinned else load_lock(lock)
     plan = build_plan(cfg, images, opts.schemas)
     if unpinned:
-        plan.warnings.insert(0, f"no lock file {lock}: images shown by tag, NOT pinned by digest; "
-                                "`invoke push` writes it, and a real deploy needs it")
+        plan.warnings.insert(
+            0,
+            f"no lock file {lock}: images shown by tag, NOT pinned by digest; "
+            "`invoke push` writes it, and a real deploy needs it",
+        )
     return cfg, images, plan
 
 
@@ -97,8 +100,9 @@ def connect(cfg: PipelineConfig, opts: Options) -> tuple[Cluster, Master | None]
     return Cluster(default_credentials(opts.kubeconfig, opts.context), cfg.namespace), master
 
 
-def deploy(opts: Options, cluster: Cluster | None = None, master: Master | None = None,
-           out: TextIO | None = None) -> Result:
+def deploy(
+    opts: Options, cluster: Cluster | None = None, master: Master | None = None, out: TextIO | None = None
+) -> Result:
     out = out or sys.stderr
     cfg, images, plan = load(opts)
     result = Result()
@@ -138,10 +142,15 @@ def deploy(opts: Options, cluster: Cluster | None = None, master: Master | None 
     weights_job, *data_jobs = plan.fetch
     if verdict.get("weights_verified"):
         result.skipped.append(f"Job/{weights_job['metadata']['name']}")
-        print(f"deploy: weights already on the volume ({verdict.get('files')} files); skipping the fetch", file=out)
+        print(
+            f"deploy: weights already on the volume ({verdict.get('files')} files); skipping the fetch",
+            file=out,
+        )
         jobs = [*data_jobs, plan.preprocess]
     else:
-        print(f"deploy: weights not on the volume yet ({verdict.get('reason', 'unknown')}); fetching", file=out)
+        print(
+            f"deploy: weights not on the volume yet ({verdict.get('reason', 'unknown')}); fetching", file=out
+        )
         jobs = [weights_job, *data_jobs, plan.preprocess]
     for job in jobs:
         apply(job)
@@ -152,17 +161,23 @@ def deploy(opts: Options, cluster: Cluster | None = None, master: Master | None 
     else:
         result.train, result.train_state = start_training(cfg, plan, cluster, opts, out, apply)
         where = f"{result.train} {result.train_state}"
-    counts = {w: sum(1 for v in result.applied.values() if v == w) for w in ("created", "configured", "unchanged")}
-    print(f"deploy: done: {len(result.applied)} objects applied ({counts['created']} created, "
-          f"{counts['configured']} configured, {counts['unchanged']} unchanged), {where}", file=out)
+    counts = {
+        w: sum(1 for v in result.applied.values() if v == w) for w in ("created", "configured", "unchanged")
+    }
+    print(
+        f"deploy: done: {len(result.applied)} objects applied ({counts['created']} created, "
+        f"{counts['configured']} configured, {counts['unchanged']} unchanged), {where}",
+        file=out,
+    )
     return result
 
 
 SPEC_ANNOTATION = "neox-pipeline/spec-sha256"
 
 
-def start_training(cfg: PipelineConfig, plan: Plan, cluster: Cluster, opts: Options, out: TextIO,
-                   apply) -> tuple[str, str]:
+def start_training(
+    cfg: PipelineConfig, plan: Plan, cluster: Cluster, opts: Options, out: TextIO, apply
+) -> tuple[str, str]:
     """Apply the TrainJob/JobSet once per distinct spec and follow it. The same spec again is a no-op
     that reports the run's state; a different spec while one runs under the name is refused (both
     would write the same checkpoints), so is re-running a failed one without a teardown."""
@@ -172,17 +187,24 @@ def start_training(cfg: PipelineConfig, plan: Plan, cluster: Cluster, opts: Opti
     live = cluster.get(kind, name)
     if live is not None:
         state = cluster.state(kind, live)
-        same = (live["metadata"].get("annotations") or {}).get(SPEC_ANNOTATION) == \
-            obj["metadata"]["annotations"][SPEC_ANNOTATION]
+        same = (live["metadata"].get("annotations") or {}).get(SPEC_ANNOTATION) == obj["metadata"][
+            "annotations"
+        ][SPEC_ANNOTATION]
         if not same and state not in ("Complete", "Failed"):
-            raise JobError(f"{key}: already {state.lower()} with a different spec; wait for it or "
-                           f"`invoke teardown`, then deploy again (training resumes from its last complete checkpoint)")
+            raise JobError(
+                f"{key}: already {state.lower()} with a different spec; wait for it or "
+                f"`invoke teardown`, then deploy again (training resumes from its last complete checkpoint)"
+            )
         if not same:
-            raise JobError(f"{key}: a finished run ({state}) with a different spec is in the way; "
-                           f"`invoke teardown` removes it (checkpoints on the volume stay), then deploy again")
+            raise JobError(
+                f"{key}: a finished run ({state}) with a different spec is in the way; "
+                f"`invoke teardown` removes it (checkpoints on the volume stay), then deploy again"
+            )
         if state == "Failed":
-            raise JobError(f"{key}: failed earlier ({failed_reason(live)}); `invoke logs` shows why; "
-                           f"`invoke teardown` then `invoke deploy` starts it again from the last complete checkpoint")
+            raise JobError(
+                f"{key}: failed earlier ({failed_reason(live)}); `invoke logs` shows why; "
+                f"`invoke teardown` then `invoke deploy` starts it again from the last complete checkpoint"
+            )
         print(f"deploy: {key} unchanged ({state.lower()})", file=out)
         if state == "Complete" or not opts.wait_train:
             return key, state
@@ -191,8 +213,11 @@ def start_training(cfg: PipelineConfig, plan: Plan, cluster: Cluster, opts: Opti
             apply(extra)
         apply(obj)
     engine = kubernetes_engine(plan.engine)
-    print(f"deploy: {key}: {obj['spec'].get('trainer', {}).get('numNodes') or cfg.train.nodes} nodes x "
-          f"{cfg.train.processes_per_node} processes ({engine.__name__.rsplit('.', 1)[-1]} engine)", file=out)
+    print(
+        f"deploy: {key}: {obj['spec'].get('trainer', {}).get('numNodes') or cfg.train.nodes} nodes x "
+        f"{cfg.train.processes_per_node} processes ({engine.__name__.rsplit('.', 1)[-1]} engine)",
+        file=out,
+    )
     if not opts.wait_train:
         print("deploy: not waiting; follow it with `invoke status` and `invoke logs --follow`", file=out)
         return key, "Running"
@@ -213,7 +238,9 @@ def probe_verdict(cluster: Cluster, job: str) -> dict:
     return {"weights_verified": False, "reason": "probe printed no verdict"}
 
 
-def submit(cfg: PipelineConfig, plan: Plan, cluster: Cluster, master: Master, out: TextIO, apply) -> tuple[int, str]:
+def submit(
+    cfg: PipelineConfig, plan: Plan, cluster: Cluster, master: Master, out: TextIO, apply
+) -> tuple[int, str]:
     """Create the experiment once per distinct config: a ConfigMap records what was submitted, so a
     second deploy of the same config points at the running experiment instead of starting another."""
     digest = hashlib.sha256(json.dumps([plan.experiment, plan.neox], sort_keys=True).encode()).hexdigest()
@@ -229,8 +256,14 @@ def submit(cfg: PipelineConfig, plan: Plan, cluster: Cluster, master: Master, ou
         context = read_context(write_context(plan, Path(tmp)))
     exp_id = master.create_experiment(plan.experiment, context, cfg.experiment.project_id)
     url = master.experiment_url(exp_id)
-    apply(render.config_map(cfg, record_name, {"experiment-id": str(exp_id), "config-sha256": digest,
-                                               "url": url}, "experiment"))
+    apply(
+        render.config_map(
+            cfg,
+            record_name,
+            {"experiment-id": str(exp_id), "config-sha256": digest, "url": url},
+            "experiment",
+        )
+    )
     print(f"deploy: submitted experiment {exp_id}: {url}", file=out)
     return exp_id, url
 
@@ -239,20 +272,34 @@ def secret_manifest(cfg: PipelineConfig, env: dict[str, str] | None = None) -> l
     """The Secrets the config names, filled from the environment (never written to disk)."""
     env = os.environ if env is None else env
     wanted = {cfg.checkpoints.secret: ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    for section, keys in (("weights", ("HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")),
-                          ("dataset", ("HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))):
+    for section, keys in (
+        ("weights", ("HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")),
+        ("dataset", ("HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")),
+    ):
         if (name := cfg[section].get("secret")) and name not in wanted:
             wanted[name] = keys
     out = []
     for name, keys in wanted.items():
         data = {k: base64.b64encode(env[k].encode()).decode() for k in keys if env.get(k)}
         if name == cfg.checkpoints.secret and len(data) < 2:
-            raise JobError(f"Secret/{name}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment")
+            raise JobError(
+                f"Secret/{name}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment"
+            )
         if not data:
             raise JobError(f"Secret/{name}: none of {', '.join(keys)} is set in the environment")
-        out.append({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                    "metadata": {"name": name, "namespace": cfg.namespace, "labels": render.labels(cfg, "secret")},
-                    "data": data})
+        out.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "Opaque",
+                "metadata": {
+                    "name": name,
+                    "namespace": cfg.namespace,
+                    "labels": render.labels(cfg, "secret"),
+                },
+                "data": data,
+            }
+        )
     return out
 
 
@@ -269,8 +316,13 @@ def secrets(opts: Options, cluster: Cluster | None = None, out: TextIO | None = 
     return done
 
 
-def status(opts: Options, cluster: Cluster | None = None, master: Master | None = None,
-           out: TextIO | None = None, as_json: bool = False) -> dict:
+def status(
+    opts: Options,
+    cluster: Cluster | None = None,
+    master: Master | None = None,
+    out: TextIO | None = None,
+    as_json: bool = False,
+) -> dict:
     """Where the pipeline stands; `as_json` prints the report as one JSON object instead of lines."""
     stream = out or sys.stdout
     out = io.StringIO() if as_json else stream
@@ -282,8 +334,9 @@ def status(opts: Options, cluster: Cluster | None = None, master: Master | None 
     report["volume"] = pvc.get("status", {}).get("phase", "?") if pvc else "absent"
     print(f"volume   {cfg['volume']['name']}: {report['volume']}", file=out)
     report["jobs"] = {}
-    for job in sorted(cluster.list("Job", render.selector(cfg)),
-                      key=lambda j: j["metadata"].get("creationTimestamp", "")):
+    for job in sorted(
+        cluster.list("Job", render.selector(cfg)), key=lambda j: j["metadata"].get("creationTimestamp", "")
+    ):
         name, state = job["metadata"]["name"], job_state(job)
         report["jobs"][name] = state
         print(f"job      {name}: {state}", file=out)
@@ -293,12 +346,22 @@ def status(opts: Options, cluster: Cluster | None = None, master: Master | None 
         state = cluster.state(engine.KIND, live) if live else "absent"
         pods = sorted(cluster.list("Pod", render.selector(cfg, "train")), key=_node_index) if live else []
         restarts = (live or {}).get("status", {}).get("restarts", 0)
-        report["train"] = {"kind": engine.KIND, "name": name, "state": state, "restarts": restarts,
-                           "pods": {p["metadata"]["name"]: p.get("status", {}).get("phase", "?") for p in pods}}
-        print(f"train    {engine.KIND}/{name}: {state}" + (f" ({restarts} restarts)" if restarts else ""), file=out)
+        report["train"] = {
+            "kind": engine.KIND,
+            "name": name,
+            "state": state,
+            "restarts": restarts,
+            "pods": {p["metadata"]["name"]: p.get("status", {}).get("phase", "?") for p in pods},
+        }
+        print(
+            f"train    {engine.KIND}/{name}: {state}" + (f" ({restarts} restarts)" if restarts else ""),
+            file=out,
+        )
         for pod in pods:
-            print(f"  node {_node_index(pod)}  {pod['metadata']['name']}: {pod.get('status', {}).get('phase', '?')}",
-                  file=out)
+            print(
+                f"  node {_node_index(pod)}  {pod['metadata']['name']}: {pod.get('status', {}).get('phase', '?')}",
+                file=out,
+            )
     record = cluster.get("ConfigMap", f"{cfg.instance}-experiment")
     if record and master is not None:
         exp_id = int(record["data"]["experiment-id"])
@@ -321,12 +384,21 @@ def _node_index(pod: dict) -> int:
     """The node rank of a train pod: its Indexed Job completion index (label, or annotation on older
     clusters); pods without one sort last."""
     meta = pod.get("metadata", {})
-    value = (meta.get("labels") or {}).get(COMPLETION_INDEX) or (meta.get("annotations") or {}).get(COMPLETION_INDEX)
+    value = (meta.get("labels") or {}).get(COMPLETION_INDEX) or (meta.get("annotations") or {}).get(
+        COMPLETION_INDEX
+    )
     return int(value) if value is not None and str(value).isdigit() else 1 << 30
 
 
-def logs(opts: Options, step: str | None = None, tail: int = 100, cluster: Cluster | None = None,
-         out: TextIO | None = None, rank: int | None = None, follow: bool = False) -> int:
+def logs(
+    opts: Options,
+    step: str | None = None,
+    tail: int = 100,
+    cluster: Cluster | None = None,
+    out: TextIO | None = None,
+    rank: int | None = None,
+    follow: bool = False,
+) -> int:
     """The logs of this deployment's pods; for the train step only node `rank`'s (default 0). With
     `follow`, the one pod that matters (the newest of the step, or the train pod of `rank`) is streamed
     until it ends."""
@@ -335,7 +407,10 @@ def logs(opts: Options, step: str | None = None, tail: int = 100, cluster: Clust
     cluster = cluster or connect(cfg, opts)[0]
     if rank is not None and step is None:
         step = "train"
-    pods = sorted(cluster.list("Pod", render.selector(cfg, step)), key=lambda p: p["metadata"].get("creationTimestamp", ""))
+    pods = sorted(
+        cluster.list("Pod", render.selector(cfg, step)),
+        key=lambda p: p["metadata"].get("creationTimestamp", ""),
+    )
     if step == "train":
         want = 0 if rank is None else rank
         nodes = {_node_index(p) for p in pods}
@@ -356,8 +431,13 @@ def logs(opts: Options, step: str | None = None, tail: int = 100, cluster: Clust
     return len(pods)
 
 
-def teardown(opts: Options, volume: bool = False, secrets_too: bool = False, cluster: Cluster | None = None,
-             out: TextIO | None = None) -> list[str]:
+def teardown(
+    opts: Options,
+    volume: bool = False,
+    secrets_too: bool = False,
+    cluster: Cluster | None = None,
+    out: TextIO | None = None,
+) -> list[str]:
     """Delete this deployment's Jobs and ConfigMaps; the volume (and its weights) only when asked."""
     out = out or sys.stderr
     cfg = config(opts)
@@ -381,14 +461,24 @@ def teardown(opts: Options, volume: bool = False, secrets_too: bool = False, clu
         gone.append(f"PersistentVolumeClaim/{cfg['volume']['name']}")
     for g in gone:
         print(f"teardown: deleted {g}", file=out)
-    kept = "" if volume else f"; kept PersistentVolumeClaim/{cfg['volume']['name']} (pass --volume to delete it)"
+    kept = (
+        "" if volume else f"; kept PersistentVolumeClaim/{cfg['volume']['name']} (pass --volume to delete it)"
+    )
     print(f"teardown: {len(gone)} objects deleted{kept}", file=out)
     return gone
 
 
-def export(opts: Options, experiment_id: int | None = None, checkpoint: str | None = None, local: bool = False,
-           to: str | None = None, cluster: Cluster | None = None, master: Master | None = None,
-           out: TextIO | None = None, **local_kw) -> str:
+def export(
+    opts: Options,
+    experiment_id: int | None = None,
+    checkpoint: str | None = None,
+    local: bool = False,
+    to: str | None = None,
+    cluster: Cluster | None = None,
+    master: Master | None = None,
+    out: TextIO | None = None,
+    **local_kw,
+) -> str:
     """A Hugging Face folder from the run's checkpoint. By default a Job in the cluster (trainer image)
     converts it where it is, so no checkpoint with its optimizer state crosses to this machine: the
     newest checkpoint on the volume (TrainJob/JobSet), or a Determined experiment's in the bucket; the
@@ -405,8 +495,17 @@ def export(opts: Options, experiment_id: int | None = None, checkpoint: str | No
             checkpoint = _export.mirror_checkpoint(stages.mirror_url(cfg), cfg.checkpoints.endpoint_url)
         if master is None and experiment_id is not None:
             master = connect(cfg, opts)[1]
-        return str(_export.export(cfg, opts.out, experiment_id=experiment_id, checkpoint=checkpoint, master=master,
-                                  stream=out, **local_kw))
+        return str(
+            _export.export(
+                cfg,
+                opts.out,
+                experiment_id=experiment_id,
+                checkpoint=checkpoint,
+                master=master,
+                stream=out,
+                **local_kw,
+            )
+        )
     if to is not None and not re.match(r"^s3://[^/\s]+(/\S*)?$", to):
         raise JobError(f"export: --to {to!r}: expected s3://BUCKET/PREFIX")
     if checkpoint is None:
@@ -414,7 +513,9 @@ def export(opts: Options, experiment_id: int | None = None, checkpoint: str | No
             master = master or connect(cfg, opts)[1]
             checkpoint = _export.checkpoint_url(cfg, master, experiment_id)
         elif cfg.train.engine == "determined":
-            raise JobError("export: a Determined run's checkpoint is named by --experiment ID (or --checkpoint s3://...)")
+            raise JobError(
+                "export: a Determined run's checkpoint is named by --experiment ID (or --checkpoint s3://...)"
+            )
         else:
             checkpoint = stages.save_dir(cfg)
     lock = opts.lock or str(cfg.lock_path)

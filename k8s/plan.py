@@ -58,7 +58,9 @@ def _experiment_base(cfg: PipelineConfig) -> dict | None:
     return base
 
 
-def build_plan(cfg: PipelineConfig, images: dict[str, str], schema_dir: str | os.PathLike | None = None) -> Plan:
+def build_plan(
+    cfg: PipelineConfig, images: dict[str, str], schema_dir: str | os.PathLike | None = None
+) -> Plan:
     neox, notes = stages.neox_configs(cfg)
     train_spec = stages.train(cfg, neox)
     engine = kubernetes_engine(cfg.train.engine)
@@ -73,10 +75,18 @@ def build_plan(cfg: PipelineConfig, images: dict[str, str], schema_dir: str | os
     fetch = [render.job(cfg, stages.fetch_weights(cfg), images)]
     if (data_spec := stages.fetch_data(cfg)) is not None:
         fetch.append(render.job(cfg, data_spec, images))
-    plan = Plan(engine=cfg.train.engine, pvc=render.pvc(cfg), config_maps=[configs_cm, render.probe_config_map(cfg)],
-                probe=render.probe_job(cfg, stages.probe_weights(cfg), images), fetch=fetch,
-                preprocess=render.job(cfg, stages.preprocess(cfg), images), train=train,
-                experiment=experiment, neox=neox, notes=notes)
+    plan = Plan(
+        engine=cfg.train.engine,
+        pvc=render.pvc(cfg),
+        config_maps=[configs_cm, render.probe_config_map(cfg)],
+        probe=render.probe_job(cfg, stages.probe_weights(cfg), images),
+        fetch=fetch,
+        preprocess=render.job(cfg, stages.preprocess(cfg), images),
+        train=train,
+        experiment=experiment,
+        neox=neox,
+        notes=notes,
+    )
     for obj in plan.objects:
         validate_k8s(obj)
     if experiment is not None and (note := validate_experiment(experiment, schema_dir)):
@@ -84,8 +94,10 @@ def build_plan(cfg: PipelineConfig, images: dict[str, str], schema_dir: str | os
     # Last guard: nothing rendered may carry a credential, whatever path it came in by.
     for obj in [*plan.objects, *([experiment] if experiment else [])]:
         if (where := find_secret(obj)) is not None:
-            raise JobError(f"{obj.get('kind', 'experiment')} {obj.get('metadata', {}).get('name', '')}: "
-                           f"{where} holds a secret value; refusing to render it")
+            raise JobError(
+                f"{obj.get('kind', 'experiment')} {obj.get('metadata', {}).get('name', '')}: "
+                f"{where} holds a secret value; refusing to render it"
+            )
     return plan
 
 
@@ -115,8 +127,11 @@ def write_plan(plan: Plan, out: str | os.PathLike, images: dict[str, str]) -> di
             name = _filename(i, obj)
             (k8s_dir / name).write_text(render.dump_yaml(obj))
             files.append(name)
-        (k8s_dir / "kustomization.yaml").write_text(render.dump_yaml({
-            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": files}))
+        (k8s_dir / "kustomization.yaml").write_text(
+            render.dump_yaml(
+                {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": files}
+            )
+        )
         if plan.experiment is not None:
             exp_dir = tmp / "experiment"
             write_context(plan, exp_dir / "context")

@@ -43,13 +43,21 @@ CONTAINER_SECURITY = {
     "readOnlyRootFilesystem": True,
     "capabilities": {"drop": ["ALL"]},
 }
-POD_SECURITY = {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
-                "seccompProfile": {"type": "RuntimeDefault"}}
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": UID,
+    "runAsGroup": UID,
+    "fsGroup": UID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 
 def labels(cfg: PipelineConfig, step: str | None = None) -> dict[str, str]:
-    out = {"app.kubernetes.io/part-of": PART_OF, "app.kubernetes.io/managed-by": FIELD_MANAGER,
-           "app.kubernetes.io/instance": cfg.instance}
+    out = {
+        "app.kubernetes.io/part-of": PART_OF,
+        "app.kubernetes.io/managed-by": FIELD_MANAGER,
+        "app.kubernetes.io/instance": cfg.instance,
+    }
     if step:
         out["app.kubernetes.io/component"] = step
     return out
@@ -108,10 +116,14 @@ def resources(spec: JobSpec) -> dict:
 
 def env(spec: JobSpec, extra: dict[str, str] | None = None) -> list[dict]:
     """Plain values, then single Secret keys by reference: credentials never appear as values."""
-    out = [{"name": k, "value": v} for k, v in {"PYTHONUNBUFFERED": "1", "HOME": "/tmp", **dict(spec.env),
-                                                 **(extra or {})}.items()]
-    out += [{"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
-            for name, secret, key in spec.secret_keys]
+    out = [
+        {"name": k, "value": v}
+        for k, v in {"PYTHONUNBUFFERED": "1", "HOME": "/tmp", **dict(spec.env), **(extra or {})}.items()
+    ]
+    out += [
+        {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+        for name, secret, key in spec.secret_keys
+    ]
     return out
 
 
@@ -125,8 +137,10 @@ def mounts(cfg: PipelineConfig, spec: JobSpec) -> list[dict]:
 
 
 def volumes(cfg: PipelineConfig, spec: JobSpec) -> list[dict]:
-    out = [{"name": VOLUME, "persistentVolumeClaim": {"claimName": cfg.volume.name}},
-           {"name": "tmp", "emptyDir": {}}]
+    out = [
+        {"name": VOLUME, "persistentVolumeClaim": {"claimName": cfg.volume.name}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
     if spec.files:
         out.append({"name": CONFIGS_VOLUME, "configMap": {"name": configs_config_map_name(cfg)}})
     if spec.stage == "train":
@@ -134,8 +148,13 @@ def volumes(cfg: PipelineConfig, spec: JobSpec) -> list[dict]:
     return out
 
 
-def container(cfg: PipelineConfig, spec: JobSpec, image: str, name: str | None = None,
-              extra_env: dict[str, str] | None = None) -> dict:
+def container(
+    cfg: PipelineConfig,
+    spec: JobSpec,
+    image: str,
+    name: str | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> dict:
     c = {"name": name or spec.stage, "image": image}
     if spec.command:
         c["command"] = list(spec.command)
@@ -171,17 +190,25 @@ def job(cfg: PipelineConfig, spec: JobSpec, images: dict[str, str], extra: tuple
         "backoffLimit": policy["backoff_limit"],
         "activeDeadlineSeconds": policy["deadline_seconds"],
         "ttlSecondsAfterFinished": policy["ttl_seconds"],
-        "template": {"metadata": {"labels": labels(cfg, spec.stage)},
-                     "spec": pod_spec(cfg, spec, [c], tuple(v for v, _ in extra))},
+        "template": {
+            "metadata": {"labels": labels(cfg, spec.stage)},
+            "spec": pod_spec(cfg, spec, [c], tuple(v for v, _ in extra)),
+        },
     }
-    return {"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": meta(cfg, f"{cfg.instance}-{spec.stage}-{spec_hash(job_spec)}", spec.stage),
-            "spec": job_spec}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta(cfg, f"{cfg.instance}-{spec.stage}-{spec_hash(job_spec)}", spec.stage),
+        "spec": job_spec,
+    }
 
 
 def probe_job(cfg: PipelineConfig, spec: JobSpec, images: dict[str, str]) -> dict:
     cm = probe_config_map(cfg)["metadata"]["name"]
-    vol = ({"name": "probe", "configMap": {"name": cm}}, {"name": "probe", "mountPath": PROBE_DIR, "readOnly": True})
+    vol = (
+        {"name": "probe", "configMap": {"name": cm}},
+        {"name": "probe", "mountPath": PROBE_DIR, "readOnly": True},
+    )
     return job(cfg, spec, images, extra=(vol,))
 
 

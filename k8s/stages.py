@@ -24,8 +24,9 @@ _RESOURCES = {
 
 def _resources(stage: str, given: dict | None, **extra) -> js.Resources:
     r = {**_RESOURCES[stage], **extra, **(given or {})}
-    return js.Resources(cpu=r["cpu"], memory=r["memory"], cpu_limit=r.get("cpu_limit"),
-                        memory_limit=r.get("memory_limit"))
+    return js.Resources(
+        cpu=r["cpu"], memory=r["memory"], cpu_limit=r.get("cpu_limit"), memory_limit=r.get("memory_limit")
+    )
 
 
 def save_dir(cfg: PipelineConfig) -> str:
@@ -34,8 +35,12 @@ def save_dir(cfg: PipelineConfig) -> str:
 
 def neox_configs(cfg: PipelineConfig) -> tuple[dict[str, dict], list[str]]:
     """{file name: NeoX config with its paths pointed at the volume}, and one note per rewritten path."""
-    paths = js.train_paths(tokenizer=cfg.on_volume(cfg.dataset.tokenizer), data_path=cfg.data_path,
-                           load=cfg.on_volume(cfg.weights.dest), save=save_dir(cfg))
+    paths = js.train_paths(
+        tokenizer=cfg.on_volume(cfg.dataset.tokenizer),
+        data_path=cfg.data_path,
+        load=cfg.on_volume(cfg.weights.dest),
+        save=save_dir(cfg),
+    )
     out: dict[str, dict] = {}
     notes = []
     for i, path in enumerate(cfg.neox_paths):
@@ -58,10 +63,16 @@ def neox_configs(cfg: PipelineConfig) -> tuple[dict[str, dict], list[str]]:
 
 def fetch_weights(cfg: PipelineConfig) -> js.JobSpec:
     w = cfg.weights
-    args = js.fetch_args(w.source, cfg.on_volume(w.dest), w.connections, w.checksums, w.include, w.exclude,
-                         w.endpoint_url)
-    return js.JobSpec("fetch-weights", js.FETCHER, args, secret_env=_secrets(w),
-                      resources=_resources("fetch-weights", w.resources))
+    args = js.fetch_args(
+        w.source, cfg.on_volume(w.dest), w.connections, w.checksums, w.include, w.exclude, w.endpoint_url
+    )
+    return js.JobSpec(
+        "fetch-weights",
+        js.FETCHER,
+        args,
+        secret_env=_secrets(w),
+        resources=_resources("fetch-weights", w.resources),
+    )
 
 
 def fetch_data(cfg: PipelineConfig) -> js.JobSpec | None:
@@ -70,23 +81,39 @@ def fetch_data(cfg: PipelineConfig) -> js.JobSpec | None:
         return None
     dest = cfg.on_volume(d.dir or str(PurePosixPath(d.inputs[0]).parent))
     args = js.fetch_args(d.source, dest)  # the schema has no dataset.connections or endpoint_url
-    return js.JobSpec("fetch-data", js.FETCHER, args, secret_env=_secrets(d),
-                      resources=_resources("fetch-data", d.resources))
+    return js.JobSpec(
+        "fetch-data",
+        js.FETCHER,
+        args,
+        secret_env=_secrets(d),
+        resources=_resources("fetch-data", d.resources),
+    )
 
 
 def probe_weights(cfg: PipelineConfig) -> js.JobSpec:
     """Reports (in its log, as one JSON line) whether the volume already holds verified weights."""
     args = (f"{PROBE_DIR}/{PROBE_SCRIPT.name}", cfg.on_volume(cfg.weights.dest), cfg.weights.source)
-    return js.JobSpec("probe-weights", js.FETCHER, args, command=("python",),
-                      resources=_resources("probe-weights", None))
+    return js.JobSpec(
+        "probe-weights", js.FETCHER, args, command=("python",), resources=_resources("probe-weights", None)
+    )
 
 
 def preprocess(cfg: PipelineConfig) -> js.JobSpec:
     d = cfg.dataset
-    args = js.preprocess_args([cfg.on_volume(p) for p in d.inputs], cfg.on_volume(d.tokenizer),
-                              cfg.on_volume(d.output_prefix), d.jsonl_key, d.append_eod, d.workers)
-    return js.JobSpec("preprocess", js.PREPROCESSOR, args,
-                      resources=_resources("preprocess", d.resources, cpu=str(d.workers)))
+    args = js.preprocess_args(
+        [cfg.on_volume(p) for p in d.inputs],
+        cfg.on_volume(d.tokenizer),
+        cfg.on_volume(d.output_prefix),
+        d.jsonl_key,
+        d.append_eod,
+        d.workers,
+    )
+    return js.JobSpec(
+        "preprocess",
+        js.PREPROCESSOR,
+        args,
+        resources=_resources("preprocess", d.resources, cpu=str(d.workers)),
+    )
 
 
 def train(cfg: PipelineConfig, neox: dict[str, dict]) -> js.JobSpec:
@@ -106,8 +133,18 @@ def train(cfg: PipelineConfig, neox: dict[str, dict]) -> js.JobSpec:
     keys = tuple((k, ck.secret, k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))
     resources = js.Resources(cpu=t.cpu, memory=t.memory, gpus=t.gpus_per_node)
     files = tuple((f"{CONFIG_DIR}/{name}", dump_yaml(conf)) for name, conf in neox.items())
-    return js.JobSpec("train", js.TRAINER, args, command=js.LAUNCH, env=tuple(env.items()), secret_keys=keys,
-                      resources=resources, nodes=t.nodes, procs_per_node=t.processes_per_node, files=files)
+    return js.JobSpec(
+        "train",
+        js.TRAINER,
+        args,
+        command=js.LAUNCH,
+        env=tuple(env.items()),
+        secret_keys=keys,
+        resources=resources,
+        nodes=t.nodes,
+        procs_per_node=t.processes_per_node,
+        files=files,
+    )
 
 
 def mirror_url(cfg: PipelineConfig) -> str:
@@ -128,8 +165,15 @@ def export(cfg: PipelineConfig, checkpoint: str, out: str, work: str | None = No
         keys = tuple((k, ck.secret, k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))
         if ck.endpoint_url:
             env["AWS_ENDPOINT_URL"] = ck.endpoint_url
-    return js.JobSpec("export", js.TRAINER, args, command=("python",), env=tuple(env.items()), secret_keys=keys,
-                      resources=_resources("export", None))
+    return js.JobSpec(
+        "export",
+        js.TRAINER,
+        args,
+        command=("python",),
+        env=tuple(env.items()),
+        secret_keys=keys,
+        resources=_resources("export", None),
+    )
 
 
 def _secrets(section) -> tuple[str, ...]:

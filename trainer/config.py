@@ -70,14 +70,24 @@ def _parse(cls: type, given: dict[str, Any]) -> tuple[Any, list[str]]:
         checked = _model(cls).model_validate(given).model_dump(exclude_unset=True)
     except pydantic.ValidationError as exc:
         wrong = dict.fromkeys(str(e["loc"][0]) for e in exc.errors())  # a union reports each branch
-        return None, [f"config key {k.replace('_', '-')!r} must be {_type_name(hints[k])}, "
-                      f"got {given[k]!r} ({type(given[k]).__name__})" for k in wrong]
+        return None, [
+            f"config key {k.replace('_', '-')!r} must be {_type_name(hints[k])}, "
+            f"got {given[k]!r} ({type(given[k]).__name__})"
+            for k in wrong
+        ]
     return cls(**checked), []
 
 
 def _type_name(hint: Any) -> str:
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a mapping",
-             list: "a list", type(None): "null"}
+    names = {
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        str: "a string",
+        dict: "a mapping",
+        list: "a list",
+        type(None): "null",
+    }
     args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     return " or ".join(names.get(typing.get_origin(a) or a, str(a)) for a in args)
 
@@ -103,8 +113,12 @@ class ModelArgs(_Section):
     attention_dropout: float = 0.1
     checkpoint_activations: bool = False
     checkpoint_num_layers: int = 1
-    fp8: bool = False  # ours: torchao float8 training of the blocks' linear layers (GPUs of capability >= 8.9)
-    fused_output_loss: bool = False  # ours: output layer + cross-entropy in token chunks (saves memory, not time)
+    fp8: bool = (
+        False  # ours: torchao float8 training of the blocks' linear layers (GPUs of capability >= 8.9)
+    )
+    fused_output_loss: bool = (
+        False  # ours: output layer + cross-entropy in token chunks (saves memory, not time)
+    )
     compile_blocks: bool = False  # ours: torch.compile each transformer block (always on with fp8)
     make_vocab_size_divisible_by: int = 128
     padded_vocab_size: int | None = None
@@ -149,7 +163,9 @@ class OptimizerArgs(_Section):
     def __post_init__(self) -> None:
         kind = str(self.optimizer.get("type", "")).lower()
         if kind not in ("adam", "adamw"):
-            raise JobError(f"config key 'optimizer.type': {self.optimizer.get('type')!r} is not implemented (Adam, AdamW)")
+            raise JobError(
+                f"config key 'optimizer.type': {self.optimizer.get('type')!r} is not implemented (Adam, AdamW)"
+            )
         params = self.optimizer.setdefault("params", {})
         params.update({k: _yaml_number(v) for k, v in params.items()})
         if not _is_number(params.get("lr")):
@@ -169,7 +185,9 @@ class ScheduleArgs(_Section):
 
     def __post_init__(self) -> None:
         if self.lr_decay_style not in ("cosine", "linear", "constant"):
-            raise JobError(f"config key 'lr-decay-style': {self.lr_decay_style!r} is not one of cosine, linear, constant")
+            raise JobError(
+                f"config key 'lr-decay-style': {self.lr_decay_style!r} is not one of cosine, linear, constant"
+            )
 
 
 @dataclass
@@ -220,10 +238,14 @@ class DataArgs(_Section):
         try:
             parts = [float(p) for p in str(self.split).replace("/", ",").split(",")]
         except ValueError:
-            raise JobError(f"config key 'split': {self.split!r} is not a list of numbers such as 995,4,1") from None
+            raise JobError(
+                f"config key 'split': {self.split!r} is not a list of numbers such as 995,4,1"
+            ) from None
         parts = (parts + [0.0, 0.0])[:3]
         if any(p < 0 for p in parts) or sum(parts) <= 0:
-            raise JobError(f"config key 'split': {self.split!r} needs non-negative weights with a positive sum")
+            raise JobError(
+                f"config key 'split': {self.split!r} needs non-negative weights with a positive sum"
+            )
         return [p / sum(parts) for p in parts]
 
 
@@ -255,25 +277,42 @@ def range_errors(sec: dict[str, Any]) -> list[str]:
         if not ok:
             errors.append(f"config key {key!r} must be {what}, got {value!r}")
 
-    at_least_1 = [("num-layers", m.num_layers), ("hidden-size", m.hidden_size),
-                  ("num-attention-heads", m.num_attention_heads), ("seq-length", m.seq_length),
-                  ("max-position-embeddings", m.max_position_embeddings),
-                  ("intermediate-size", m.intermediate_size), ("padded-vocab-size", m.padded_vocab_size),
-                  ("make-vocab-size-divisible-by", m.make_vocab_size_divisible_by),
-                  ("model-parallel-size", sec["parallel"].model_parallel_size),
-                  ("train-micro-batch-size-per-gpu", b.train_micro_batch_size_per_gpu),
-                  ("gradient-accumulation-steps", b.gradient_accumulation_steps),
-                  ("train-batch-size", b.train_batch_size), ("train-iters", t.train_iters),
-                  ("lr-decay-iters", sc.lr_decay_iters), ("save-interval", t.save_interval),
-                  ("keep-last-n-checkpoints", t.keep_last_n_checkpoints), ("eval-interval", t.eval_interval),
-                  ("eval-iters", t.eval_iters), ("log-interval", t.log_interval),
-                  ("exit-interval", t.exit_interval), ("steps-per-print", t.steps_per_print)]
+    at_least_1 = [
+        ("num-layers", m.num_layers),
+        ("hidden-size", m.hidden_size),
+        ("num-attention-heads", m.num_attention_heads),
+        ("seq-length", m.seq_length),
+        ("max-position-embeddings", m.max_position_embeddings),
+        ("intermediate-size", m.intermediate_size),
+        ("padded-vocab-size", m.padded_vocab_size),
+        ("make-vocab-size-divisible-by", m.make_vocab_size_divisible_by),
+        ("model-parallel-size", sec["parallel"].model_parallel_size),
+        ("train-micro-batch-size-per-gpu", b.train_micro_batch_size_per_gpu),
+        ("gradient-accumulation-steps", b.gradient_accumulation_steps),
+        ("train-batch-size", b.train_batch_size),
+        ("train-iters", t.train_iters),
+        ("lr-decay-iters", sc.lr_decay_iters),
+        ("save-interval", t.save_interval),
+        ("keep-last-n-checkpoints", t.keep_last_n_checkpoints),
+        ("eval-interval", t.eval_interval),
+        ("eval-iters", t.eval_iters),
+        ("log-interval", t.log_interval),
+        ("exit-interval", t.exit_interval),
+        ("steps-per-print", t.steps_per_print),
+    ]
     for key, value in at_least_1:
         need(value is None or value >= 1, key, value, ">= 1")
-    need(sec["parallel"].pipe_parallel_size >= 0, "pipe-parallel-size", sec["parallel"].pipe_parallel_size, ">= 0")
+    need(
+        sec["parallel"].pipe_parallel_size >= 0,
+        "pipe-parallel-size",
+        sec["parallel"].pipe_parallel_size,
+        ">= 0",
+    )
     if m.hidden_size >= 1 and m.num_attention_heads >= 1 and m.hidden_size % m.num_attention_heads:
-        errors.append(f"config key 'num-attention-heads' {m.num_attention_heads} must divide 'hidden-size' "
-                      f"{m.hidden_size}")
+        errors.append(
+            f"config key 'num-attention-heads' {m.num_attention_heads} must divide 'hidden-size' "
+            f"{m.hidden_size}"
+        )
     for key, value in (("hidden-dropout", m.hidden_dropout), ("attention-dropout", m.attention_dropout)):
         need(0.0 <= value < 1.0, key, value, "in [0, 1)")
     need(0.0 <= m.rotary_pct <= 1.0, "rotary-pct", m.rotary_pct, "in [0, 1]")
@@ -325,7 +364,8 @@ _EXTRA_KEYS = ("zero_optimization", "lora")  # nested sections: DeepSpeed's, our
 # Every top-level key gpt-neox's NeoXArgs accepts (megatron/neox_arguments: neox_args.py and
 # deepspeed_args.py, over its releases), `_` spelling. A key that is neither ours nor in here is a
 # mistake (an error naming the closest known key); one in here that we do not implement is a warning.
-GPT_NEOX_KEYS = frozenset("""
+GPT_NEOX_KEYS = frozenset(
+    """
 pipe_parallel_size model_parallel_size pipe_partition_method world_size is_pipe_parallel sequence_parallel
 expert_interval precision model_arch num_encoder_layers num_layers hidden_size intermediate_size
 feedforward_size mlp_multiple_of expansion_factor num_attention_heads num_kv_heads seq_length
@@ -384,7 +424,8 @@ sparse_attention data_efficiency tensorboard wandb csv_monitor elasticity comms_
 checkpoint data_types deepspeed_extra_args load_universal
 hostfile include exclude num_nodes num_gpus master_port master_addr launcher force_multi detect_nvlink_pairs
 autotuning_run no_ssh_check comment account
-""".split())
+""".split()
+)
 
 
 @dataclass
@@ -435,7 +476,9 @@ class NeoXConfig:
         if self.model.padded_vocab_size:
             return self.model.padded_vocab_size
         if not self.model.vocab_file:
-            raise JobError("config: set 'vocab-file' (a tokenizer.json) or 'padded-vocab-size' to size the vocabulary")
+            raise JobError(
+                "config: set 'vocab-file' (a tokenizer.json) or 'padded-vocab-size' to size the vocabulary"
+            )
         path = Path(self.model.vocab_file)
         if not path.is_file():
             raise JobError(f"config key 'vocab-file': {path} does not exist")
@@ -468,9 +511,14 @@ class NeoXConfig:
     def to_dict(self) -> dict:
         """The resolved configuration, saved with every checkpoint."""
         out = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
-        out.update(zero_optimization=self.zero_optimization, unimplemented=self.unimplemented,
-                   notes=self.notes, files=self.files, precision_name=self.precision.name,
-                   lora=dataclasses.asdict(self.lora) if self.lora else None)
+        out.update(
+            zero_optimization=self.zero_optimization,
+            unimplemented=self.unimplemented,
+            notes=self.notes,
+            files=self.files,
+            precision_name=self.precision.name,
+            lora=dataclasses.asdict(self.lora) if self.lora else None,
+        )
         return out
 
     def report(self) -> list[str]:
@@ -482,16 +530,21 @@ class NeoXConfig:
         return lines
 
 
-def from_dict(raw: dict, files: list[str] | None = None,
-              origins: dict[str, tuple[str, str]] | None = None) -> NeoXConfig:
+def from_dict(
+    raw: dict, files: list[str] | None = None, origins: dict[str, tuple[str, str]] | None = None
+) -> NeoXConfig:
     """`origins`: {key: (spelling, where it was set)}, for the unknown-key error."""
     raw = {normalise(k): v for k, v in raw.items()}
-    ours = set(_EXTRA_KEYS) | set(HANDLED_DIFFERENTLY) | {
-        f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
+    ours = (
+        set(_EXTRA_KEYS)
+        | set(HANDLED_DIFFERENTLY)
+        | {f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
+    )
     unknown = [k for k in raw if k not in ours and k not in GPT_NEOX_KEYS]
     if unknown:  # before the sections: a misspelt key must not fall back to its default silently
-        raise unknown_keys_error(unknown, ours | GPT_NEOX_KEYS, origins or {},
-                                 "not known to trainer.train or gpt-neox")
+        raise unknown_keys_error(
+            unknown, ours | GPT_NEOX_KEYS, origins or {}, "not known to trainer.train or gpt-neox"
+        )
     consumed: set[str] = set()
     sections = {}
     errors: list[str] = []
@@ -504,7 +557,9 @@ def from_dict(raw: dict, files: list[str] | None = None,
     if not errors:  # ranges only once every type is right
         errors = range_errors(sections)
     if errors:
-        raise JobError(errors[0] if len(errors) == 1 else f"{len(errors)} config errors: " + "; ".join(errors))
+        raise JobError(
+            errors[0] if len(errors) == 1 else f"{len(errors)} config errors: " + "; ".join(errors)
+        )
     consumed |= set(_EXTRA_KEYS)
     handled = {k: why for k, why in HANDLED_DIFFERENTLY.items() if k in raw}
     unimplemented = {k: v for k, v in raw.items() if k not in consumed and k not in handled}
@@ -513,9 +568,15 @@ def from_dict(raw: dict, files: list[str] | None = None,
         raise JobError(f"config key 'zero_optimization' must be a mapping, got {zero!r}")
     from trainer.lora import from_raw as lora_from_raw
 
-    return NeoXConfig(**sections, zero_optimization=dict(zero), unimplemented=unimplemented,
-                      handled_differently=handled, notes=[], files=list(files or []),
-                      lora=lora_from_raw(raw.get("lora")))
+    return NeoXConfig(
+        **sections,
+        zero_optimization=dict(zero),
+        unimplemented=unimplemented,
+        handled_differently=handled,
+        notes=[],
+        files=list(files or []),
+        lora=lora_from_raw(raw.get("lora")),
+    )
 
 
 def load_config(files: list[str | os.PathLike], overrides: list[str] = ()) -> NeoXConfig:

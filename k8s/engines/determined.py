@@ -25,19 +25,23 @@ _MINIMAL_BASE = {
 
 def pod_spec(cfg: PipelineConfig, spec: JobSpec) -> dict:
     """The Pod that Determined merges into every trial container: the volume, and S3 keys by reference."""
-    env = [{"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
-           for name, secret, key in spec.secret_keys]
+    env = [
+        {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+        for name, secret, key in spec.secret_keys
+    ]
     pod: dict = {
         # Determined's multi-pod DeepSpeed launch starts sshd in each task container, which needs root
         # and its capabilities, so this engine cannot take the non-root context of the other pods;
         # it still gets no API token and the runtime's default seccomp profile.
         "automountServiceAccountToken": False,
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [{
-            "name": CONTAINER,
-            "env": env,
-            "volumeMounts": [{"name": VOLUME, "mountPath": str(cfg.mount)}],
-        }],
+        "containers": [
+            {
+                "name": CONTAINER,
+                "env": env,
+                "volumeMounts": [{"name": VOLUME, "mountPath": str(cfg.mount)}],
+            }
+        ],
         "volumes": [{"name": VOLUME, "persistentVolumeClaim": {"claimName": cfg.volume.name}}],
     }
     if cfg.experiment.node_selector:
@@ -45,8 +49,9 @@ def pod_spec(cfg: PipelineConfig, spec: JobSpec) -> dict:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"labels": labels(cfg, "trainer")}, "spec": pod}
 
 
-def experiment_config(cfg: PipelineConfig, spec: JobSpec, images: dict[str, str], base: dict | None,
-                      conf_files: list[str]) -> dict:
+def experiment_config(
+    cfg: PipelineConfig, spec: JobSpec, images: dict[str, str], base: dict | None, conf_files: list[str]
+) -> dict:
     exp = copy.deepcopy(base if base is not None else _MINIMAL_BASE)
     e = cfg.experiment
     exp["name"] = e.name
@@ -72,8 +77,14 @@ def experiment_config(cfg: PipelineConfig, spec: JobSpec, images: dict[str, str]
         storage["prefix"] = ck.prefix
     exp["checkpoint_storage"] = storage  # no keys: boto3 reads them from the env the Secret fills
     searcher = dict(exp.get("searcher") or {})
-    searcher.update({"name": "single", "metric": e.metric or searcher.get("metric", "lm_loss"),
-                     "smaller_is_better": e.smaller_is_better, "max_length": {"batches": e.max_batches}})
+    searcher.update(
+        {
+            "name": "single",
+            "metric": e.metric or searcher.get("metric", "lm_loss"),
+            "smaller_is_better": e.smaller_is_better,
+            "max_length": {"batches": e.max_batches},
+        }
+    )
     exp["searcher"] = searcher
     if e.validation_period_batches:
         exp["min_validation_period"] = {"batches": e.validation_period_batches}

@@ -54,34 +54,53 @@ def test_files_merge_in_order_and_overrides_win(tmp_path):
     [
         ("seq-length: abc\n", "config key 'seq-length' must be an integer, got 'abc'"),
         ("no-weight-tying: 3\n", "config key 'no-weight-tying' must be true or false"),
-        ("seq-length: 4096\nmax-position-embeddings: 2048\n", "'seq-length' 4096 exceeds 'max-position-embeddings' 2048"),
+        (
+            "seq-length: 4096\nmax-position-embeddings: 2048\n",
+            "'seq-length' 4096 exceeds 'max-position-embeddings' 2048",
+        ),
         ("optimizer: {type: SGD, params: {lr: 0.1}}\n", "'optimizer.type': 'SGD' is not implemented"),
         ("split: 'a,b'\n", "config key 'split'"),
         ("lr-decay-style: exponential\n", "'lr-decay-style'"),
         ("zero_optimization: {stage: 5}\n", "'zero_optimization.stage' must be 0, 1, 2 or 3"),
         ("{a: [1, 2\n", "not valid YAML"),
         ("keep-last-n-checkpoints: 0\n", "config key 'keep-last-n-checkpoints' must be >= 1, got 0"),
-        ("optimizer: {type: Adam, params: {lr: -0.001}}\n", "config key 'optimizer.params.lr' must be >= 0, got -0.001"),
+        (
+            "optimizer: {type: Adam, params: {lr: -0.001}}\n",
+            "config key 'optimizer.params.lr' must be >= 0, got -0.001",
+        ),
         ("min-lr: -1.0e-5\n", "config key 'min-lr' must be >= 0, got -1e-05"),
-        ("optimizer: {type: Adam, params: {lr: 1.0e-5}}\nmin_lr: 1.0e-4\n",
-         "config key 'min-lr' 0.0001 must not exceed 'optimizer.params.lr' 1e-05"),
-        ("hidden-size: 100\nnum-attention-heads: 3\n", "config key 'num-attention-heads' 3 must divide 'hidden-size' 100"),
+        (
+            "optimizer: {type: Adam, params: {lr: 1.0e-5}}\nmin_lr: 1.0e-4\n",
+            "config key 'min-lr' 0.0001 must not exceed 'optimizer.params.lr' 1e-05",
+        ),
+        (
+            "hidden-size: 100\nnum-attention-heads: 3\n",
+            "config key 'num-attention-heads' 3 must divide 'hidden-size' 100",
+        ),
         ("hidden-dropout: 1.0\n", "config key 'hidden-dropout' must be in [0, 1), got 1.0"),
         ("attention-dropout: -0.1\n", "config key 'attention-dropout' must be in [0, 1), got -0.1"),
         ("train-iters: 0\n", "config key 'train-iters' must be >= 1, got 0"),
         ("save-interval: 0\n", "config key 'save-interval' must be >= 1, got 0"),
         ("eval-interval: -5\n", "config key 'eval-interval' must be >= 1, got -5"),
         ("log-interval: 0\n", "config key 'log-interval' must be >= 1, got 0"),
-        ("train_micro_batch_size_per_gpu: 0\n", "config key 'train-micro-batch-size-per-gpu' must be >= 1, got 0"),
-        ("gradient_accumulation_steps: -1\n", "config key 'gradient-accumulation-steps' must be >= 1, got -1"),
+        (
+            "train_micro_batch_size_per_gpu: 0\n",
+            "config key 'train-micro-batch-size-per-gpu' must be >= 1, got 0",
+        ),
+        (
+            "gradient_accumulation_steps: -1\n",
+            "config key 'gradient-accumulation-steps' must be >= 1, got -1",
+        ),
         ("warmup: 1.5\n", "config key 'warmup' must be a fraction in [0, 1], got 1.5"),
     ],
 )
 def test_bad_values_give_one_line(tmp_path, text, message):
     f = tmp_path / "bad.yml"
     f.write_text(text)
-    with pytest.raises(JobError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")
-                       .replace("[", r"\[")):
+    with pytest.raises(
+        JobError,
+        match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.").replace("[", r"\["),
+    ):
         load_config([f])
 
 
@@ -113,8 +132,11 @@ def test_type_errors_in_several_sections_are_reported_all_at_once(tmp_path):
 def test_misspelt_key_is_an_error_naming_the_closest_key(tmp_path):
     f = tmp_path / "typo.yml"
     f.write_text("train_itres: 20\n")  # once ignored: the run went on for the default 1000 iterations
-    with pytest.raises(JobError, match=r"config key 'train_itres' in .*typo\.yml is not known to trainer\.train "
-                                       r"or gpt-neox \(did you mean 'train_iters'\?\)"):
+    with pytest.raises(
+        JobError,
+        match=r"config key 'train_itres' in .*typo\.yml is not known to trainer\.train "
+        r"or gpt-neox \(did you mean 'train_iters'\?\)",
+    ):
         load_config([f])
     with pytest.raises(JobError, match=r"'eval-intervall' in --override \(did you mean 'eval-interval'\?\)"):
         load_config([f], ["eval-intervall=5"])
@@ -137,7 +159,13 @@ def test_our_keys_are_known_and_gpt_neox_keys_we_skip_are_listed(tmp_path):
     assert set(cfg.unimplemented) == {"use_wandb", "wandb_project", "rope_fusion"}
     assert cfg.train.peak_tflops == 100.0
     ours = {fl.name for cls in SECTIONS.values() for fl in dataclasses.fields(cls)}
-    assert {"train_iters", "save_interval", "keep_last_n_checkpoints", "lr", "zero_optimization"} <= GPT_NEOX_KEYS
+    assert {
+        "train_iters",
+        "save_interval",
+        "keep_last_n_checkpoints",
+        "lr",
+        "zero_optimization",
+    } <= GPT_NEOX_KEYS
     assert "train_itres" not in GPT_NEOX_KEYS | ours
 
 
@@ -151,9 +179,12 @@ def test_repository_configs_load_as_they_are(tmp_path):
         load_config([REPO / name])
     # the guide's experiment file names the cluster config as conf_dir/determined_cluster.yml
     exp = yaml.safe_load((REPO / "configs" / "finetune-gpt-neox.yml").read_text())
-    (tmp_path / "determined_cluster.yml").write_text((REPO / "configs" / "determined-cluster.yml").read_text())
+    (tmp_path / "determined_cluster.yml").write_text(
+        (REPO / "configs" / "determined-cluster.yml").read_text()
+    )
     cfg = config_from_hparams({**exp["hyperparameters"], "conf_dir": str(tmp_path)}, exp)
     assert cfg.train.train_iters == 100 and cfg.model.num_layers == 44
+
 
 def test_cli_reports_missing_dataset_prefix(tmp_path, capsys):
     f = tmp_path / "c.yml"
@@ -168,7 +199,9 @@ def test_cli_reports_missing_weights(tmp_path, capsys):
     with IndexedDatasetWriter(data, dtype_for_vocab(64)) as w:
         w.add_document(list(range(64)) * 4)
     f = tmp_path / "c.yml"
-    f.write_text(f"data-path: {data}\npadded-vocab-size: 64\nseq-length: 16\nsplit: 1,0,0\nload: {tmp_path}/weights\n")
+    f.write_text(
+        f"data-path: {data}\npadded-vocab-size: 64\nseq-length: 16\nsplit: 1,0,0\nload: {tmp_path}/weights\n"
+    )
     assert main(["--config", str(f)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"trainer.train: error: load {tmp_path}/weights: does not exist"]
@@ -184,8 +217,10 @@ def test_token_ids_beyond_the_vocabulary_are_refused_before_engine_setup(tmp_pat
     assert main(["--config", str(f)]) == 1
     out = capsys.readouterr()
     err = out.err.strip().splitlines()
-    assert err == [f"trainer.train: error: data-path {data}: token id 700 is outside the model's vocabulary of 512 "
-                   f"(ids 0..511); was it tokenized with another tokenizer?"]
+    assert err == [
+        f"trainer.train: error: data-path {data}: token id 700 is outside the model's vocabulary of 512 "
+        f"(ids 0..511); was it tokenized with another tokenizer?"
+    ]
     assert "DeepSpeed" not in out.out  # refused before the engine was built
 
 
