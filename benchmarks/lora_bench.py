@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -41,6 +40,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+from tests.support.net import free_port  # noqa: E402 - after the path insert
+
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 TARGETS = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
 PRESETS = {  # hidden, layers, heads, vocab
@@ -181,12 +182,6 @@ def child(args) -> dict:
             "tokens_per_s": args.micro_batch * args.seq / seconds, "peak_gib": peak, "reserved_gib": reserved,
             "built_gib": resident,
             "last_loss": float(last.item())}  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fmt_gib(value: float | None) -> str:

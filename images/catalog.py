@@ -7,6 +7,7 @@ entry per image. `images.build` walks it in dependency order; nothing here runs 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 # The public base every chain starts from, pinned by digest. `invoke base` builds an
 # equivalent one (Debian bookworm, minbase) from the host's package mirror for hosts that
@@ -20,8 +21,8 @@ LOCAL_BASE_IMAGE = "neox-pipeline/base:bookworm"
 REPOSITORY_PREFIX = "neox-pipeline"
 SOURCE_URL = "https://github.com/neox-pipeline/neox-pipeline"
 
-# The GPU generations the trainer's compiled code covers (A100, A40, L40/4090, H100/H200 + PTX).
-TORCH_CUDA_ARCH_LIST = "8.0 8.6 8.9 9.0+PTX"
+# The GPU generations the trainer's compiled code covers: the file the kernels' loader reads too.
+TORCH_CUDA_ARCH_LIST = (Path(__file__).resolve().parents[1] / "trainer/csrc/arch-list.txt").read_text().strip()
 
 
 @dataclass(frozen=True)

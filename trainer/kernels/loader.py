@@ -25,7 +25,9 @@ SOURCES = ["bindings.cpp", "arch.cu", "bias_gelu.cu", "rotary.cu", "layer_norm.c
 HEADERS = ["common.h"]
 DEFAULT_PREBUILT = "/opt/neox/kernels"
 BUILD_INFO = "build-info.json"
-IMAGE_ARCH_LIST = "8.0 8.6 8.9 9.0+PTX"  # what the trainer image compiles for
+# what the trainer image compiles for (A100, A40, L40/4090, H100/H200 + PTX): one file, which
+# images/catalog.py hands to the image build too
+IMAGE_ARCH_LIST = (CSRC / "arch-list.txt").read_text().strip()
 KERNELS = ["bias_gelu", "rotary", "layer_norm", "cross_entropy", "causal_softmax"]
 
 
