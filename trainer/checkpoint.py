@@ -9,7 +9,7 @@
 - `save_hf(model, out)`: safetensors shards (+ index) and a config.json that
   `transformers.GPTNeoXForCausalLM.from_pretrained` loads with the same logits.
 
-Which weights a training run starts from is decided in trainer.weights (`load` holding a slim tag,
+Which weights a training run starts from is decided in trainer.start (`load` holding a slim tag,
 an HF folder, or a checkpoint of ours).
 """
 

@@ -97,7 +97,9 @@ def _build_trial_class():
     from trainer.data import MicroBatches, build_splits, eval_batches
     from trainer.engine import parallelize
     from trainer.model import cross_entropy
-    from trainer.train import build_model, check_model_fits
+    from trainer.start import build_model
+    from trainer.state import TrainState
+    from trainer.train import check_model_fits
 
     class NeoXTrial(det_ds.DeepSpeedTrial):
         def __init__(self, context: det_ds.DeepSpeedTrialContext) -> None:
@@ -108,7 +110,8 @@ def _build_trial_class():
             cfg = self.cfg
             self.splits = build_splits(cfg.data.data_path, cfg.data.split_weights(), cfg.model.seq_length,
                                        cfg.data.seed)
-            model, source = build_model(cfg, None)  # a restore overwrites these weights in load()
+            # a restore overwrites these weights in load()
+            model, source = build_model(cfg, None, lambda m: logging.info("trainer: %s", m))
             check_model_fits(cfg, model.cfg)
             self.model_cfg = model.cfg
             logging.info("trainer: weights from %s", source)
@@ -144,8 +147,9 @@ def _build_trial_class():
             return batches  # a list: has a length and restarts on every validation
 
         def save(self, context, path: Path) -> None:
-            client = {"data": self.train_batches.state_dict()}
-            self.engine.save_checkpoint(str(path), tag=TAG, client_state=client)
+            # Determined counts the steps itself; the data position travels as the script's does
+            state = TrainState(data=self.train_batches.state_dict())
+            self.engine.save_checkpoint(str(path), tag=TAG, client_state=state.to_client())
             if self.rank == 0:
                 checkpoint.write_model_config(Path(path) / TAG, self.model_cfg, self.cfg.to_dict())
 
@@ -153,7 +157,7 @@ def _build_trial_class():
             _, client = self.engine.load_checkpoint(str(path), tag=TAG)
             if client is None:
                 raise JobError(f"{path}: no DeepSpeed checkpoint with tag {TAG}")
-            self.train_batches.load_state_dict(client["data"])
+            self.train_batches.load_state_dict(TrainState.from_client(client).data)
 
     return NeoXTrial
 

@@ -15,8 +15,9 @@ DeepSpeed's FusedAdam.
 Speed settings, applied to the model before DeepSpeed sees it (`apply_speedups`): `fused-output-loss`
 (output layer + cross-entropy in token chunks, trainer.fused_loss), `fp8` (torchao's float8 training for
 the blocks' linear layers: their matmuls in fp8 with dynamic scales, the weights, gradients, optimizer
-and checkpoints as without it) and `compile-blocks` (torch.compile of each block; always on with fp8,
-whose casts are only fast once inductor fuses them).
+and checkpoints as without it), `compile-blocks` (torch.compile of each block; always on with fp8,
+whose casts are only fast once inductor fuses them) and `checkpoint-activations` (each block recomputed
+in backward, `apply_activation_checkpointing`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import os
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from trainer.config import NeoXConfig
 from trainer.schedule import LRSchedule
@@ -137,7 +139,37 @@ def apply_speedups(model: torch.nn.Module, cfg: NeoXConfig, fp8_recipe: str = FP
         for block in model.layers:  # identical blocks: one compiled graph, reused
             block.compile()
         done.append("blocks compiled")
+    if m.checkpoint_activations and hasattr(model, "layers"):
+        n = apply_activation_checkpointing(model.layers)
+        done.append(f"activation checkpointing in {n} blocks")
     return done
+
+
+class _Checkpointed:
+    """Mixed into a block's class: its whole call (hooks, compiled graph) recomputed in backward."""
+
+    def __call__(self, *args, **kwargs):
+        if self.training and torch.is_grad_enabled():
+            return checkpoint(super().__call__, *args, use_reentrant=False, **kwargs)
+        return super().__call__(*args, **kwargs)
+
+
+_CHECKPOINTED: dict[type, type] = {}
+
+
+def apply_activation_checkpointing(layers: torch.nn.Module) -> int:
+    """`checkpoint-activations`: each block's activations recomputed in backward, applied from outside
+    the model. The block's class is swapped for a checkpointing subclass (as FSDP2's fully_shard does)
+    rather than wrapped, so parameter names, state dicts and checkpoints stay as without it."""
+    n = 0
+    for block in layers:
+        cls = type(block)
+        if not issubclass(cls, _Checkpointed):
+            if cls not in _CHECKPOINTED:  # one subclass per block class, shared by all its blocks
+                _CHECKPOINTED[cls] = type(f"Checkpointed{cls.__name__}", (_Checkpointed, cls), {})
+            block.__class__ = _CHECKPOINTED[cls]
+            n += 1
+    return n
 
 
 def parallelize(model: torch.nn.Module, cfg: NeoXConfig, fp8_recipe: str = FP8_RECIPE):

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from trainer import kernels
 
@@ -133,7 +132,7 @@ class ModelConfig:
     activation: str = "gelu_tanh"  # gpt-neox trains with tanh GELU ("gelu_fast" in HF); "gelu" is exact
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
-    checkpoint_activations: bool = False  # recompute each block in backward
+    checkpoint_activations: bool = False  # a run setting, recorded; trainer.engine applies it
     init_std: float = 0.0  # 0 means small_init: sqrt(2 / (5 * hidden))
 
     def __post_init__(self) -> None:
@@ -194,6 +193,15 @@ class GPTNeoX(nn.Module):
             else:
                 nn.init.normal_(p, std=std)
 
+    def set_dropout(self, hidden: float, attention: float | None = None) -> None:
+        """The run's dropout (a training setting, not architecture): `hidden` after attention and MLP,
+        `attention` on the attention probabilities (default: `hidden`)."""
+        attention = hidden if attention is None else attention
+        self.cfg.hidden_dropout, self.cfg.attention_dropout = hidden, attention
+        for block in self.layers:
+            block.dropout.p = hidden
+            block.attention.dropout = attention
+
     def output_weight(self) -> torch.Tensor:
         return self.embed_in.weight if self.embed_out is None else self.embed_out.weight
 
@@ -204,11 +212,8 @@ class GPTNeoX(nn.Module):
         if s > self.cfg.max_position_embeddings:
             raise ValueError(f"sequence length {s} exceeds max_position_embeddings {self.cfg.max_position_embeddings}")
         x = self.embed_in(input_ids)  # (b, s, h)
-        for block in self.layers:
-            if self.cfg.checkpoint_activations and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, self.rotary, use_reentrant=False)
-            else:
-                x = block(x, self.rotary)
+        for block in self.layers:  # checkpoint-activations wraps blocks from outside: trainer.engine
+            x = block(x, self.rotary)
         x = self.final_layer_norm(x)
         if targets is not None and self.fused_loss:
             from trainer.fused_loss import linear_cross_entropy

@@ -27,16 +27,17 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from jobs.cli import JobError, human_duration, run_main, write_json_atomic
-from trainer import checkpoint, lora
+from trainer import checkpoint, lora, start
 from trainer.config import NeoXConfig, load_config
 from trainer.data import MicroBatches, PackedSamples, build_splits, check_token_ids, eval_batches
 from trainer.model import GPTNeoX, ModelConfig
+from trainer.state import TrainState
 
 PROG = "trainer.train"
 
@@ -50,40 +51,12 @@ def log(msg: str) -> None:
 
 
 def resume_point(cfg: NeoXConfig) -> tuple[str, str, bool] | None:
-    """(dir, tag, module_only) of a complete checkpoint of ours to continue from, or None."""
-    return next(checkpoint.resume_candidates(cfg.train, log), None)
+    return start.resume_point(cfg, log)
 
 
 def build_model(cfg: NeoXConfig, resume: tuple[str, str, bool] | None) -> tuple[GPTNeoX, str]:
-    """The model to hand to DeepSpeed, and a line saying where its weights come from."""
-    if cfg.lora:  # a frozen base (from `load`) with adapters: trainer.lora
-        return lora.build_model(cfg, resume, log, apply_run_settings)
-    if resume:
-        mcfg, _ = checkpoint.read_model_config(Path(resume[0]) / resume[1])
-        mcfg = replace(mcfg, checkpoint_activations=cfg.model.checkpoint_activations,
-                       hidden_dropout=cfg.model.hidden_dropout, attention_dropout=cfg.model.attention_dropout)
-        return checkpoint.empty_model(mcfg), f"checkpoint {resume[0]}/{resume[1]}"
-    if cfg.train.load:
-        slim_cfg = None
-        if not (Path(cfg.train.load) / "config.json").is_file():
-            slim_cfg = cfg.model_config(vocab_size=1)  # vocab taken from the embedding's rows
-        model, kind = checkpoint.load_pretrained(cfg.train.load, slim_cfg)
-        if cfg.precision.name == "fp32":
-            model.float()  # published weights are often fp16; DeepSpeed casts only for fp16/bf16 runs
-        apply_run_settings(model, cfg)
-        return model, f"{kind} {cfg.train.load}"
-    torch.manual_seed(cfg.data.seed)
-    return GPTNeoX(cfg.model_config()), "random initialisation (no 'load' given)"
-
-
-def apply_run_settings(model: GPTNeoX, cfg: NeoXConfig) -> None:
-    """The run's own settings, not architecture, come from the NeoX config."""
-    model.cfg.checkpoint_activations = cfg.model.checkpoint_activations
-    model.cfg.hidden_dropout = cfg.model.hidden_dropout
-    model.cfg.attention_dropout = cfg.model.attention_dropout
-    for block in model.layers:
-        block.dropout.p = cfg.model.hidden_dropout
-        block.attention.dropout = cfg.model.attention_dropout
+    """trainer.start.build_model with this script's log."""
+    return start.build_model(cfg, resume, log)
 
 
 def check_model_fits(cfg: NeoXConfig, mcfg: ModelConfig) -> None:
@@ -155,19 +128,19 @@ def evaluate(engine, samples: PackedSamples, cfg: NeoXConfig, rank: int, world: 
     return {"lm_loss": loss, "lm_loss_ppl": math.exp(min(loss, 50))}
 
 
-def save(engine, cfg: NeoXConfig, mcfg: ModelConfig, iteration: int, loader: MicroBatches, mirror) -> None:
+def save(engine, cfg: NeoXConfig, mcfg: ModelConfig, state: TrainState, mirror) -> None:
     """A checkpoint that counts only once complete: every rank writes and fsyncs its files, then
     (after a barrier) rank 0 makes what it sees durable and writes complete.json last."""
     import torch.distributed as dist
 
-    rank, save_dir = dist.get_rank(), Path(cfg.train.save)
+    rank, save_dir, iteration = dist.get_rank(), Path(cfg.train.save), state.step
     tag = f"global_step{iteration}"
     if rank == 0 and (save_dir / tag).exists():  # an earlier run's leftover: kept, under a clear name
         log(f"moved {save_dir / tag} aside to {checkpoint.set_aside(save_dir / tag)} (this save needs the name)")
     dist.barrier()  # no rank writes into the tag folder before it is free
-    client = {"iteration": iteration, "data": loader.state_dict()}
     # writes `latest` too; a LoRA run's frozen base is left out (lora.json names where it is)
-    engine.save_checkpoint(str(save_dir), tag=tag, client_state=client, exclude_frozen_parameters=bool(cfg.lora))
+    engine.save_checkpoint(str(save_dir), tag=tag, client_state=state.to_client(),
+                           exclude_frozen_parameters=bool(cfg.lora))
     if rank == 0:
         checkpoint.write_model_config(save_dir / tag, mcfg, cfg.to_dict(), marker_follows=True)
         if cfg.lora:
@@ -220,7 +193,7 @@ def train(cfg: NeoXConfig, mirror_url: str | None = None, mirror_what: str = "--
     mirror = open_mirror(mirror_url, mirror_what, cfg)
     seq = cfg.model.seq_length
     splits = build_splits(cfg.data.data_path, cfg.data.split_weights(), seq, cfg.data.seed)
-    resume = lora.resume_point(cfg, log) if cfg.lora else resume_point(cfg)
+    resume = resume_point(cfg)  # trainer.start decides where the run starts
     model, source = build_model(cfg, resume)
     mcfg = model.cfg
     check_model_fits(cfg, mcfg)
@@ -241,7 +214,7 @@ def train(cfg: NeoXConfig, mirror_url: str | None = None, mirror_what: str = "--
 
     log(kernel_loader.summary())  # which fused kernels run, so a silent fallback to the references shows
     loader = MicroBatches(splits["train"], cfg.batch.train_micro_batch_size_per_gpu, rank, world)
-    iteration = 0
+    state = TrainState()  # step, tokens seen, data position: what a checkpoint carries besides the engine's
     t = cfg.train
     if resume:
         where, tag, module_only = resume
@@ -250,9 +223,9 @@ def train(cfg: NeoXConfig, mirror_url: str | None = None, mirror_what: str = "--
                                            load_optimizer_states=not module_only,
                                            load_lr_scheduler_states=not module_only)
         if not module_only:
-            iteration = client["iteration"]
-            loader.load_state_dict(client["data"])
-        log(f"resumed from {where}/{tag} at iteration {iteration}" + (" (weights only)" if module_only else ""))
+            state = TrainState.from_client(client)
+            loader.load_state_dict(state.data)
+        log(f"resumed from {where}/{tag} at iteration {state.step}" + (" (weights only)" if module_only else ""))
         if mirror and not module_only and Path(where) == Path(t.save):
             mirror.submit(Path(where) / tag)  # finishes an upload that a stopped run left half done
 
@@ -261,6 +234,7 @@ def train(cfg: NeoXConfig, mirror_url: str | None = None, mirror_what: str = "--
     tokens_per_iter = cfg.batch.train_micro_batch_size_per_gpu * gas * world * seq
     flops_per_token = lora.flops_per_token(mcfg, seq, cfg.lora) if cfg.lora else mcfg.flops_per_token(seq)
     base_print = lora.fingerprint(engine.module) if cfg.lora else None  # the frozen base, checked at the end
+    iteration = state.step
     stop = t.train_iters if t.exit_interval is None else min(t.train_iters, iteration + t.exit_interval)
     started, window_start, window_iters = time.monotonic(), time.monotonic(), 0
     last: dict = {}
@@ -274,6 +248,7 @@ def train(cfg: NeoXConfig, mirror_url: str | None = None, mirror_what: str = "--
             loss_sum += loss.item()
         iteration += 1
         window_iters += 1
+        state.step, state.tokens_seen = iteration, state.tokens_seen + tokens_per_iter
         if iteration % t.log_interval == 0 or iteration == stop:
             elapsed = time.monotonic() - window_start
             tok_s = tokens_per_iter * window_iters / max(elapsed, 1e-9)
@@ -296,7 +271,8 @@ def train(cfg: NeoXConfig, mirror_url: str | None = None, mirror_what: str = "--
             metrics.write("valid", iteration, ev)
             log(f"iter {iteration} validation lm_loss {ev['lm_loss']:.4f} ppl {ev['lm_loss_ppl']:.2f}")
         if t.save and (iteration == stop or (t.save_interval and iteration % t.save_interval == 0)):
-            save(engine, cfg, mcfg, iteration, loader, mirror)
+            state.data = loader.state_dict()
+            save(engine, cfg, mcfg, state, mirror)
     metrics.close()
     stats = {"iterations": iteration, "stopped_early": iteration < t.train_iters, "world_size": world,
              "seconds": time.monotonic() - started, "last": last, "model": asdict(mcfg),

@@ -160,3 +160,12 @@ def test_trainer_cli_refuses_fp8_on_cpu_with_one_line_and_exit_code(tmp_path):
         )
     ], proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_checkpoint_activations_key_wraps_the_blocks_from_outside():
+    cfg = from_dict({"padded-vocab-size": 128, "num-layers": 2, "checkpoint-activations": True})
+    model = GPTNeoX(cfg.model_config())
+    names = list(model.state_dict())
+    assert apply_speedups(model, cfg) == ["fused output loss off", "activation checkpointing in 2 blocks"]
+    assert all(type(b).__name__ == "CheckpointedBlock" for b in model.layers)
+    assert list(model.state_dict()) == names

@@ -7,6 +7,7 @@ import torch
 
 from jobs.cli import JobError
 from trainer.checkpoint import load_hf
+from trainer.engine import apply_activation_checkpointing
 from trainer.model import GPTNeoX, ModelConfig
 
 from .conftest import make_hf_model
@@ -57,10 +58,24 @@ def test_activation_checkpointing_gives_same_gradients():
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=2, max_position_embeddings=16)
     a = GPTNeoX(cfg)
-    b = GPTNeoX(ModelConfig(**{**cfg.__dict__, "checkpoint_activations": True}))
+    b = GPTNeoX(cfg)
     b.load_state_dict(a.state_dict())
+    assert apply_activation_checkpointing(b.layers) == 2
+    assert list(b.state_dict()) == list(a.state_dict())  # names unchanged: checkpoints load either way
+    calls = []
+    b.layers[0].attention.register_forward_pre_hook(lambda *_: calls.append(1))
     ids = torch.randint(0, 64, (2, 16))
     for m in (a, b):
         m(ids).float().pow(2).mean().backward()
+    assert len(calls) == 2  # the block ran again in backward: its activations were not kept
     for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(pa.grad, pb.grad, msg=name)
+
+
+def test_set_dropout_reaches_every_block_and_the_config():
+    model = GPTNeoX(ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=2, max_position_embeddings=16))
+    model.set_dropout(0.1, 0.2)
+    assert (model.cfg.hidden_dropout, model.cfg.attention_dropout) == (0.1, 0.2)
+    assert [(b.dropout.p, b.attention.dropout) for b in model.layers] == [(0.1, 0.2)] * 2
+    model.set_dropout(0.0)
+    assert [(b.dropout.p, b.attention.dropout) for b in model.layers] == [(0.0, 0.0)] * 2
