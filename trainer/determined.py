@@ -95,8 +95,7 @@ def _build_trial_class():
 
     from trainer import checkpoint
     from trainer.data import MicroBatches, build_splits, eval_batches
-    from trainer.engine import parallelize
-    from trainer.model import cross_entropy
+    from trainer.engine import eval_loss, parallelize, train_step
     from trainer.start import build_model
     from trainer.state import TrainState
     from trainer.train import check_model_fits
@@ -123,16 +122,11 @@ def _build_trial_class():
 
         def train_batch(self, dataloader_iter, epoch_idx: int, batch_idx: int) -> dict[str, Any]:
             # Determined calls this once per micro-batch (automatic gradient accumulation)
-            tokens = self.context.to_device(next(dataloader_iter))
-            loss = cross_entropy(self.engine(tokens[:, :-1]), tokens[:, 1:])
-            self.engine.backward(loss)
-            self.engine.step()
+            loss = train_step(self.engine, self.context.to_device(next(dataloader_iter)))  # as trainer.train's
             return {"lm_loss": loss, "lr": self.engine.get_lr()[0]}
 
         def evaluate_batch(self, dataloader_iter, batch_idx: int) -> dict[str, Any]:
-            tokens = self.context.to_device(next(dataloader_iter))
-            with torch.no_grad():
-                loss = cross_entropy(self.engine(tokens[:, :-1]), tokens[:, 1:])
+            loss = eval_loss(self.engine, self.context.to_device(next(dataloader_iter)))
             return {"lm_loss": loss.item(), "lm_loss_ppl": torch.exp(loss.clamp(max=50)).item()}
 
         def build_training_data_loader(self):

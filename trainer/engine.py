@@ -172,6 +172,27 @@ def apply_activation_checkpointing(layers: torch.nn.Module) -> int:
     return n
 
 
+def lm_loss(engine, tokens: torch.Tensor) -> torch.Tensor:
+    tokens = tokens.to(engine.device)
+    # the model takes the targets so that it can fuse the output layer with the loss (fused-output-loss)
+    return engine(tokens[:, :-1], targets=tokens[:, 1:])  # (b, s) inputs -> next-token targets
+
+
+def train_step(engine, tokens: torch.Tensor) -> torch.Tensor:
+    """One micro-batch: loss, backward, step (DeepSpeed applies the optimizer at the accumulation
+    boundary). The script's loop and the Determined trial both run this; returns the loss."""
+    loss = lm_loss(engine, tokens)
+    engine.backward(loss)
+    engine.step()
+    return loss
+
+
+def eval_loss(engine, tokens: torch.Tensor) -> torch.Tensor:
+    """The loss of one validation micro-batch, without gradients."""
+    with torch.no_grad():
+        return lm_loss(engine, tokens)
+
+
 def parallelize(model: torch.nn.Module, cfg: NeoXConfig, fp8_recipe: str = FP8_RECIPE):
     """DeepSpeed engine around `model`, with our LR schedule; returns the engine."""
     import deepspeed

@@ -36,6 +36,7 @@ from jobs.cli import JobError, human_duration, run_main, write_json_atomic
 from trainer import checkpoint, lora, start
 from trainer.config import NeoXConfig, load_config
 from trainer.data import MicroBatches, PackedSamples, build_splits, check_token_ids, eval_batches
+from trainer.engine import eval_loss, lm_loss, train_step  # noqa: F401  (lm_loss: benchmarks, tests)
 from trainer.model import GPTNeoX, ModelConfig
 from trainer.state import TrainState
 
@@ -111,18 +112,11 @@ def mean_over_ranks(value: float, device) -> float:
     return t.item() / dist.get_world_size()
 
 
-def lm_loss(engine, tokens: torch.Tensor) -> torch.Tensor:
-    tokens = tokens.to(engine.device)
-    # the model takes the targets so that it can fuse the output layer with the loss (fused-output-loss)
-    return engine(tokens[:, :-1], targets=tokens[:, 1:])  # (b, s) inputs -> next-token targets
-
-
 def evaluate(engine, samples: PackedSamples, cfg: NeoXConfig, rank: int, world: int) -> dict:
     engine.eval()
     total = 0.0
-    with torch.no_grad():
-        for tokens in eval_batches(samples, cfg.batch.train_micro_batch_size_per_gpu, cfg.train.eval_iters, rank, world):
-            total += lm_loss(engine, tokens).item()
+    for tokens in eval_batches(samples, cfg.batch.train_micro_batch_size_per_gpu, cfg.train.eval_iters, rank, world):
+        total += eval_loss(engine, tokens).item()
     engine.train()
     loss = mean_over_ranks(total / cfg.train.eval_iters, engine.device)
     return {"lm_loss": loss, "lm_loss_ppl": math.exp(min(loss, 50))}
@@ -242,10 +236,7 @@ def train(cfg: NeoXConfig, mirror_url: str | None = None, mirror_what: str = "--
     while iteration < stop:
         loss_sum = 0.0
         for _ in range(gas):
-            loss = lm_loss(engine, next(loader))
-            engine.backward(loss)
-            engine.step()
-            loss_sum += loss.item()
+            loss_sum += train_step(engine, next(loader)).item()
         iteration += 1
         window_iters += 1
         state.step, state.tokens_seen = iteration, state.tokens_seen + tokens_per_iter
