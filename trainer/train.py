@@ -3,7 +3,8 @@
 Runs under `deepspeed`, `torchrun` or alone (a world of one). Reads top to bottom: config, checks
 (data, weights: before any GPU memory is touched), distributed init, engine, loop, summary.
 
-Where training starts (first match wins):
+Where training starts (first match wins; decided in trainer.start, which the Determined trial uses
+too for cases 2 and 3, Determined restoring its own checkpoints):
 1. `save` (then `load`) holds a complete checkpoint of ours: resume model, optimizer, schedule and
    data position (with `finetune: true`, only the model weights of a `load` checkpoint are taken).
    Complete means `TAG/complete.json` exists (trainer.checkpoint): the tag `latest` names if it is
@@ -13,7 +14,8 @@ Where training starts (first match wins):
    TAG/layer_XX-model_YY-model_states.pt): fine-tune from those weights with a fresh optimizer;
 3. no `load`: random initialisation (announced).
 
-Outputs: checkpoints `save/global_stepN` (+ `latest`; `complete.json` written last),
+Outputs: checkpoints `save/global_stepN` (+ `latest`; `complete.json` written last; the loop's step,
+tokens seen and data position as trainer.state.TrainState in the engine's client_state),
 `metrics.jsonl` (one line per logged iteration and evaluation) and `train-stats.json` in `log-dir`
 (else `save`), TensorBoard scalars in `tensorboard-dir`. With `--mirror s3://BUCKET/PREFIX` (or env
 NEOX_CHECKPOINT_MIRROR) each complete checkpoint is also copied to S3 (trainer.mirror).
