@@ -332,7 +332,7 @@ def status(
     report: dict = {"engine": cfg.train.engine}
     pvc = cluster.get("PersistentVolumeClaim", cfg.volume.name)
     report["volume"] = pvc.get("status", {}).get("phase", "?") if pvc else "absent"
-    print(f"volume   {cfg['volume']['name']}: {report['volume']}", file=out)
+    print(f"volume   {cfg.volume.name}: {report['volume']}", file=out)
     report["jobs"] = {}
     for job in sorted(
         cluster.list("Job", render.selector(cfg)), key=lambda j: j["metadata"].get("creationTimestamp", "")
@@ -458,11 +458,11 @@ def teardown(
             if cluster.delete("Secret", secret):
                 gone.append(f"Secret/{secret}")
     if volume and cluster.delete("PersistentVolumeClaim", cfg.volume.name):
-        gone.append(f"PersistentVolumeClaim/{cfg['volume']['name']}")
+        gone.append(f"PersistentVolumeClaim/{cfg.volume.name}")
     for g in gone:
         print(f"teardown: deleted {g}", file=out)
     kept = (
-        "" if volume else f"; kept PersistentVolumeClaim/{cfg['volume']['name']} (pass --volume to delete it)"
+        "" if volume else f"; kept PersistentVolumeClaim/{cfg.volume.name} (pass --volume to delete it)"
     )
     print(f"teardown: {len(gone)} objects deleted{kept}", file=out)
     return gone
@@ -529,6 +529,6 @@ def export(
     what, _ = cluster.apply(job, force=opts.force_conflicts)
     print(f"export: Job/{job['metadata']['name']} {what} ({checkpoint} -> {dest})", file=out)
     cluster.wait_job(job["metadata"]["name"], opts.job_timeout, opts.poll, out)
-    where = dest if to else f"{dest} on PersistentVolumeClaim/{cfg['volume']['name']}"
+    where = dest if to else f"{dest} on PersistentVolumeClaim/{cfg.volume.name}"
     print(f"export: Hugging Face model folder at {where}", file=out)
     return dest

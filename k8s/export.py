@@ -24,8 +24,8 @@ def checkpoint_url(cfg: PipelineConfig, master: Master, experiment_id: int) -> s
     """Determined stores a checkpoint under s3://BUCKET/PREFIX/UUID/."""
     master.login()
     ck = master.latest_checkpoint(experiment_id)
-    prefix = (cfg["checkpoints"].get("prefix") or "").strip("/")
-    return f"s3://{cfg['checkpoints']['bucket']}/{prefix + '/' if prefix else ''}{ck['uuid']}"
+    prefix = cfg.checkpoints.prefix.strip("/")
+    return f"s3://{cfg.checkpoints.bucket}/{prefix + '/' if prefix else ''}{ck['uuid']}"
 
 
 def mirror_checkpoint(mirror: str, endpoint_url: str | None) -> str:
@@ -68,7 +68,7 @@ def export(cfg: PipelineConfig, out: str | os.PathLike, experiment_id: int | Non
     if out.exists() and (not out.is_dir() or {p.name for p in out.iterdir()} - {"checkpoint"}):
         raise JobError(f"export: --out {out} exists and holds other files; name a new folder (nothing in it was touched)")
     raw = out / "checkpoint"
-    files, total = download(checkpoint, raw, cfg["checkpoints"].get("endpoint_url"), stream)
+    files, total = download(checkpoint, raw, cfg.checkpoints.endpoint_url, stream)
     print(f"export: downloaded {files} files ({human_bytes(total)}) from {checkpoint}", file=stream)
     hf = out / "hf"
     proc = subprocess.run([*command, "--checkpoint", str(raw), "--out", str(hf)], capture_output=True, text=True)

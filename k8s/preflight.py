@@ -120,9 +120,8 @@ def run_preflight(cfg: PipelineConfig, images: dict[str, str], cluster: Cluster 
             failures.append(str(exc))
             print(f"preflight: FAIL  {exc}", file=out)
 
-    ck = cfg["checkpoints"]
-    attempt(f"bucket {ck['bucket']}", lambda: bucket_check(ck["bucket"], ck.get("endpoint_url"), ck.get("prefix", ""),
-                                                            create_bucket))
+    ck = cfg.checkpoints
+    attempt(f"bucket {ck.bucket}", lambda: bucket_check(ck.bucket, ck.endpoint_url, ck.prefix, create_bucket))
     for name, ref in images.items():
         attempt(f"image {name}", lambda ref=ref: check_image(ref))
     if cluster is not None:
