@@ -321,6 +321,16 @@ COMPLETE = "complete.json"  # written last, after every rank's files are durable
 _STEP = re.compile(r"global_step(\d+)$")
 
 
+def save_engine(engine, folder: str | os.PathLike, tag: str, state, mcfg: ModelConfig, neox: dict, rank: int,
+                marker_follows: bool = False, exclude_frozen: bool = False) -> None:
+    """A DeepSpeed checkpoint as every entry point writes it: the engine's files with the run's
+    trainer.state.TrainState as client_state, then (rank 0) model_config.json."""
+    engine.save_checkpoint(str(folder), tag=tag, client_state=state.to_client(),
+                           exclude_frozen_parameters=exclude_frozen)
+    if rank == 0:
+        write_model_config(Path(folder) / tag, mcfg, neox, marker_follows=marker_follows)
+
+
 def write_model_config(tag_dir: str | os.PathLike, cfg: ModelConfig, neox: dict, marker_follows: bool = False) -> None:
     """`marker_follows`: this checkpoint counts only once COMPLETE exists (trainer.train); without it
     (Determined, whose own upload decides completeness) model_config.json is the last file written."""

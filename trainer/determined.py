@@ -143,9 +143,7 @@ def _build_trial_class():
         def save(self, context, path: Path) -> None:
             # Determined counts the steps itself; the data position travels as the script's does
             state = TrainState(data=self.train_batches.state_dict())
-            self.engine.save_checkpoint(str(path), tag=TAG, client_state=state.to_client())
-            if self.rank == 0:
-                checkpoint.write_model_config(Path(path) / TAG, self.model_cfg, self.cfg.to_dict())
+            checkpoint.save_engine(self.engine, path, TAG, state, self.model_cfg, self.cfg.to_dict(), self.rank)
 
         def load(self, context, path: Path) -> None:
             _, client = self.engine.load_checkpoint(str(path), tag=TAG)

@@ -135,12 +135,10 @@ def save(engine, cfg: NeoXConfig, mcfg: ModelConfig, state: TrainState, mirror) 
         log(f"moved {save_dir / tag} aside to {checkpoint.set_aside(save_dir / tag)} (this save needs the name)")
     dist.barrier()  # no rank writes into the tag folder before it is free
     # writes `latest` too; a LoRA run's frozen base is left out (lora.json names where it is)
-    engine.save_checkpoint(str(save_dir), tag=tag, client_state=state.to_client(),
-                           exclude_frozen_parameters=bool(cfg.lora))
-    if rank == 0:
-        checkpoint.write_model_config(save_dir / tag, mcfg, cfg.to_dict(), marker_follows=True)
-        if cfg.lora:
-            lora.write_info(save_dir / tag, engine.module, cfg)
+    checkpoint.save_engine(engine, save_dir, tag, state, mcfg, cfg.to_dict(), rank, marker_follows=True,
+                           exclude_frozen=bool(cfg.lora))
+    if rank == 0 and cfg.lora:
+        lora.write_info(save_dir / tag, engine.module, cfg)
     checkpoint.sync_rank_files(save_dir / tag, rank)
     dist.barrier()  # every rank's files are written and durable
     if rank == 0:
