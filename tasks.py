@@ -150,8 +150,9 @@ def build(
     def body():
         labels = parse_labels(label)
         client = docker_client()
-        return client, _build(c, client, names, base_image, build_arg, force=force, cache_from=cache_from,
-                              labels=labels)
+        return client, _build(
+            c, client, names, base_image, build_arg, force=force, cache_from=cache_from, labels=labels
+        )
 
     client, built = _run("build", body)
     for image in built.values():
@@ -173,11 +174,14 @@ def build(
         "base-image": "base image reference the images were built on",
     },
 )
-def push(c, registry=None, names=None, lock=None, base_image=None, tag=None, with_cache=False, build_arg=None):
+def push(
+    c, registry=None, names=None, lock=None, base_image=None, tag=None, with_cache=False, build_arg=None
+):
     """Push built images, read each manifest back and record name -> registry/ns/name@sha256 in the lock file."""
     lock_path = Path(lock) if lock else DEFAULT_LOCK
     if not registry:
         raise Exit("push: error: --registry HOST[:PORT]/NAMESPACE is required", code=2)
+
     def body():
         target = check_registry(registry)
         client = docker_client()
@@ -187,8 +191,9 @@ def push(c, registry=None, names=None, lock=None, base_image=None, tag=None, wit
         for image in built.values():
             if not _is_shipped(image.name):
                 continue
-            refs[image.name] = push_image(client, image, target, extra_tags=[f"git-{revision}", *(tag or [])],
-                                          log=_log)
+            refs[image.name] = push_image(
+                client, image, target, extra_tags=[f"git-{revision}", *(tag or [])], log=_log
+            )
             _log(f"{image.name}: {refs[image.name]}")
             if with_cache:
                 push_cache(client, cache_refs(target, by_name()[image.name]), log=_log)
@@ -270,8 +275,10 @@ def local(
     )
     if "lora" in summary:
         lora_run = summary["lora"]
-        _log(f"  LoRA        lm_loss {lora_run['first_loss']:.3f} -> {lora_run['final_loss']:.3f}, "
-             f"adapters (PEFT) {lora_run['adapter']}")
+        _log(
+            f"  LoRA        lm_loss {lora_run['first_loss']:.3f} -> {lora_run['final_loss']:.3f}, "
+            f"adapters (PEFT) {lora_run['adapter']}"
+        )
     _log(f"  checkpoints {summary['checkpoints']} (and s3://{summary['bucket']} while it ran)")
     _log(f"  HF model    {summary['hf_model']}")
     _log(f"  loss curve  {summary['loss_curve']}")
@@ -296,24 +303,54 @@ def _options(prog: str, config: str | None, **kw):
     return _deploy.Options(config=config, **kw)
 
 
-@neox_task(help={**_COMMON, "lock": "images.lock.json (default: the config's lock_file)",
-                 "dry-run": "only render and validate; write everything under --out",
-                 "out": "folder for the rendered manifests (must not exist, or be empty)",
-                 "create-bucket": "create the checkpoint bucket when it does not exist",
-                 "skip-preflight": "skip the bucket/registry/cluster/master checks",
-                 "schemas": "folder of Determined's expconf JSON schemas (or $NEOX_DETERMINED_SCHEMAS)",
-                 "no-wait": "apply and submit, then return: follow with `invoke status` / `invoke logs --follow`",
-                 "force-conflicts": "take over fields another field manager owns (server-side apply)"})
-def deploy(c, config=None, lock=None, dry_run=False, out=None, create_bucket=False, skip_preflight=False,
-           kubeconfig=None, context=None, namespace=None, schemas=None, no_wait=False, force_conflicts=False):
+@neox_task(
+    help={
+        **_COMMON,
+        "lock": "images.lock.json (default: the config's lock_file)",
+        "dry-run": "only render and validate; write everything under --out",
+        "out": "folder for the rendered manifests (must not exist, or be empty)",
+        "create-bucket": "create the checkpoint bucket when it does not exist",
+        "skip-preflight": "skip the bucket/registry/cluster/master checks",
+        "schemas": "folder of Determined's expconf JSON schemas (or $NEOX_DETERMINED_SCHEMAS)",
+        "no-wait": "apply and submit, then return: follow with `invoke status` / `invoke logs --follow`",
+        "force-conflicts": "take over fields another field manager owns (server-side apply)",
+    }
+)
+def deploy(
+    c,
+    config=None,
+    lock=None,
+    dry_run=False,
+    out=None,
+    create_bucket=False,
+    skip_preflight=False,
+    kubeconfig=None,
+    context=None,
+    namespace=None,
+    schemas=None,
+    no_wait=False,
+    force_conflicts=False,
+):
     """Render, validate, preflight, apply, wait for the Jobs, then start training on the configured engine."""
     from k8s import deploy as _deploy
 
     if dry_run and not out:
         raise Exit("deploy: error: --dry-run needs --out DIR", code=2)
-    opts = _options("deploy", config, lock=lock, out=out, dry_run=dry_run, create_bucket=create_bucket,
-                    skip_preflight=skip_preflight, kubeconfig=kubeconfig, context=context, namespace=namespace,
-                    schemas=schemas, wait_train=not no_wait, force_conflicts=force_conflicts)
+    opts = _options(
+        "deploy",
+        config,
+        lock=lock,
+        out=out,
+        dry_run=dry_run,
+        create_bucket=create_bucket,
+        skip_preflight=skip_preflight,
+        kubeconfig=kubeconfig,
+        context=context,
+        namespace=namespace,
+        schemas=schemas,
+        wait_train=not no_wait,
+        force_conflicts=force_conflicts,
+    )
     _run("deploy", lambda: _deploy.deploy(opts))
 
 
@@ -335,22 +372,45 @@ def status(c, config=None, kubeconfig=None, context=None, namespace=None, json=F
     _run("status", lambda: _deploy.status(opts, as_json=json))
 
 
-@neox_task(help={**_COMMON, "step": "probe-weights, fetch-weights, fetch-data, preprocess, train or export "
-                                    "(default: all)",
-                 "tail": "lines per pod (default 100)", "rank": "node rank of the train pods to show (default 0)",
-                 "follow": "keep streaming (one pod: the train pod of --rank, or the newest of --step)"})
-def logs(c, config=None, step=None, tail=100, rank=None, follow=False, kubeconfig=None, context=None,
-         namespace=None):
+@neox_task(
+    help={
+        **_COMMON,
+        "step": "probe-weights, fetch-weights, fetch-data, preprocess, train or export (default: all)",
+        "tail": "lines per pod (default 100)",
+        "rank": "node rank of the train pods to show (default 0)",
+        "follow": "keep streaming (one pod: the train pod of --rank, or the newest of --step)",
+    }
+)
+def logs(
+    c,
+    config=None,
+    step=None,
+    tail=100,
+    rank=None,
+    follow=False,
+    kubeconfig=None,
+    context=None,
+    namespace=None,
+):
     """Print the logs of this deployment's pods; train pods by node rank."""
     from k8s import deploy as _deploy
 
     opts = _options("logs", config, kubeconfig=kubeconfig, context=context, namespace=namespace)
-    _run("logs", lambda: _deploy.logs(opts, step=step, tail=int(tail), rank=None if rank is None else int(rank),
-                                      follow=follow))
+    _run(
+        "logs",
+        lambda: _deploy.logs(
+            opts, step=step, tail=int(tail), rank=None if rank is None else int(rank), follow=follow
+        ),
+    )
 
 
-@neox_task(help={**_COMMON, "volume": "also delete the shared volume (weights, data and checkpoints on it are lost)",
-                 "secrets": "also delete the Secrets"})
+@neox_task(
+    help={
+        **_COMMON,
+        "volume": "also delete the shared volume (weights, data and checkpoints on it are lost)",
+        "secrets": "also delete the Secrets",
+    }
+)
 def teardown(c, config=None, volume=False, secrets=False, kubeconfig=None, context=None, namespace=None):
     """Delete this deployment's Jobs, training run and ConfigMaps; keeps the volume unless --volume."""
     from k8s import deploy as _deploy
@@ -359,19 +419,42 @@ def teardown(c, config=None, volume=False, secrets=False, kubeconfig=None, conte
     _run("teardown", lambda: _deploy.teardown(opts, volume=volume, secrets_too=secrets))
 
 
-@neox_task(help={**_COMMON, "experiment": "Determined experiment ID: export its latest completed checkpoint",
-                 "checkpoint": "s3://BUCKET/PREFIX/... of a checkpoint (Determined's or the mirror's)",
-                 "to": "s3://BUCKET/PREFIX for the Hugging Face folder (default: export/<run>/hf on the volume)",
-                 "out": "with --local: the folder here (must not exist, or be empty)",
-                 "local": "download the checkpoint and convert it here instead of in a Job in the cluster"})
-def export(c, config=None, out=None, experiment=None, checkpoint=None, to=None, local=False, kubeconfig=None,
-           context=None, namespace=None):
+@neox_task(
+    help={
+        **_COMMON,
+        "experiment": "Determined experiment ID: export its latest completed checkpoint",
+        "checkpoint": "s3://BUCKET/PREFIX/... of a checkpoint (Determined's or the mirror's)",
+        "to": "s3://BUCKET/PREFIX for the Hugging Face folder (default: export/<run>/hf on the volume)",
+        "out": "with --local: the folder here (must not exist, or be empty)",
+        "local": "download the checkpoint and convert it here instead of in a Job in the cluster",
+    }
+)
+def export(
+    c,
+    config=None,
+    out=None,
+    experiment=None,
+    checkpoint=None,
+    to=None,
+    local=False,
+    kubeconfig=None,
+    context=None,
+    namespace=None,
+):
     """Turn the run's checkpoint into a Hugging Face folder, in a Job where the checkpoint is (or --local)."""
     from k8s import deploy as _deploy
 
     opts = _options("export", config, out=out, kubeconfig=kubeconfig, context=context, namespace=namespace)
-    _run("export", lambda: _deploy.export(opts, experiment_id=int(experiment) if experiment else None,
-                                          checkpoint=checkpoint, local=local, to=to))
+    _run(
+        "export",
+        lambda: _deploy.export(
+            opts,
+            experiment_id=int(experiment) if experiment else None,
+            checkpoint=checkpoint,
+            local=local,
+            to=to,
+        ),
+    )
 
 
 ns = Collection(base, lock, build, push, local, deploy, secrets, status, logs, teardown, export)

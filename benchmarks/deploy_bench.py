@@ -37,8 +37,16 @@ def timed(fn, repeats):
 def main(repeats: int = 5) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="deploy-bench-"))
     lock = tmp / "images.lock.json"
-    lock.write_text(json.dumps({"images": {n: f"127.0.0.1:5999/neox/{n}@sha256:{c * 64}"
-                                           for n, c in (("trainer", "1"), ("fetcher", "2"), ("preprocessor", "3"))}}))
+    lock.write_text(
+        json.dumps(
+            {
+                "images": {
+                    n: f"127.0.0.1:5999/neox/{n}@sha256:{c * 64}"
+                    for n, c in (("trainer", "1"), ("fetcher", "2"), ("preprocessor", "3"))
+                }
+            }
+        )
+    )
     import yaml
 
     raw = yaml.safe_load((REPO / "pipeline.example.yaml").read_text())
@@ -52,13 +60,20 @@ def main(repeats: int = 5) -> None:
     build_plan(cfg, images)  # cold: loads the Kubernetes and Determined schemas
     print(f"render+validate, cold (schemas loaded): {(time.perf_counter() - t) * 1000:.0f} ms")
     med, best = timed(lambda: build_plan(cfg, images), repeats)
-    print(f"render+validate, warm (7 objects + experiment): median {med * 1000:.0f} ms, best {best * 1000:.0f} ms")
+    print(
+        f"render+validate, warm (7 objects + experiment): median {med * 1000:.0f} ms, best {best * 1000:.0f} ms"
+    )
     plan = build_plan(cfg, images)
     outs = iter(range(repeats))  # a new folder each time: --out never replaces one with files in it
     med, best = timed(lambda: write_plan(plan, tmp / f"out{next(outs)}", images), repeats)
     print(f"dry-run write: median {med * 1000:.0f} ms, best {best * 1000:.0f} ms")
-    os.environ.update({"AWS_ACCESS_KEY_ID": "AKIDBENCH", "AWS_SECRET_ACCESS_KEY": "bench-secret",
-                       "DET_PASS": "det-pass-123"})
+    os.environ.update(
+        {
+            "AWS_ACCESS_KEY_ID": "AKIDBENCH",
+            "AWS_SECRET_ACCESS_KEY": "bench-secret",
+            "DET_PASS": "det-pass-123",
+        }
+    )
 
     pki = standins.make_pki(tmp / "pki")
 
@@ -82,9 +97,11 @@ def main(repeats: int = 5) -> None:
             det.stop()
 
     runs = [full() for _ in range(repeats)]
-    print(f"deploy vs stand-ins: first run median {statistics.median(r[0] for r in runs) * 1000:.0f} ms, "
-          f"second (no-op) run median {statistics.median(r[1] for r in runs) * 1000:.0f} ms, "
-          f"{runs[0][2]} API requests for both")
+    print(
+        f"deploy vs stand-ins: first run median {statistics.median(r[0] for r in runs) * 1000:.0f} ms, "
+        f"second (no-op) run median {statistics.median(r[1] for r in runs) * 1000:.0f} ms, "
+        f"{runs[0][2]} API requests for both"
+    )
 
 
 if __name__ == "__main__":

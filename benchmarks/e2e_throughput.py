@@ -63,18 +63,38 @@ def sync() -> None:
 def neox_config(args):
     from trainer.config import from_dict
 
-    return from_dict({
-        "num-layers": args.layers, "hidden-size": args.hidden, "num-attention-heads": args.heads,
-        "seq-length": args.seq, "max-position-embeddings": args.seq, "rotary-pct": 0.25, "gpt-j-residual": True,
-        "no-weight-tying": True, "bias-gelu-fusion": True, "padded-vocab-size": args.vocab,
-        "hidden-dropout": 0, "attention-dropout": 0, "checkpoint-activations": args.checkpoint_activations,
-        "optimizer": {"type": "Adam", "params": {"lr": 1e-4, "betas": [0.9, 0.95], "eps": 1e-8}},
-        "weight-decay": 0.01, "gradient-clipping": 1.0, "bf16": {"enabled": True},
-        # the 16-bit save gathers ZeRO-3's shards on rank 0
-        "zero_optimization": {"stage": args.zero, "stage3_gather_16bit_weights_on_model_save": args.save_weights_only}, "train-micro-batch-size-per-gpu": args.micro_batches[0],
-        "train-iters": 1000, "steps-per-print": 10**9,
-        "fp8": args.fp8, "fused-output-loss": args.fused_loss, "compile-blocks": args.compile,
-    })
+    return from_dict(
+        {
+            "num-layers": args.layers,
+            "hidden-size": args.hidden,
+            "num-attention-heads": args.heads,
+            "seq-length": args.seq,
+            "max-position-embeddings": args.seq,
+            "rotary-pct": 0.25,
+            "gpt-j-residual": True,
+            "no-weight-tying": True,
+            "bias-gelu-fusion": True,
+            "padded-vocab-size": args.vocab,
+            "hidden-dropout": 0,
+            "attention-dropout": 0,
+            "checkpoint-activations": args.checkpoint_activations,
+            "optimizer": {"type": "Adam", "params": {"lr": 1e-4, "betas": [0.9, 0.95], "eps": 1e-8}},
+            "weight-decay": 0.01,
+            "gradient-clipping": 1.0,
+            "bf16": {"enabled": True},
+            # the 16-bit save gathers ZeRO-3's shards on rank 0
+            "zero_optimization": {
+                "stage": args.zero,
+                "stage3_gather_16bit_weights_on_model_save": args.save_weights_only,
+            },
+            "train-micro-batch-size-per-gpu": args.micro_batches[0],
+            "train-iters": 1000,
+            "steps-per-print": 10**9,
+            "fp8": args.fp8,
+            "fused-output-loss": args.fused_loss,
+            "compile-blocks": args.compile,
+        }
+    )
 
 
 PRESETS = {  # hidden, layers, heads, vocab
@@ -110,7 +130,11 @@ def attention_backends():
     """FORMATS section 6's restriction: cuDNN or flash attention, never SDPA's memory-hungry paths."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    return sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION]) if DEV == "cuda" else contextlib.nullcontext()
+    return (
+        sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION])
+        if DEV == "cuda"
+        else contextlib.nullcontext()
+    )
 
 
 def build_ours(args, cfg):
@@ -122,10 +146,16 @@ def build_ours(args, cfg):
     from trainer.train import lm_loss
 
     # ZeRO-3 partitions each layer's weights as it is built, so a model larger than one GPU still builds.
-    sharded = deepspeed.zero.Init(config_dict_or_path=ds_config(cfg, dist.get_world_size())) if args.zero == 3 else None
+    sharded = (
+        deepspeed.zero.Init(config_dict_or_path=ds_config(cfg, dist.get_world_size()))
+        if args.zero == 3
+        else None
+    )
     with sharded or contextlib.nullcontext(), torch.device(DEV):
         model = GPTNeoX(cfg.model_config(vocab_size=args.vocab))
-    engine = parallelize(model, cfg, fp8_recipe=args.fp8_recipe)  # fused loss, fp8 and compile from the config
+    engine = parallelize(
+        model, cfg, fp8_recipe=args.fp8_recipe
+    )  # fused loss, fp8 and compile from the config
     return engine, lambda tokens: lm_loss(engine, tokens), model.cfg.flops_per_token(args.seq)
 
 
@@ -136,10 +166,20 @@ def build_hf(args, cfg):
     from trainer.engine import ds_config, param_groups
 
     hf_cfg = transformers.GPTNeoXConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
-        num_attention_heads=args.heads, intermediate_size=4 * args.hidden, max_position_embeddings=args.seq,
-        rotary_pct=0.25, use_parallel_residual=True, hidden_act="gelu_fast", tie_word_embeddings=False,
-        attention_dropout=0.0, hidden_dropout=0.0, attn_implementation="sdpa")
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        intermediate_size=4 * args.hidden,
+        max_position_embeddings=args.seq,
+        rotary_pct=0.25,
+        use_parallel_residual=True,
+        hidden_act="gelu_fast",
+        tie_word_embeddings=False,
+        attention_dropout=0.0,
+        hidden_dropout=0.0,
+        attn_implementation="sdpa",
+    )
     with torch.device(DEV):
         model = transformers.GPTNeoXForCausalLM(hf_cfg)
     if args.checkpoint_activations:
@@ -154,8 +194,9 @@ def build_hf(args, cfg):
     for layer in model.gpt_neox.layers:
         if DEV == "cuda":  # a CPU smoke test skips inductor's C++ build
             layer.compile()
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=param_groups(model, 0.01),
-                                           config=ds_config(cfg, 1))
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=param_groups(model, 0.01), config=ds_config(cfg, 1)
+    )
     if liger:
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
@@ -167,6 +208,7 @@ def build_hf(args, cfg):
             weight = engine.module.get_output_embeddings().weight
             return flce(weight, hidden.flatten(0, 1), tokens[:, 1:].flatten())
     else:
+
         def loss(tokens):
             x = tokens[:, :-1].to(engine.device)
             return engine(input_ids=x, labels=x).loss  # HF shifts the labels itself
@@ -180,7 +222,9 @@ def wire_liger(model) -> None:
 
     def swap(parent, name):
         old = getattr(parent, name)
-        new = LigerLayerNorm(old.normalized_shape[0], eps=old.eps, bias=True).to(old.weight.device, old.weight.dtype)
+        new = LigerLayerNorm(old.normalized_shape[0], eps=old.eps, bias=True).to(
+            old.weight.device, old.weight.dtype
+        )
         with torch.no_grad():
             new.weight.copy_(old.weight)
             new.bias.copy_(old.bias)
@@ -206,10 +250,18 @@ def save_checkpoint(engine, args) -> None:
     dist.barrier()
     seconds = time.perf_counter() - start
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-    row = {"impl": "save_16bit_model" if args.save_weights_only else "save_checkpoint", "preset": args.preset,
-           "zero": args.zero, "world": dist.get_world_size(), "seconds": seconds, "bytes": size,
-           "GBps": size / seconds / 1e9}
-    say(f"e2e: checkpoint saved in {seconds:.1f}s: {size / 2**30:.1f} GiB in {folder} ({row['GBps']:.2f} GB/s)")
+    row = {
+        "impl": "save_16bit_model" if args.save_weights_only else "save_checkpoint",
+        "preset": args.preset,
+        "zero": args.zero,
+        "world": dist.get_world_size(),
+        "seconds": seconds,
+        "bytes": size,
+        "GBps": size / seconds / 1e9,
+    }
+    say(
+        f"e2e: checkpoint saved in {seconds:.1f}s: {size / 2**30:.1f} GiB in {folder} ({row['GBps']:.2f} GB/s)"
+    )
     if args.out and rank() == 0:
         with open(args.out, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -227,7 +279,9 @@ def impl_spec(text: str) -> str:
     """`BASE[+OPTION...]`, e.g. `ours+fp8+unfused-loss`; checked here so a typo fails before any run."""
     base, *opts = text.split("+")
     if base not in BASES or any(o not in OPTIONS for o in opts):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected one of {BASES} with optional +{'/+'.join(OPTIONS)}")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected one of {BASES} with optional +{'/+'.join(OPTIONS)}"
+        )
     return text
 
 
@@ -259,24 +313,40 @@ def run_each(args, argv) -> int:
 def print_table(rows: list[dict]) -> None:
     if not rows:
         return
-    best_base = max((r["tokens_per_s"] for r in rows if r["impl"].startswith("hf") and "fp8" not in r["impl"]),
-                    default=None)
-    print(f"{'impl':<24} {'mb':>3} {'tokens/s':>9} {'ms/step':>8} {'MFU 6N+12lhs':>12} {'model MFU':>9} "
-          f"{'peak GiB':>8} {'vs best bf16 HF':>15}")
+    best_base = max(
+        (r["tokens_per_s"] for r in rows if r["impl"].startswith("hf") and "fp8" not in r["impl"]),
+        default=None,
+    )
+    print(
+        f"{'impl':<24} {'mb':>3} {'tokens/s':>9} {'ms/step':>8} {'MFU 6N+12lhs':>12} {'model MFU':>9} "
+        f"{'peak GiB':>8} {'vs best bf16 HF':>15}"
+    )
     for r in rows:
         ratio = f"{r['tokens_per_s'] / best_base:.2f}x" if best_base else "-"
-        print(f"{r['impl']:<24} {r['micro_batch']:>3} {r['tokens_per_s']:>9,.0f} {r['step_s'] * 1e3:>8.1f} "
-              f"{100 * r['mfu_palm']:>11.1f}% {100 * r['mfu_model']:>8.1f}% {r['peak_mem_gib']:>8.1f} {ratio:>15}")
+        print(
+            f"{r['impl']:<24} {r['micro_batch']:>3} {r['tokens_per_s']:>9,.0f} {r['step_s'] * 1e3:>8.1f} "
+            f"{100 * r['mfu_palm']:>11.1f}% {100 * r['mfu_model']:>8.1f}% {r['peak_mem_gib']:>8.1f} {ratio:>15}"
+        )
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--impl", type=impl_spec, nargs="+", required=True, metavar="BASE[+OPTION]",
-                   help=f"one or more of {BASES}, each with optional +{'/+'.join(OPTIONS)} (these override "
-                        "--compile, --no-fused-loss and --fp8-recipe); several run one after another in fresh processes")
-    p.add_argument("--no-fused-loss", dest="fused_loss", action="store_false",
-                   help="ours: full logits then cross-entropy (config key fused-output-loss: false)")
+    p.add_argument(
+        "--impl",
+        type=impl_spec,
+        nargs="+",
+        required=True,
+        metavar="BASE[+OPTION]",
+        help=f"one or more of {BASES}, each with optional +{'/+'.join(OPTIONS)} (these override "
+        "--compile, --no-fused-loss and --fp8-recipe); several run one after another in fresh processes",
+    )
+    p.add_argument(
+        "--no-fused-loss",
+        dest="fused_loss",
+        action="store_false",
+        help="ours: full logits then cross-entropy (config key fused-output-loss: false)",
+    )
     p.add_argument("--fp8-recipe", choices=["tensorwise", "rowwise"], default="tensorwise")
     p.add_argument("--preset", choices=sorted(PRESETS), default="pythia-1.4b", help="model shape")
     p.add_argument("--micro-batches", type=int, nargs="+", default=[4, 8])
@@ -288,14 +358,24 @@ def main(argv=None) -> int:
     p.add_argument("--zero", type=int, default=1)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--compile", action="store_true",
-                   help="ours: torch.compile each block (config key compile-blocks); the baselines always are")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="ours: torch.compile each block (config key compile-blocks); the baselines always are",
+    )
     p.add_argument("--checkpoint-activations", action="store_true")
-    p.add_argument("--save-checkpoint", type=Path, metavar="DIR", help="time a checkpoint save after the last size")
-    p.add_argument("--save-weights-only", action="store_true",
-                   help="save only the 16-bit weights (save_16bit_model), not the resumable optimizer state; "
-                        "GPT-NeoX-20B's full state is about 290 GB")
-    p.add_argument("--profile", type=Path, help="after timing, profile 2 steps of the last size; top ops here")
+    p.add_argument(
+        "--save-checkpoint", type=Path, metavar="DIR", help="time a checkpoint save after the last size"
+    )
+    p.add_argument(
+        "--save-weights-only",
+        action="store_true",
+        help="save only the 16-bit weights (save_16bit_model), not the resumable optimizer state; "
+        "GPT-NeoX-20B's full state is about 290 GB",
+    )
+    p.add_argument(
+        "--profile", type=Path, help="after timing, profile 2 steps of the last size; top ops here"
+    )
     p.add_argument("--peak", type=float, default=989.0, help="dense bf16 TFLOP/s of the device")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
@@ -329,15 +409,27 @@ def main(argv=None) -> int:
     if model_fpt is None:  # the same architecture: take our model's count for the baseline too
         from trainer.model import ModelConfig
 
-        model_fpt = ModelConfig(vocab_size=args.vocab, hidden_size=args.hidden, num_layers=args.layers,
-                                num_heads=args.heads, max_position_embeddings=args.seq).flops_per_token(args.seq)
+        model_fpt = ModelConfig(
+            vocab_size=args.vocab,
+            hidden_size=args.hidden,
+            num_layers=args.layers,
+            num_heads=args.heads,
+            max_position_embeddings=args.seq,
+        ).flops_per_token(args.seq)
     from trainer.kernels import loader
 
     ours = args.impl_base == "ours"
-    label = "+".join([args.impl_base] + [f"fp8-{args.fp8_recipe}"] * args.fp8 + ["compile"] * (ours and args.compile)
-                     + ["unfused-loss"] * (ours and not args.fused_loss) + ["ckpt"] * args.checkpoint_activations)
-    say(f"e2e: {label}: {n_params / 1e6:,.1f}M parameters, ZeRO-{args.zero} over {world} GPU(s), built in "
-        f"{time.perf_counter() - t0:.1f}s; {loader.summary() if ours else 'HF SDPA attention, layers compiled'}")
+    label = "+".join(
+        [args.impl_base]
+        + [f"fp8-{args.fp8_recipe}"] * args.fp8
+        + ["compile"] * (ours and args.compile)
+        + ["unfused-loss"] * (ours and not args.fused_loss)
+        + ["ckpt"] * args.checkpoint_activations
+    )
+    say(
+        f"e2e: {label}: {n_params / 1e6:,.1f}M parameters, ZeRO-{args.zero} over {world} GPU(s), built in "
+        f"{time.perf_counter() - t0:.1f}s; {loader.summary() if ours else 'HF SDPA attention, layers compiled'}"
+    )
     gen = torch.Generator(device=DEV).manual_seed(0)
     engine.train()
 
@@ -349,7 +441,9 @@ def main(argv=None) -> int:
         return loss
 
     for mb in args.micro_batches:
-        batches = [torch.randint(0, args.vocab, (mb, args.seq + 1), device=DEV, generator=gen) for _ in range(4)]
+        batches = [
+            torch.randint(0, args.vocab, (mb, args.seq + 1), device=DEV, generator=gen) for _ in range(4)
+        ]
         if DEV == "cuda":
             torch.cuda.reset_peak_memory_stats()
         try:
@@ -371,21 +465,37 @@ def main(argv=None) -> int:
             continue
         elapsed = world_max(elapsed)  # the step ends when the slowest rank's does
         tok_s = mb * args.seq * args.steps / elapsed  # per GPU
-        row = {"impl": label, "preset": args.preset, "micro_batch": mb, "seq": args.seq, "zero": args.zero,
-               "world": world, "steps": args.steps, "step_s": elapsed / args.steps, "tokens_per_s": tok_s,
-               "tokens_per_s_world": tok_s * world, "warmup_s": warm_s,
-               "tflops_palm": palm_fpt * tok_s / 1e12, "mfu_palm": palm_fpt * tok_s / 1e12 / args.peak,
-               "tflops_model": model_fpt * tok_s / 1e12, "mfu_model": model_fpt * tok_s / 1e12 / args.peak,
-               "peak_mem_gib": world_max(torch.cuda.max_memory_allocated() / 2**30 if DEV == "cuda" else 0.0),
-               "loss": loss.item(),
-               "fp8": args.fp8_recipe if args.fp8 else None, "fused_loss": ours and args.fused_loss,
-               "compiled": args.compile or not ours or args.fp8,
-               "kernels": os.environ.get("NEOX_KERNELS", "1"), "device": torch.cuda.get_device_name() if DEV == "cuda" else "cpu",
-               "torch": torch.__version__}
-        say(f"e2e: {label:<18} mb {mb:>2}: {tok_s:>9,.0f} tokens/s per GPU  {row['step_s'] * 1e3:7.1f} ms/step  "
+        row = {
+            "impl": label,
+            "preset": args.preset,
+            "micro_batch": mb,
+            "seq": args.seq,
+            "zero": args.zero,
+            "world": world,
+            "steps": args.steps,
+            "step_s": elapsed / args.steps,
+            "tokens_per_s": tok_s,
+            "tokens_per_s_world": tok_s * world,
+            "warmup_s": warm_s,
+            "tflops_palm": palm_fpt * tok_s / 1e12,
+            "mfu_palm": palm_fpt * tok_s / 1e12 / args.peak,
+            "tflops_model": model_fpt * tok_s / 1e12,
+            "mfu_model": model_fpt * tok_s / 1e12 / args.peak,
+            "peak_mem_gib": world_max(torch.cuda.max_memory_allocated() / 2**30 if DEV == "cuda" else 0.0),
+            "loss": loss.item(),
+            "fp8": args.fp8_recipe if args.fp8 else None,
+            "fused_loss": ours and args.fused_loss,
+            "compiled": args.compile or not ours or args.fp8,
+            "kernels": os.environ.get("NEOX_KERNELS", "1"),
+            "device": torch.cuda.get_device_name() if DEV == "cuda" else "cpu",
+            "torch": torch.__version__,
+        }
+        say(
+            f"e2e: {label:<18} mb {mb:>2}: {tok_s:>9,.0f} tokens/s per GPU  {row['step_s'] * 1e3:7.1f} ms/step  "
             f"{row['tflops_palm']:6.1f} TFLOP/s (6N+12lhs) MFU {100 * row['mfu_palm']:5.1f}%  "
             f"model-count MFU {100 * row['mfu_model']:5.1f}%  peak {row['peak_mem_gib']:.1f} GiB  "
-            f"loss {row['loss']:.3f}")
+            f"loss {row['loss']:.3f}"
+        )
         if args.out and rank() == 0:
             with open(args.out, "a") as f:
                 f.write(json.dumps(row) + "\n")

@@ -83,6 +83,7 @@ def case_bias_gelu(rows, ffn):
         b = torch.randn(ffn, device="cuda", dtype=dtype)
         e, n = x.element_size(), x.numel()
         return [x, b], [True, True], K.bias_gelu, reference.bias_gelu, 2 * n * e, 3 * n * e
+
     return f"bias_gelu [{rows}, {ffn}]", make
 
 
@@ -98,6 +99,7 @@ def case_rotary(b, s, h, d, rot):
             return reference.rotary(t, cos.to(t.dtype), sin.to(t.dtype), rot)
 
         return [q], [True], lambda t: K.rotary(t, cos, sin, rot), ref, 2 * n * e, 2 * n * e
+
     return f"rotary q [{b}, {h}, {s}, {d}] rot {rot}", make
 
 
@@ -107,8 +109,15 @@ def case_layer_norm(rows, hidden):
         w = 1 + 0.1 * torch.randn(hidden, device="cuda", dtype=dtype)
         bb = 0.1 * torch.randn(hidden, device="cuda", dtype=dtype)
         e, n = x.element_size(), x.numel()
-        return ([x, w, bb], [True, True, True], lambda x, w, b: K.layer_norm(x, w, b, 1e-5),
-                lambda x, w, b: reference.layer_norm(x, w, b, 1e-5), 2 * n * e, 3 * n * e)
+        return (
+            [x, w, bb],
+            [True, True, True],
+            lambda x, w, b: K.layer_norm(x, w, b, 1e-5),
+            lambda x, w, b: reference.layer_norm(x, w, b, 1e-5),
+            2 * n * e,
+            3 * n * e,
+        )
+
     return f"layer_norm [{rows}, {hidden}]", make
 
 
@@ -127,6 +136,7 @@ def case_cross_entropy(rows, vocab):
             return reference.cross_entropy(lg, targets_all[: lg.shape[0]])
 
         return [lg], [True], fused, ref, n * e, 2 * n * e
+
     return f"cross_entropy [{rows}, {vocab}]", make
 
 
@@ -136,8 +146,15 @@ def case_causal_softmax(mats, s, head_dim):
     def make(dtype):
         x = torch.randn(mats, s, s, device="cuda", dtype=dtype) * 4
         e, tri = x.element_size(), s * (s + 1) // 2
-        return ([x], [True], lambda x: K.causal_softmax(x, scale), lambda x: reference.causal_softmax(x, scale),
-                mats * (tri + s * s) * e, mats * (2 * tri + s * s) * e)
+        return (
+            [x],
+            [True],
+            lambda x: K.causal_softmax(x, scale),
+            lambda x: reference.causal_softmax(x, scale),
+            mats * (tri + s * s) * e,
+            mats * (2 * tri + s * s) * e,
+        )
+
     return f"causal_softmax [{mats}, {s}, {s}]", make
 
 
@@ -149,11 +166,13 @@ def shapes(quick: bool):
     for name, m in (("pythia-1.4b", pythia), ("neox-20b", neox20b)):
         mb = 1 if quick else m["mb"]
         rows = mb * s
-        out += [(name, case_layer_norm(rows, m["hidden"])),
-                (name, case_bias_gelu(rows, 4 * m["hidden"])),
-                (name, case_rotary(mb, s, m["heads"], m["d"], m["rot"])),
-                (name, case_cross_entropy(rows, m["vocab"])),
-                (name, case_causal_softmax(mb * m["heads"], s, m["d"]))]
+        out += [
+            (name, case_layer_norm(rows, m["hidden"])),
+            (name, case_bias_gelu(rows, 4 * m["hidden"])),
+            (name, case_rotary(mb, s, m["heads"], m["d"], m["rot"])),
+            (name, case_cross_entropy(rows, m["vocab"])),
+            (name, case_causal_softmax(mb * m["heads"], s, m["d"])),
+        ]
     return out
 
 
@@ -167,8 +186,10 @@ def slice_rows(t: torch.Tensor, is_param: bool) -> torch.Tensor:
 def errors(inputs, grads, fused, ref):
     params = [t.dim() == 1 for t in inputs]
     sl = [slice_rows(t, p) for t, p in zip(inputs, params, strict=True)]
-    ours = [t.detach().clone().requires_grad_(g) if not t.is_contiguous() else t.detach().requires_grad_(g)
-            for t, g in zip(sl, grads, strict=True)]
+    ours = [
+        t.detach().clone().requires_grad_(g) if not t.is_contiguous() else t.detach().requires_grad_(g)
+        for t, g in zip(sl, grads, strict=True)
+    ]
     if len(ours) == 1 and not sl[0].is_contiguous():  # keep the strided layout of the rotary query
         ours = [sl[0].detach().requires_grad_(grads[0])]
     theirs = [t.detach().double().requires_grad_(g) for t, g in zip(sl, grads, strict=True)]
@@ -185,6 +206,7 @@ def errors(inputs, grads, fused, ref):
 
 def bench_pass(fn_fwd, inputs_sets, grads, device_only: bool = True):
     """(fwd ms, bwd ms) of fn over rotating input sets."""
+
     def fwd(i):
         with torch.no_grad():
             fn_fwd(*inputs_sets[i])
@@ -231,36 +253,58 @@ def main(argv=None) -> int:
             errs, fn_class = errors(inputs, grads, fused, ref)
             torch.cuda.empty_cache()
             size = sum(t.numel() * t.element_size() for t in inputs)
-            sets = [inputs] + [make(dtype)[0] for _ in range(min(3, max(0, math.ceil((256 << 20) / size) - 1)))]
+            sets = [inputs] + [
+                make(dtype)[0] for _ in range(min(3, max(0, math.ceil((256 << 20) / size) - 1)))
+            ]
             f_ms, b_ms = bench_pass(fused, sets, grads)
             f_call_ms, b_call_ms = bench_pass(fused, sets, grads, device_only=False)
             rf_ms, rb_ms = bench_pass(ref, sets[:1] * 1, grads) if size < (8 << 30) else (math.nan, math.nan)
             del sets, inputs
             torch.cuda.empty_cache()
             row = {
-                "model": model, "kernel": label, "dtype": str(dtype).replace("torch.", ""), "autograd": fn_class,
-                "max_rel_err": max(errs.values()), "errors": errs, "target": TARGET[dtype],
-                "fwd_ms": f_ms, "bwd_ms": b_ms, "fwd_call_ms": f_call_ms, "bwd_call_ms": b_call_ms, "fwd_GBps": bytes_f / f_ms / 1e6, "bwd_GBps": bytes_b / b_ms / 1e6,
-                "ref_fwd_ms": rf_ms, "ref_bwd_ms": rb_ms,
+                "model": model,
+                "kernel": label,
+                "dtype": str(dtype).replace("torch.", ""),
+                "autograd": fn_class,
+                "max_rel_err": max(errs.values()),
+                "errors": errs,
+                "target": TARGET[dtype],
+                "fwd_ms": f_ms,
+                "bwd_ms": b_ms,
+                "fwd_call_ms": f_call_ms,
+                "bwd_call_ms": b_call_ms,
+                "fwd_GBps": bytes_f / f_ms / 1e6,
+                "bwd_GBps": bytes_b / b_ms / 1e6,
+                "ref_fwd_ms": rf_ms,
+                "ref_bwd_ms": rb_ms,
             }
             row["fwd_pct_copy"] = 100 * row["fwd_GBps"] * 1e9 / copy_bw
             row["bwd_pct_copy"] = 100 * row["bwd_GBps"] * 1e9 / copy_bw
             rows.append(row)
             ok = "ok" if row["max_rel_err"] < row["target"] else "OVER"
-            print(f"{model:12s} {label:38s} {row['dtype']:8s} err {row['max_rel_err']:.2e} {ok:4s} "
-                  f"fwd {f_ms:7.3f} ms {row['fwd_pct_copy']:5.1f}% (ref {rf_ms:7.3f})  "
-                  f"bwd {b_ms:7.3f} ms {row['bwd_pct_copy']:5.1f}% (ref {rb_ms:7.3f})  "
-                  f"per call {f_call_ms:.3f} / {b_call_ms:.3f} ms", flush=True)
+            print(
+                f"{model:12s} {label:38s} {row['dtype']:8s} err {row['max_rel_err']:.2e} {ok:4s} "
+                f"fwd {f_ms:7.3f} ms {row['fwd_pct_copy']:5.1f}% (ref {rf_ms:7.3f})  "
+                f"bwd {b_ms:7.3f} ms {row['bwd_pct_copy']:5.1f}% (ref {rb_ms:7.3f})  "
+                f"per call {f_call_ms:.3f} / {b_call_ms:.3f} ms",
+                flush=True,
+            )
     result = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-        "kernels": st, "copy_TBps": copy_bw / 1e12, "rows": rows,
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "kernels": st,
+        "copy_TBps": copy_bw / 1e12,
+        "rows": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "kernels_bench.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     bad = [r for r in rows if not r["max_rel_err"] < r["target"]]
-    print(f"kernels_bench: {len(rows)} rows, {len(bad)} over the error target, copy {copy_bw / 1e12:.2f} TB/s; "
-          f"wrote {args.out / 'kernels_bench.json'}")
+    print(
+        f"kernels_bench: {len(rows)} rows, {len(bad)} over the error target, copy {copy_bw / 1e12:.2f} TB/s; "
+        f"wrote {args.out / 'kernels_bench.json'}"
+    )
     return 1 if bad else 0
 
 

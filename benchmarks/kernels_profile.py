@@ -1,6 +1,6 @@
 """A few launches of chosen fused kernels at the benchmark shapes, for a profiler (ncu) to attach to.
 
-    PYTHONPATH=. ncu --clock-control none -k regex:ln_ python benchmarks/kernels_profile.py layer_norm
+PYTHONPATH=. ncu --clock-control none -k regex:ln_ python benchmarks/kernels_profile.py layer_norm
 """
 
 import sys

@@ -13,8 +13,15 @@ import transformers
 from trainer.checkpoint import load_hf
 from trainer.model import cross_entropy
 
-SHAPE = dict(vocab_size=2048, hidden_size=256, num_hidden_layers=4, num_attention_heads=8,
-             intermediate_size=1024, max_position_embeddings=512, rotary_pct=0.25)
+SHAPE = dict(
+    vocab_size=2048,
+    hidden_size=256,
+    num_hidden_layers=4,
+    num_attention_heads=8,
+    intermediate_size=1024,
+    max_position_embeddings=512,
+    rotary_pct=0.25,
+)
 BATCH, SEQ, REPEATS = 4, 256, 10
 
 

@@ -22,7 +22,9 @@ REPOSITORY_PREFIX = "neox-pipeline"
 SOURCE_URL = "https://github.com/neox-pipeline/neox-pipeline"
 
 # The GPU generations the trainer's compiled code covers: the file the kernels' loader reads too.
-TORCH_CUDA_ARCH_LIST = (Path(__file__).resolve().parents[1] / "trainer/csrc/arch-list.txt").read_text().strip()
+TORCH_CUDA_ARCH_LIST = (
+    (Path(__file__).resolve().parents[1] / "trainer/csrc/arch-list.txt").read_text().strip()
+)
 
 
 @dataclass(frozen=True)

@@ -50,9 +50,15 @@ class JobSpec:
         return [*(self.command or ()), *self.args]
 
 
-def fetch_args(source: str, dest: str, connections: int | None = None, checksums: str | None = None,
-               include: list[str] | tuple = (), exclude: list[str] | tuple = (),
-               endpoint_url: str | None = None) -> tuple[str, ...]:
+def fetch_args(
+    source: str,
+    dest: str,
+    connections: int | None = None,
+    checksums: str | None = None,
+    include: list[str] | tuple = (),
+    exclude: list[str] | tuple = (),
+    endpoint_url: str | None = None,
+) -> tuple[str, ...]:
     """`python -m jobs.fetch SOURCE DEST [options]`, the fetcher image's entrypoint arguments."""
     args = [source, dest]
     if connections:
@@ -68,8 +74,14 @@ def fetch_args(source: str, dest: str, connections: int | None = None, checksums
     return tuple(args)
 
 
-def preprocess_args(inputs: list[str], tokenizer: str, output_prefix: str, jsonl_key: str = "text",
-                    append_eod: bool = True, workers: int | None = None) -> tuple[str, ...]:
+def preprocess_args(
+    inputs: list[str],
+    tokenizer: str,
+    output_prefix: str,
+    jsonl_key: str = "text",
+    append_eod: bool = True,
+    workers: int | None = None,
+) -> tuple[str, ...]:
     """`python -m jobs.preprocess ...`, the preprocessor image's entrypoint arguments."""
     args = ["--input", *inputs, "--tokenizer", tokenizer, "--output-prefix", output_prefix]
     if jsonl_key != "text":
@@ -81,8 +93,14 @@ def preprocess_args(inputs: list[str], tokenizer: str, output_prefix: str, jsonl
     return tuple(args)
 
 
-def train_paths(tokenizer: str, data_path: str, load: str, save: str, log_dir: str | None = None,
-                tensorboard_dir: str | None = None) -> dict[str, str]:
+def train_paths(
+    tokenizer: str,
+    data_path: str,
+    load: str,
+    save: str,
+    log_dir: str | None = None,
+    tensorboard_dir: str | None = None,
+) -> dict[str, str]:
     """The NeoX keys that point a training run at the shared volume (the one place they are named)."""
     paths = {"vocab-file": tokenizer, "data-path": data_path, "load": load, "save": save}
     if log_dir:
@@ -105,13 +123,18 @@ def export_args(checkpoint: str, out: str) -> tuple[str, ...]:
     return ("-m", "trainer.export", "--checkpoint", checkpoint, "--out", out)
 
 
-def launch_env(nodes: int, procs_per_node: int, master_addr: str, port: int = MASTER_PORT,
-               node_rank: int | None = None) -> dict[str, str]:
+def launch_env(
+    nodes: int, procs_per_node: int, master_addr: str, port: int = MASTER_PORT, node_rank: int | None = None
+) -> dict[str, str]:
     """The torchrun variables a Kubernetes engine gives each node (FORMATS section 7). Kubeflow's torch
     plugin sets these itself; the JobSet backend and the local backend render the same ones, leaving the
     node rank to `JOB_COMPLETION_INDEX` where the engine provides it."""
-    env = {"PET_NNODES": str(nodes), "PET_NPROC_PER_NODE": str(procs_per_node),
-           "PET_MASTER_ADDR": master_addr, "PET_MASTER_PORT": str(port)}
+    env = {
+        "PET_NNODES": str(nodes),
+        "PET_NPROC_PER_NODE": str(procs_per_node),
+        "PET_MASTER_ADDR": master_addr,
+        "PET_MASTER_PORT": str(port),
+    }
     if node_rank is not None:
         env["PET_NODE_RANK"] = str(node_rank)
     return env

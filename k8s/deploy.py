@@ -461,9 +461,7 @@ def teardown(
         gone.append(f"PersistentVolumeClaim/{cfg.volume.name}")
     for g in gone:
         print(f"teardown: deleted {g}", file=out)
-    kept = (
-        "" if volume else f"; kept PersistentVolumeClaim/{cfg.volume.name} (pass --volume to delete it)"
-    )
+    kept = "" if volume else f"; kept PersistentVolumeClaim/{cfg.volume.name} (pass --volume to delete it)"
     print(f"teardown: {len(gone)} objects deleted{kept}", file=out)
     return gone
 

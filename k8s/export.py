@@ -38,7 +38,9 @@ def mirror_checkpoint(mirror: str, endpoint_url: str | None) -> str:
         tag = s3_client(endpoint_url).get_object(Bucket=bucket, Key=key)["Body"].read().decode().strip()
     except botocore.exceptions.ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "S3 error")
-        raise JobError(f"checkpoint mirror {mirror}: no latest ({code}); has the run saved a checkpoint yet?") from exc
+        raise JobError(
+            f"checkpoint mirror {mirror}: no latest ({code}); has the run saved a checkpoint yet?"
+        ) from exc
     return f"{mirror.rstrip('/')}/{tag}"
 
 
@@ -50,13 +52,21 @@ def download(url: str, dest: Path, endpoint_url: str | None, stream: TextIO | No
     parsed = urlparse(url)
     if parsed.scheme != "s3" or not parsed.netloc:
         raise JobError(f"checkpoint {url}: expected s3://BUCKET/PREFIX")
-    summary = fetch(url.rstrip("/") + "/", dest, Options(endpoint_url=endpoint_url, stream=stream or sys.stderr))
+    summary = fetch(
+        url.rstrip("/") + "/", dest, Options(endpoint_url=endpoint_url, stream=stream or sys.stderr)
+    )
     return summary["files_total"], summary["bytes_total"]
 
 
-def export(cfg: PipelineConfig, out: str | os.PathLike, experiment_id: int | None = None,
-           checkpoint: str | None = None, master: Master | None = None,
-           command: tuple[str, ...] = EXPORT_CMD, stream: TextIO | None = None) -> Path:
+def export(
+    cfg: PipelineConfig,
+    out: str | os.PathLike,
+    experiment_id: int | None = None,
+    checkpoint: str | None = None,
+    master: Master | None = None,
+    command: tuple[str, ...] = EXPORT_CMD,
+    stream: TextIO | None = None,
+) -> Path:
     stream = stream or sys.stderr
     if (experiment_id is None) == (checkpoint is None):
         raise JobError("export: give exactly one of --experiment ID or --checkpoint s3://...")
@@ -66,12 +76,16 @@ def export(cfg: PipelineConfig, out: str | os.PathLike, experiment_id: int | Non
     # An --out of another's files is refused; our own interrupted export (its download folder only)
     # is taken up again, and the fetcher resumes the download.
     if out.exists() and (not out.is_dir() or {p.name for p in out.iterdir()} - {"checkpoint"}):
-        raise JobError(f"export: --out {out} exists and holds other files; name a new folder (nothing in it was touched)")
+        raise JobError(
+            f"export: --out {out} exists and holds other files; name a new folder (nothing in it was touched)"
+        )
     raw = out / "checkpoint"
     files, total = download(checkpoint, raw, cfg.checkpoints.endpoint_url, stream)
     print(f"export: downloaded {files} files ({human_bytes(total)}) from {checkpoint}", file=stream)
     hf = out / "hf"
-    proc = subprocess.run([*command, "--checkpoint", str(raw), "--out", str(hf)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [*command, "--checkpoint", str(raw), "--out", str(hf)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         raise JobError(f"export: {' '.join(command[1:])} failed ({tail[0]})")

@@ -20,12 +20,14 @@ from k8s.cluster import Cluster
 from k8s.config import PipelineConfig
 from k8s.determined_api import Master
 
-MANIFEST_TYPES = ", ".join([
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-])
+MANIFEST_TYPES = ", ".join(
+    [
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    ]
+)
 
 
 def s3_client(endpoint_url: str | None):
@@ -40,13 +42,19 @@ def check_bucket(bucket: str, endpoint_url: str | None, prefix: str = "", create
     except botocore.exceptions.ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         if code not in ("404", "NoSuchBucket", "NotFound"):
-            raise JobError(f"bucket {bucket}: not accessible with the credentials in the environment ({code})") from exc
+            raise JobError(
+                f"bucket {bucket}: not accessible with the credentials in the environment ({code})"
+            ) from exc
         if not create:
-            raise JobError(f"bucket {bucket}: does not exist at {endpoint_url or 'AWS'} (pass --create-bucket)") from exc
+            raise JobError(
+                f"bucket {bucket}: does not exist at {endpoint_url or 'AWS'} (pass --create-bucket)"
+            ) from exc
         try:
             s3.create_bucket(Bucket=bucket)
         except botocore.exceptions.ClientError as exc2:
-            raise JobError(f"bucket {bucket}: could not create it ({exc2.response['Error'].get('Code')})") from exc2
+            raise JobError(
+                f"bucket {bucket}: could not create it ({exc2.response['Error'].get('Code')})"
+            ) from exc2
         note = "created"
     except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.NoCredentialsError) as exc:
         raise JobError(f"bucket {bucket}: {type(exc).__name__} at {endpoint_url or 'AWS'}") from exc
@@ -56,7 +64,9 @@ def check_bucket(bucket: str, endpoint_url: str | None, prefix: str = "", create
         s3.delete_object(Bucket=bucket, Key=key)
     except botocore.exceptions.ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
-        raise JobError(f"bucket {bucket}: the credentials in the environment cannot write to it ({code})") from exc
+        raise JobError(
+            f"bucket {bucket}: the credentials in the environment cannot write to it ({code})"
+        ) from exc
     return note
 
 
@@ -96,8 +106,10 @@ def check_image(ref: str, timeout: float = 15.0) -> None:
     if resp.status_code == 404:
         raise JobError(f"image {ref}: not in registry {host} at that digest (run `invoke push`)")
     if resp.status_code in (401, 403):
-        raise JobError(f"image {ref}: registry {host} refused access ({resp.status_code}); set REGISTRY_USERNAME/"
-                       "REGISTRY_PASSWORD")
+        raise JobError(
+            f"image {ref}: registry {host} refused access ({resp.status_code}); set REGISTRY_USERNAME/"
+            "REGISTRY_PASSWORD"
+        )
     if resp.status_code != 200:
         raise JobError(f"image {ref}: registry {host} answered {resp.status_code}")
     served = resp.headers.get("Docker-Content-Digest")
@@ -105,9 +117,15 @@ def check_image(ref: str, timeout: float = 15.0) -> None:
         raise JobError(f"image {ref}: registry served digest {served}")
 
 
-def run_preflight(cfg: PipelineConfig, images: dict[str, str], cluster: Cluster | None, master: Master | None,
-                  create_bucket: bool = False, out: TextIO | None = None,
-                  bucket_check: Callable[..., str] = check_bucket) -> None:
+def run_preflight(
+    cfg: PipelineConfig,
+    images: dict[str, str],
+    cluster: Cluster | None,
+    master: Master | None,
+    create_bucket: bool = False,
+    out: TextIO | None = None,
+    bucket_check: Callable[..., str] = check_bucket,
+) -> None:
     """Run every check, print each failure as one line, then fail once if any did."""
     out = out or sys.stderr
     failures: list[str] = []

@@ -31,12 +31,33 @@ _SECRET_VALUE_RES = (
     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
 )
 # Query parameters that carry a signature or a token (S3/GCS presigned URLs, Azure SAS, bearer tokens).
-_SIGNED_PARAMS = {"x-amz-signature", "x-amz-credential", "x-amz-security-token", "x-goog-signature",
-                  "x-goog-credential", "signature", "sig", "token", "access_token", "api_key", "apikey", "key",
-                  "auth", "password"}
+_SIGNED_PARAMS = {
+    "x-amz-signature",
+    "x-amz-credential",
+    "x-amz-security-token",
+    "x-goog-signature",
+    "x-goog-credential",
+    "signature",
+    "sig",
+    "token",
+    "access_token",
+    "api_key",
+    "apikey",
+    "key",
+    "auth",
+    "password",
+}
 # Environment variables whose values must never be written anywhere.
-SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HF_TOKEN", "DET_PASS",
-              "DET_SESSION_TOKEN", "REGISTRY_PASSWORD", "WANDB_API_KEY")
+SECRET_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "HF_TOKEN",
+    "DET_PASS",
+    "DET_SESSION_TOKEN",
+    "REGISTRY_PASSWORD",
+    "WANDB_API_KEY",
+)
 
 
 def secret_values_in_env() -> list[str]:
@@ -78,8 +99,12 @@ def find_secret(data: Any, where: str = "") -> str | None:
         path, value = stack.pop()
         if isinstance(value, dict):
             env_name = value.get("name")
-            if isinstance(env_name, str) and isinstance(value.get("value"), str) and value["value"] \
-                    and _SECRET_ENV_NAME.search(env_name):  # a pod's env entry set in place
+            if (
+                isinstance(env_name, str)
+                and isinstance(value.get("value"), str)
+                and value["value"]
+                and _SECRET_ENV_NAME.search(env_name)
+            ):  # a pod's env entry set in place
                 return f"{path}.value" if path else "value"
             for k, v in value.items():
                 key = str(k)
@@ -94,4 +119,6 @@ def find_secret(data: Any, where: str = "") -> str | None:
     return None
 
 
-SECRET_HELP = "put it in a Kubernetes Secret (`invoke secrets` fills them from the environment) and give only its name"
+SECRET_HELP = (
+    "put it in a Kubernetes Secret (`invoke secrets` fills them from the environment) and give only its name"
+)

@@ -29,9 +29,11 @@ SCHEMAS_ENV = "NEOX_DETERMINED_SCHEMAS"
 
 
 CRD_DIR = Path(__file__).with_name("crds")
-CRD_FILES = {("trainer.kubeflow.org/v1alpha1", "TrainJob"): "trainjob-v1alpha1.json",
-             ("trainer.kubeflow.org/v1alpha1", "TrainingRuntime"): "trainingruntime-v1alpha1.json",
-             ("jobset.x-k8s.io/v1alpha2", "JobSet"): "jobset-v1alpha2.json"}
+CRD_FILES = {
+    ("trainer.kubeflow.org/v1alpha1", "TrainJob"): "trainjob-v1alpha1.json",
+    ("trainer.kubeflow.org/v1alpha1", "TrainingRuntime"): "trainingruntime-v1alpha1.json",
+    ("jobset.x-k8s.io/v1alpha2", "JobSet"): "jobset-v1alpha2.json",
+}
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -43,8 +45,11 @@ def strict_schema(schema: Any) -> Any:
     if not isinstance(schema, dict):
         return schema
     out = {k: strict_schema(v) for k, v in schema.items()}
-    if ("properties" in out and "additionalProperties" not in out
-            and not out.get("x-kubernetes-preserve-unknown-fields")):
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
         out["additionalProperties"] = False
     return out
 
@@ -87,6 +92,7 @@ def validate_k8s(obj: dict, version: str = KUBERNETES_VERSION) -> None:
 
 
 # Determined's custom keywords. Semantics follow determined/common/schemas/extensions.py.
+
 
 def _disallow_properties(validator, disallowed: dict, instance: Any, schema: dict):
     if validator.is_type(instance, "object"):
@@ -197,8 +203,14 @@ def _expconf_validator(schema_dir: str, complete: bool):
         schema = json.loads(path.read_text())
         # Without `$schema` each resource is read with the validator below, keeping the custom keywords.
         schema.pop("$schema", None)
-        resources.append((schema["$id"], referencing.Resource.from_contents(
-            schema, default_specification=referencing.jsonschema.DRAFT7)))
+        resources.append(
+            (
+                schema["$id"],
+                referencing.Resource.from_contents(
+                    schema, default_specification=referencing.jsonschema.DRAFT7
+                ),
+            )
+        )
     if not resources:
         raise JobError(f"Determined schemas: none found in {schema_dir} (set {SCHEMAS_ENV})")
     registry = referencing.Registry().with_resources(resources)
@@ -222,11 +234,15 @@ def schemas_dir(explicit: str | os.PathLike | None = None) -> Path | None:
     if not where:
         return None
     if not Path(where).is_dir():
-        raise JobError(f"Determined schemas: {where} is not a folder (from {'--schemas' if explicit else SCHEMAS_ENV})")
+        raise JobError(
+            f"Determined schemas: {where} is not a folder (from {'--schemas' if explicit else SCHEMAS_ENV})"
+        )
     return Path(where)
 
 
-def expconf_errors(config: dict, schema_dir: str | os.PathLike | None = None, complete: bool = False) -> list[str]:
+def expconf_errors(
+    config: dict, schema_dir: str | os.PathLike | None = None, complete: bool = False
+) -> list[str]:
     where = schemas_dir(schema_dir)
     if where is None:
         raise JobError(f"Determined schemas: none given (--schemas DIR or {SCHEMAS_ENV})")
@@ -243,8 +259,10 @@ def validate_experiment(config: dict, schema_dir: str | os.PathLike | None = Non
     its pod_spec, a Kubernetes Pod, is checked)."""
     note = None
     if schemas_dir(schema_dir) is None:
-        note = (f"Determined schema validation skipped: give --schemas DIR or set {SCHEMAS_ENV} "
-                "(Determined's expconf v0 JSON schemas)")
+        note = (
+            f"Determined schema validation skipped: give --schemas DIR or set {SCHEMAS_ENV} "
+            "(Determined's expconf v0 JSON schemas)"
+        )
     elif errors := expconf_errors(config, schema_dir):
         raise JobError(f"experiment config: {errors[0]} (Determined expconf v0 schema)")
     # The pod_spec is a Kubernetes Pod: hold it to the same strict schema as the rest.

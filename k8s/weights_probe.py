@@ -33,7 +33,10 @@ def probe(dest, source=None):
     if manifest.get("complete") is not True:
         return {"weights_verified": False, "reason": "the last fetch did not complete"}
     if source and str(manifest.get("source", "")).rstrip("/") != source.rstrip("/"):
-        return {"weights_verified": False, "reason": f"fetched from another source ({manifest.get('source')})"}
+        return {
+            "weights_verified": False,
+            "reason": f"fetched from another source ({manifest.get('source')})",
+        }
     entries = _entries(manifest)
     if not entries:
         return {"weights_verified": False, "reason": "manifest lists no files"}

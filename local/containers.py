@@ -51,17 +51,35 @@ class Runner:
             return self.run(spec.stage, images[spec.image], list(spec.args), command, dict(spec.env))
         if port is None:
             raise ValueError("a multi-node spec needs a rendezvous port")
-        envs = [{**dict(spec.env), **launch_env(spec.nodes, spec.procs_per_node, "127.0.0.1", port),
-                 "JOB_COMPLETION_INDEX": str(i)} for i in range(spec.nodes)]
+        envs = [
+            {
+                **dict(spec.env),
+                **launch_env(spec.nodes, spec.procs_per_node, "127.0.0.1", port),
+                "JOB_COMPLETION_INDEX": str(i),
+            }
+            for i in range(spec.nodes)
+        ]
         return self.run_nodes(spec.stage, images[spec.image], list(spec.args), command, envs)[0]
 
-    def run(self, stage: str, image: str, args: list[str], entrypoint: list[str] | None = None,
-            env: dict[str, str] | None = None) -> str:
+    def run(
+        self,
+        stage: str,
+        image: str,
+        args: list[str],
+        entrypoint: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> str:
         """Run to completion; return the logs. Raises StageError on a non-zero exit."""
         return self.run_nodes(stage, image, args, entrypoint, [env or {}])[0]
 
-    def run_nodes(self, stage: str, image: str, args: list[str], entrypoint: list[str] | None,
-                  envs: list[dict[str, str]]) -> list[str]:
+    def run_nodes(
+        self,
+        stage: str,
+        image: str,
+        args: list[str],
+        entrypoint: list[str] | None,
+        envs: list[dict[str, str]],
+    ) -> list[str]:
         """One container per entry of `envs`, all at once (the nodes of one job); when one fails the
         others are stopped, as a JobSet's failure policy would. Returns each node's logs."""
         from docker.errors import APIError
@@ -71,14 +89,18 @@ class Runner:
         try:
             for name, env in zip(names, envs, strict=True):
                 try:
-                    containers.append(self._start(image, args, entrypoint, self._environment(env),
-                                                  self._devices(), name))
+                    containers.append(
+                        self._start(image, args, entrypoint, self._environment(env), self._devices(), name)
+                    )
                 except APIError as exc:
-                    raise StageError(f"stage {name!r}: the engine did not start its container: "
-                                     f"{exc.explanation or exc}") from exc
+                    raise StageError(
+                        f"stage {name!r}: the engine did not start its container: {exc.explanation or exc}"
+                    ) from exc
             results: list[tuple[int, list[str]] | None] = [None] * len(containers)
-            threads = [threading.Thread(target=self._follow, args=(c, n, results, i, containers), daemon=True)
-                       for i, (c, n) in enumerate(zip(containers, names, strict=True))]
+            threads = [
+                threading.Thread(target=self._follow, args=(c, n, results, i, containers), daemon=True)
+                for i, (c, n) in enumerate(zip(containers, names, strict=True))
+            ]
             for t in threads:
                 t.start()
             for t in threads:
@@ -132,8 +154,9 @@ class Runner:
                     except Exception:  # noqa: BLE001 - already gone
                         pass
 
-    def _start(self, image: str, args: list[str], entrypoint, environment: dict, device_requests,
-               name: str = "stage"):
+    def _start(
+        self, image: str, args: list[str], entrypoint, environment: dict, device_requests, name: str = "stage"
+    ):
         """Create, then start: a container the engine refuses to start is removed, not left behind."""
         container = self.client.containers.create(
             image,

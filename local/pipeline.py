@@ -230,15 +230,18 @@ class LocalPipeline:
         fp = _fingerprint("preprocess", corpus, fp)
 
         def body() -> dict:
-            args = js.preprocess_args(corpus, _in_volume(self.workdir, tokenizer), _in_volume(self.workdir, prefix))
+            args = js.preprocess_args(
+                corpus, _in_volume(self.workdir, tokenizer), _in_volume(self.workdir, prefix)
+            )
             return {"summary": _last_line(self._run("preprocess", js.PREPROCESSOR, args))}
 
         out = Path(f"{prefix}_text_document")
         self._stage("preprocess", fp, [out.with_suffix(".bin"), out.with_suffix(".idx")], body)
         return out, fp
 
-    def _train(self, configs: list[Path], tokenizer: Path, weights: Path, data: Path, fp: str,
-               stage: str = "train") -> dict:
+    def _train(
+        self, configs: list[Path], tokenizer: Path, weights: Path, data: Path, fp: str, stage: str = "train"
+    ) -> dict:
         """A fine-tuning run; stage `train-lora` is the same run with LoRA adapters (configs end with
         LORA_CONFIG), into its own checkpoint and log folders."""
         suffix = stage.removeprefix("train")
@@ -246,14 +249,23 @@ class LocalPipeline:
         logs_dir = self.workdir / f"train-logs{suffix}"
         vol = self.workdir
         overrides: dict[str, object] = js.train_paths(
-            tokenizer=_in_volume(vol, tokenizer), data_path=_in_volume(vol, data), load=_in_volume(vol, weights),
-            save=_in_volume(vol, save), log_dir=_in_volume(vol, logs_dir),
-            tensorboard_dir=_in_volume(vol, vol / f"tensorboard{suffix}"))
+            tokenizer=_in_volume(vol, tokenizer),
+            data_path=_in_volume(vol, data),
+            load=_in_volume(vol, weights),
+            save=_in_volume(vol, save),
+            log_dir=_in_volume(vol, logs_dir),
+            tensorboard_dir=_in_volume(vol, vol / f"tensorboard{suffix}"),
+        )
         if self.opts.train_iters:
             overrides["train-iters"] = str(self.opts.train_iters)
         nodes = self.opts.nodes
-        spec = js.JobSpec(stage, js.TRAINER, js.train_args([_in_volume(vol, c) for c in configs], overrides),
-                          command=js.LAUNCH if nodes > 1 else ("python", "-m", "trainer.train"), nodes=nodes)
+        spec = js.JobSpec(
+            stage,
+            js.TRAINER,
+            js.train_args([_in_volume(vol, c) for c in configs], overrides),
+            command=js.LAUNCH if nodes > 1 else ("python", "-m", "trainer.train"),
+            nodes=nodes,
+        )
         fp = _fingerprint(stage, [c.read_text() for c in configs], overrides, nodes, fp)
 
         def body() -> dict:
@@ -320,11 +332,17 @@ class LocalPipeline:
             args = js.export_args(_in_volume(self.workdir, lora["save"]), _in_volume(self.workdir, out))
             self._run("export-lora", js.TRAINER, args, command=("python",))
 
-        self._stage("export-lora", _fingerprint("export-lora", lora["fingerprint"]), [out / "adapter_config.json"],
-                    body)
+        self._stage(
+            "export-lora",
+            _fingerprint("export-lora", lora["fingerprint"]),
+            [out / "adapter_config.json"],
+            body,
+        )
         return out
 
-    def _run(self, stage: str, image: str, args: tuple[str, ...], command: tuple[str, ...] | None = None) -> str:
+    def _run(
+        self, stage: str, image: str, args: tuple[str, ...], command: tuple[str, ...] | None = None
+    ) -> str:
         return self.runner.run_spec(js.JobSpec(stage, image, args, command=command), self.images)
 
     def _summary(self, train: dict, export: dict, generated: str, lora: dict | None = None) -> dict:
@@ -349,9 +367,12 @@ class LocalPipeline:
         }
         if lora:
             lora_losses = [m for m in runs["LoRA"] if m.get("kind") == "train"]
-            summary["lora"] = {"first_loss": lora_losses[0]["lm_loss"] if lora_losses else None,
-                               "final_loss": lora_losses[-1]["lm_loss"] if lora_losses else None,
-                               "checkpoints": str(lora["save"]), "adapter": str(lora["adapter"])}
+            summary["lora"] = {
+                "first_loss": lora_losses[0]["lm_loss"] if lora_losses else None,
+                "final_loss": lora_losses[-1]["lm_loss"] if lora_losses else None,
+                "checkpoints": str(lora["save"]),
+                "adapter": str(lora["adapter"]),
+            }
         write_json_atomic(self.workdir / "summary.json", summary)
         return summary
 

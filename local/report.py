@@ -18,7 +18,9 @@ def loss_curve(runs: dict[str, list[dict]] | list[dict], out: Path) -> Path:
     for i, (label, metrics) in enumerate(runs.items()):
         color = f"C{i}"
         for kind, style in (("train", "-"), ("valid", "o--")):
-            points = [(m["iteration"], m["lm_loss"]) for m in metrics if m.get("kind") == kind and "lm_loss" in m]
+            points = [
+                (m["iteration"], m["lm_loss"]) for m in metrics if m.get("kind") == kind and "lm_loss" in m
+            ]
             if points:
                 name = f"{label} {kind} lm_loss".strip()
                 ax.plot(*zip(*points, strict=True), style, color=color, label=name)

@@ -26,7 +26,9 @@ def determined_schemas() -> Path:
     """Determined's expconf schemas (FORMATS section 5), which only ../shared holds."""
     where = os.environ.get("NEOX_DETERMINED_SCHEMAS")
     if not where or not Path(where).is_dir():
-        pytest.skip(f"Determined's expconf schemas are not at {DETERMINED_SCHEMAS} and NEOX_DETERMINED_SCHEMAS is unset")
+        pytest.skip(
+            f"Determined's expconf schemas are not at {DETERMINED_SCHEMAS} and NEOX_DETERMINED_SCHEMAS is unset"
+        )
     return Path(where)
 
 

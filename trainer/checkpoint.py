@@ -28,7 +28,12 @@ from jobs.cli import JobError, atomic_dir
 from trainer.model import GPTNeoX, ModelConfig, Rotary
 
 # Hugging Face hidden_act values -> our activation names
-_HF_ACT = {"gelu": "gelu", "gelu_fast": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+_HF_ACT = {
+    "gelu": "gelu",
+    "gelu_fast": "gelu_tanh",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+}
 
 
 def config_from_hf(hf: dict) -> ModelConfig:
@@ -86,7 +91,9 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype) -> dict:
     }
 
 
-def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> GPTNeoX:
+def build_model(
+    cfg: ModelConfig, state: dict[str, torch.Tensor], dtype: torch.dtype | None = None
+) -> GPTNeoX:
     """A model holding exactly `state` (our names); no random init, so 20B does not pay for one."""
     with torch.device("meta"):
         model = GPTNeoX(cfg)
@@ -110,7 +117,9 @@ def check_state(model: GPTNeoX, state: dict[str, torch.Tensor], source: str = "w
             )
     extra = sorted(set(state) - set(expected))
     if extra:
-        raise JobError(f"{source}: unexpected tensor {extra[0]} {list(state[extra[0]].shape)} ({len(extra)} in all)")
+        raise JobError(
+            f"{source}: unexpected tensor {extra[0]} {list(state[extra[0]].shape)} ({len(extra)} in all)"
+        )
 
 
 # ---- Hugging Face ----------------------------------------------------------------------------
@@ -201,7 +210,11 @@ def save_hf(
             size += nbytes
         weight_map = {}
         for i, shard in enumerate(shards):
-            fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            fname = (
+                "model.safetensors"
+                if len(shards) == 1
+                else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            )
             save_file(shard, str(tmp / fname), metadata={"format": "pt"})
             weight_map.update(dict.fromkeys(shard, fname))
         if len(shards) > 1:
@@ -219,12 +232,22 @@ def save_hf(
 # ---- GPT-NeoX slim layout ----------------------------------------------------------------------
 
 # how each per-layer key's tensor-parallel shards combine (FORMATS.md section 2)
-_CONCAT0 = ("attention.query_key_value.weight", "attention.query_key_value.bias",
-            "mlp.dense_h_to_4h.weight", "mlp.dense_h_to_4h.bias")
+_CONCAT0 = (
+    "attention.query_key_value.weight",
+    "attention.query_key_value.bias",
+    "mlp.dense_h_to_4h.weight",
+    "mlp.dense_h_to_4h.bias",
+)
 _CONCAT1 = ("attention.dense.weight", "mlp.dense_4h_to_h.weight")
 _SUM = ("attention.dense.bias", "mlp.dense_4h_to_h.bias")
-_AVERAGE = ("input_layernorm.weight", "input_layernorm.bias",
-            "post_attention_layernorm.weight", "post_attention_layernorm.bias", "norm.weight", "norm.bias")
+_AVERAGE = (
+    "input_layernorm.weight",
+    "input_layernorm.bias",
+    "post_attention_layernorm.weight",
+    "post_attention_layernorm.bias",
+    "norm.weight",
+    "norm.bias",
+)
 _SLIM_FILE = re.compile(r"layer_(\d+)-model_(\d+)-model_states\.pt$")
 
 
@@ -261,7 +284,9 @@ def load_slim_state(path: str | os.PathLike, num_layers: int) -> dict[str, torch
     """Merge a slim checkpoint's pipeline layers and tensor-parallel shards into our names."""
     tag_dir = slim_tag_dir(path)
     if tag_dir is None:
-        raise JobError(f"{path}: not a slim GPT-NeoX checkpoint (no latest -> TAG/layer_00-model_00-model_states.pt)")
+        raise JobError(
+            f"{path}: not a slim GPT-NeoX checkpoint (no latest -> TAG/layer_00-model_00-model_states.pt)"
+        )
     files: dict[int, dict[int, Path]] = {}
     for f in tag_dir.iterdir():
         m = _SLIM_FILE.search(f.name)
@@ -271,10 +296,16 @@ def load_slim_state(path: str | os.PathLike, num_layers: int) -> dict[str, torch
 
     def merged_layer(idx: int) -> dict[str, torch.Tensor]:
         if idx not in files:
-            raise JobError(f"{tag_dir}: layer_{idx:02d}-model_*-model_states.pt is missing ({num_layers} layers expected)")
+            raise JobError(
+                f"{tag_dir}: layer_{idx:02d}-model_*-model_states.pt is missing ({num_layers} layers expected)"
+            )
         if sorted(files[idx]) != list(range(tp)):
-            raise JobError(f"{tag_dir}: layer_{idx:02d} has shards {sorted(files[idx])}, expected 0..{tp - 1}")
-        parts = [torch.load(files[idx][r], map_location="cpu", weights_only=True, mmap=True) for r in range(tp)]
+            raise JobError(
+                f"{tag_dir}: layer_{idx:02d} has shards {sorted(files[idx])}, expected 0..{tp - 1}"
+            )
+        parts = [
+            torch.load(files[idx][r], map_location="cpu", weights_only=True, mmap=True) for r in range(tp)
+        ]
         out = {}
         for key in parts[0]:
             if key.endswith("rotary_emb.inv_freq"):
@@ -295,7 +326,9 @@ def load_slim_state(path: str | os.PathLike, num_layers: int) -> dict[str, torch
         state[f"final_layer_norm.{key.removeprefix('norm.')}"] = tensor
     out_idx = num_layers + 4
     if out_idx in files:
-        parts = [torch.load(files[out_idx][r], map_location="cpu", weights_only=True, mmap=True) for r in range(tp)]
+        parts = [
+            torch.load(files[out_idx][r], map_location="cpu", weights_only=True, mmap=True) for r in range(tp)
+        ]
         state["embed_out.weight"] = torch.cat([p["final_linear.weight"] for p in parts], dim=0)
     return state
 
@@ -321,17 +354,29 @@ COMPLETE = "complete.json"  # written last, after every rank's files are durable
 _STEP = re.compile(r"global_step(\d+)$")
 
 
-def save_engine(engine, folder: str | os.PathLike, tag: str, state, mcfg: ModelConfig, neox: dict, rank: int,
-                marker_follows: bool = False, exclude_frozen: bool = False) -> None:
+def save_engine(
+    engine,
+    folder: str | os.PathLike,
+    tag: str,
+    state,
+    mcfg: ModelConfig,
+    neox: dict,
+    rank: int,
+    marker_follows: bool = False,
+    exclude_frozen: bool = False,
+) -> None:
     """A DeepSpeed checkpoint as every entry point writes it: the engine's files with the run's
     trainer.state.TrainState as client_state, then (rank 0) model_config.json."""
-    engine.save_checkpoint(str(folder), tag=tag, client_state=state.to_client(),
-                           exclude_frozen_parameters=exclude_frozen)
+    engine.save_checkpoint(
+        str(folder), tag=tag, client_state=state.to_client(), exclude_frozen_parameters=exclude_frozen
+    )
     if rank == 0:
         write_model_config(Path(folder) / tag, mcfg, neox, marker_follows=marker_follows)
 
 
-def write_model_config(tag_dir: str | os.PathLike, cfg: ModelConfig, neox: dict, marker_follows: bool = False) -> None:
+def write_model_config(
+    tag_dir: str | os.PathLike, cfg: ModelConfig, neox: dict, marker_follows: bool = False
+) -> None:
     """`marker_follows`: this checkpoint counts only once COMPLETE exists (trainer.train); without it
     (Determined, whose own upload decides completeness) model_config.json is the last file written."""
     from dataclasses import asdict
@@ -396,8 +441,13 @@ def _fsync(path: Path) -> None:
 
 def _files(tag_dir: Path) -> list[Path]:
     """The checkpoint's files; hidden temporaries (an interrupted atomic write) and the marker excluded."""
-    return sorted(p for p in tag_dir.rglob("*") if p.is_file() and p.name != COMPLETE
-                  and not any(part.startswith(".") for part in p.relative_to(tag_dir).parts))
+    return sorted(
+        p
+        for p in tag_dir.rglob("*")
+        if p.is_file()
+        and p.name != COMPLETE
+        and not any(part.startswith(".") for part in p.relative_to(tag_dir).parts)
+    )
 
 
 def sync_rank_files(tag_dir: str | os.PathLike, rank: int) -> None:
@@ -565,8 +615,11 @@ def stale_checkpoints(save_dir: Path, keep: int, busy: tuple[Path, ...] | set = 
     complete = sorted((t for t, (state, _) in found.items() if state in COMPLETE_STATES), key=_order)
     pinned = latest_tag(save_dir)
     busy = {Path(b) for b in busy}
-    return [save_dir / t for t in complete[: max(0, len(complete) - keep)]
-            if t != pinned and step_of(t) is not None and save_dir / t not in busy]
+    return [
+        save_dir / t
+        for t in complete[: max(0, len(complete) - keep)]
+        if t != pinned and step_of(t) is not None and save_dir / t not in busy
+    ]
 
 
 def remove_checkpoint(tag_dir: Path) -> None:

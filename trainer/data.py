@@ -94,7 +94,9 @@ class PackedSamples:
         return out
 
 
-def build_splits(prefix: str, split_weights: list[float], seq_len: int, seed: int) -> dict[str, PackedSamples | None]:
+def build_splits(
+    prefix: str, split_weights: list[float], seq_len: int, seed: int
+) -> dict[str, PackedSamples | None]:
     """PackedSamples per split (None for a split with no documents)."""
     ds = open_dataset(prefix)
     if len(ds) == 0:
@@ -150,7 +152,11 @@ class MicroBatches:
         return torch.from_numpy(batch)
 
     def state_dict(self) -> dict:
-        return {"consumed_samples": self.consumed, "seed": self.samples.seed, "samples_per_epoch": len(self.samples)}
+        return {
+            "consumed_samples": self.consumed,
+            "seed": self.samples.seed,
+            "samples_per_epoch": len(self.samples),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("samples_per_epoch", len(self.samples)) != len(self.samples):

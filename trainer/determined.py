@@ -49,13 +49,17 @@ def config_from_hparams(hparams: dict, exp_conf: dict, workdir: str | os.PathLik
     batches = length.get("batches") if isinstance(length, dict) else length
     notes = []
     if batches:
-        notes.append(f"train-iters and lr-decay-iters set to the experiment's searcher.max_length {batches} "
-                     f"(config had {raw.get('train_iters')} and {raw.get('lr_decay_iters')})")
+        notes.append(
+            f"train-iters and lr-decay-iters set to the experiment's searcher.max_length {batches} "
+            f"(config had {raw.get('train_iters')} and {raw.get('lr_decay_iters')})"
+        )
         raw["train_iters"] = raw["lr_decay_iters"] = int(batches)
     cfg = from_dict(raw, [str(conf_dir / f) for f in files])
     if cfg.lora:  # NeoXTrial saves full DeepSpeed checkpoints and has no lora.json: not a LoRA checkpoint
-        raise JobError("config key 'lora': LoRA runs under Determined are not supported yet; "
-                       "run them with trainer.train or trainer.launch")
+        raise JobError(
+            "config key 'lora': LoRA runs under Determined are not supported yet; "
+            "run them with trainer.train or trainer.launch"
+        )
     cfg.notes.extend(notes)
     return cfg
 
@@ -82,8 +86,9 @@ def _allow_determined_rng_state() -> None:
     import torch
 
     core = getattr(np, "_core", None) or np.core
-    torch.serialization.add_safe_globals([core.multiarray._reconstruct, np.ndarray, np.dtype,
-                                          type(np.dtype(np.uint32))])
+    torch.serialization.add_safe_globals(
+        [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    )
 
 
 def _build_trial_class():
@@ -107,8 +112,9 @@ def _build_trial_class():
             for line in self.cfg.report():
                 logging.info("trainer: %s", line)
             cfg = self.cfg
-            self.splits = build_splits(cfg.data.data_path, cfg.data.split_weights(), cfg.model.seq_length,
-                                       cfg.data.seed)
+            self.splits = build_splits(
+                cfg.data.data_path, cfg.data.split_weights(), cfg.model.seq_length, cfg.data.seed
+            )
             # a restore overwrites these weights in load()
             model, source = build_model(cfg, None, lambda m: logging.info("trainer: %s", m))
             check_model_fits(cfg, model.cfg)
@@ -117,12 +123,15 @@ def _build_trial_class():
             self.engine = context.wrap_model_engine(parallelize(model, cfg))
             context.disable_dataset_reproducibility_checks()  # our sampler resumes itself
             self.rank, self.world = dist.get_rank(), dist.get_world_size()
-            self.train_batches = MicroBatches(self.splits["train"], cfg.batch.train_micro_batch_size_per_gpu,
-                                              self.rank, self.world)
+            self.train_batches = MicroBatches(
+                self.splits["train"], cfg.batch.train_micro_batch_size_per_gpu, self.rank, self.world
+            )
 
         def train_batch(self, dataloader_iter, epoch_idx: int, batch_idx: int) -> dict[str, Any]:
             # Determined calls this once per micro-batch (automatic gradient accumulation)
-            loss = train_step(self.engine, self.context.to_device(next(dataloader_iter)))  # as trainer.train's
+            loss = train_step(
+                self.engine, self.context.to_device(next(dataloader_iter))
+            )  # as trainer.train's
             return {"lm_loss": loss, "lr": self.engine.get_lr()[0]}
 
         def evaluate_batch(self, dataloader_iter, batch_idx: int) -> dict[str, Any]:
@@ -130,20 +139,27 @@ def _build_trial_class():
             return {"lm_loss": loss.item(), "lm_loss_ppl": torch.exp(loss.clamp(max=50)).item()}
 
         def build_training_data_loader(self):
-            per_rank = len(self.splits["train"]) // (self.cfg.batch.train_micro_batch_size_per_gpu * self.world)
+            per_rank = len(self.splits["train"]) // (
+                self.cfg.batch.train_micro_batch_size_per_gpu * self.world
+            )
             return _Loader(self.train_batches, max(per_rank, 1))
 
         def build_validation_data_loader(self):
             samples = self.splits["valid"] or self.splits["train"]
             iters = self.cfg.train.eval_iters
-            batches = list(eval_batches(samples, self.cfg.batch.train_micro_batch_size_per_gpu, iters,
-                                        self.rank, self.world))
+            batches = list(
+                eval_batches(
+                    samples, self.cfg.batch.train_micro_batch_size_per_gpu, iters, self.rank, self.world
+                )
+            )
             return batches  # a list: has a length and restarts on every validation
 
         def save(self, context, path: Path) -> None:
             # Determined counts the steps itself; the data position travels as the script's does
             state = TrainState(data=self.train_batches.state_dict())
-            checkpoint.save_engine(self.engine, path, TAG, state, self.model_cfg, self.cfg.to_dict(), self.rank)
+            checkpoint.save_engine(
+                self.engine, path, TAG, state, self.model_cfg, self.cfg.to_dict(), self.rank
+            )
 
         def load(self, context, path: Path) -> None:
             _, client = self.engine.load_checkpoint(str(path), tag=TAG)

@@ -28,8 +28,15 @@ def gpus() -> list[dict]:
     out = []
     for i in range(torch.cuda.device_count()):
         p = torch.cuda.get_device_properties(i)
-        out.append({"index": i, "name": p.name, "capability": f"{p.major}.{p.minor}",
-                    "memory_gib": round(p.total_memory / 2**30, 1), "sms": p.multi_processor_count})
+        out.append(
+            {
+                "index": i,
+                "name": p.name,
+                "capability": f"{p.major}.{p.minor}",
+                "memory_gib": round(p.total_memory / 2**30, 1),
+                "sms": p.multi_processor_count,
+            }
+        )
     return out
 
 
@@ -50,8 +57,12 @@ def prebuilt() -> dict:
     folder = Path(os.environ.get("NEOX_KERNELS_DIR", loader.DEFAULT_PREBUILT))
     so = folder / f"{loader.EXT_NAME}.so"
     info = loader._read_info(folder) or {}
-    return {"dir": str(folder), "present": so.exists(), "arch_list": info.get("arch_list"),
-            "matches_sources": info.get("source_hash") == loader.source_hash() if info else None}
+    return {
+        "dir": str(folder),
+        "present": so.exists(),
+        "arch_list": info.get("arch_list"),
+        "matches_sources": info.get("source_hash") == loader.source_hash() if info else None,
+    }
 
 
 def deepspeed_ops(jit: bool = False) -> dict:
@@ -82,7 +93,12 @@ def deepspeed_ops(jit: bool = False) -> dict:
                 entry["loads"] = False
                 entry["error"] = f"{type(exc).__name__}: {str(exc).strip()[:200]}"
         ops[name] = entry
-    return {"available": True, "version": deepspeed.__version__, "accelerator": get_accelerator()._name, "ops": ops}
+    return {
+        "available": True,
+        "version": deepspeed.__version__,
+        "accelerator": get_accelerator()._name,
+        "ops": ops,
+    }
 
 
 def report(jit_ops: bool = False) -> dict:
@@ -101,15 +117,19 @@ def report(jit_ops: bool = False) -> dict:
 def render(r: dict) -> list[str]:
     lines = [f"torch {r['torch']} (CUDA {r['torch_cuda']}), archs {' '.join(r['torch_archs']) or '-'}"]
     if r["gpus"]:
-        lines += [f"GPU {g['index']}: {g['name']}, sm_{g['capability']}, {g['memory_gib']} GiB, {g['sms']} SMs"
-                  for g in r["gpus"]]
+        lines += [
+            f"GPU {g['index']}: {g['name']}, sm_{g['capability']}, {g['memory_gib']} GiB, {g['sms']} SMs"
+            for g in r["gpus"]
+        ]
     else:
         lines.append("GPU: none visible")
     n = r["nvcc"]
     lines.append(f"nvcc: {n['path']} (release {n['release']})" if n["path"] else "nvcc: not found")
     p = r["prebuilt"]
     if p["present"]:
-        match = "matches these sources" if p["matches_sources"] else "STALE: built from other sources or torch"
+        match = (
+            "matches these sources" if p["matches_sources"] else "STALE: built from other sources or torch"
+        )
         lines.append(f"prebuilt kernels: {p['dir']} for {p['arch_list']} ({match})")
     else:
         lines.append(f"prebuilt kernels: none in {p['dir']}")
@@ -117,15 +137,24 @@ def render(r: dict) -> list[str]:
     lines.append(loader.summary())
     if k.get("image"):
         img = k["image"]
-        lines.append(f"  kernel image on this GPU: SASS sm_{img['sass']}, from PTX {img['ptx']}, __CUDA_ARCH__ {img['cuda_arch']}")
+        lines.append(
+            f"  kernel image on this GPU: SASS sm_{img['sass']}, from PTX {img['ptx']}, __CUDA_ARCH__ {img['cuda_arch']}"
+        )
     d = r["deepspeed"]
     if not d["available"]:
         lines.append(f"DeepSpeed: not usable ({d['reason']})")
     else:
         lines.append(f"DeepSpeed {d['version']} (accelerator {d['accelerator']}):")
         for name, e in d["ops"].items():
-            state = ("loads" if e.get("loads") else "FAILS to load" if "loads" in e else
-                     "compatible (JIT on first use)" if e["compatible"] else "not compatible")
+            state = (
+                "loads"
+                if e.get("loads")
+                else "FAILS to load"
+                if "loads" in e
+                else "compatible (JIT on first use)"
+                if e["compatible"]
+                else "not compatible"
+            )
             extra = f" [{e['error']}]" if e.get("error") else ""
             lines.append(f"  {name}: {'prebuilt, ' if e['installed'] else ''}{state}{extra}")
     return lines
@@ -134,9 +163,14 @@ def render(r: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
-    p.add_argument("--jit-ops", action="store_true", help="also try to JIT-build DeepSpeed ops that are not prebuilt")
-    p.add_argument("--require-kernels", action="store_true",
-                   help="exit 1 when a GPU is present but the fused kernels are not active")
+    p.add_argument(
+        "--jit-ops", action="store_true", help="also try to JIT-build DeepSpeed ops that are not prebuilt"
+    )
+    p.add_argument(
+        "--require-kernels",
+        action="store_true",
+        help="exit 1 when a GPU is present but the fused kernels are not active",
+    )
     args = p.parse_args(argv)
 
     def body() -> int:
@@ -146,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             write_json_atomic(args.json, r)
         if args.require_kernels and r["gpus"] and not r["kernels"]["active"]:
-            print(f"{PROG}: error: GPU present but fused kernels inactive: {r['kernels']['reason']}", file=sys.stderr)
+            print(
+                f"{PROG}: error: GPU present but fused kernels inactive: {r['kernels']['reason']}",
+                file=sys.stderr,
+            )
             return 1
         return 0
 

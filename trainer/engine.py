@@ -32,7 +32,14 @@ from trainer.schedule import LRSchedule
 
 FP8_RECIPE = "tensorwise"  # picked by measurement on the H200: see BENCHMARKS.md
 FP8_MIN_CAPABILITY = (8, 9)  # Ada and Hopper have fp8 tensor cores
-_FP16_KEYS = ("enabled", "loss_scale", "loss_scale_window", "initial_scale_power", "hysteresis", "min_loss_scale")
+_FP16_KEYS = (
+    "enabled",
+    "loss_scale",
+    "loss_scale_window",
+    "initial_scale_power",
+    "hysteresis",
+    "min_loss_scale",
+)
 
 
 def on_gpu() -> bool:
@@ -106,8 +113,10 @@ def fp8_refusal() -> str | None:
         return "config key 'fp8': FP8 training needs an NVIDIA GPU with compute capability >= 8.9; no GPU is visible"
     cap = torch.cuda.get_device_capability()
     if cap < FP8_MIN_CAPABILITY:
-        return (f"config key 'fp8': FP8 training needs compute capability >= 8.9 (Ada, Hopper); "
-                f"{torch.cuda.get_device_name()} is {cap[0]}.{cap[1]}")
+        return (
+            f"config key 'fp8': FP8 training needs compute capability >= 8.9 (Ada, Hopper); "
+            f"{torch.cuda.get_device_name()} is {cap[0]}.{cap[1]}"
+        )
     return None
 
 

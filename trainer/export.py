@@ -40,14 +40,18 @@ def find_checkpoint(path: str | Path) -> tuple[Path, str]:
         tag = checkpoint.ds_checkpoint_tag(candidate)
         if tag:
             return candidate, tag
-    raise JobError(f"--checkpoint {path}: no complete checkpoint of trainer.train here "
-                   f"(TAG/complete.json, or latest -> TAG/model_config.json)")
+    raise JobError(
+        f"--checkpoint {path}: no complete checkpoint of trainer.train here "
+        f"(TAG/complete.json, or latest -> TAG/model_config.json)"
+    )
 
 
 def check_out(out: Path) -> None:
     """Never replace what is there: a file or a non-empty folder at --out is refused."""
     if out.is_dir() and any(out.iterdir()):
-        raise JobError(f"--out {out}: folder exists and is not empty; name a new folder (nothing was written)")
+        raise JobError(
+            f"--out {out}: folder exists and is not empty; name a new folder (nothing was written)"
+        )
     if out.exists() and not out.is_dir():
         raise JobError(f"--out {out}: exists and is not a folder")
 
@@ -64,8 +68,13 @@ def load_state(folder: Path, tag: str) -> dict[str, torch.Tensor]:
     return torch.load(files[0], map_location="cpu", weights_only=False)["module"]
 
 
-def export(checkpoint_dir: str | Path, out: str | Path, dtype: str = "auto", merge: bool = False,
-           base_out: str | Path | None = None) -> dict:
+def export(
+    checkpoint_dir: str | Path,
+    out: str | Path,
+    dtype: str = "auto",
+    merge: bool = False,
+    base_out: str | Path | None = None,
+) -> dict:
     check_out(Path(out))
     if base_out:
         check_out(Path(base_out))
@@ -73,13 +82,16 @@ def export(checkpoint_dir: str | Path, out: str | Path, dtype: str = "auto", mer
     from trainer import lora
 
     if lora.is_lora_checkpoint(folder / tag):  # adapters only: a PEFT folder, or merged full weights
-        stats = lora.export_checkpoint(folder, tag, Path(out), dtype, merge, Path(base_out) if base_out else None,
-                                       DTYPES)
+        stats = lora.export_checkpoint(
+            folder, tag, Path(out), dtype, merge, Path(base_out) if base_out else None, DTYPES
+        )
         write_json_atomic(Path(out).parent / f"{Path(out).name}-export-stats.json", stats)
         return stats
     if merge or base_out:
-        raise JobError(f"--checkpoint {folder / tag}: a full checkpoint, not LoRA adapters; "
-                       f"--merge and --base-out apply to LoRA checkpoints only")
+        raise JobError(
+            f"--checkpoint {folder / tag}: a full checkpoint, not LoRA adapters; "
+            f"--merge and --base-out apply to LoRA checkpoints only"
+        )
     mcfg, neox = checkpoint.read_model_config(folder / tag)
     state = {k: v for k, v in load_state(folder, tag).items() if not k.startswith("rotary.")}
     if mcfg.tied_embeddings:
@@ -89,18 +101,31 @@ def export(checkpoint_dir: str | Path, out: str | Path, dtype: str = "auto", mer
     model = checkpoint.build_model(mcfg, {k: v.float() for k, v in state.items()})
     vocab_file = (neox.get("model") or {}).get("vocab_file")
     params = sum(t.numel() for t in model.state_dict().values())
-    extra = {"generation_config.json": model_card.generation_config(neox),
-             "README.md": model_card.card(neox, str(folder / tag), checkpoint.step_of(tag), params)}
+    extra = {
+        "generation_config.json": model_card.generation_config(neox),
+        "README.md": model_card.card(neox, str(folder / tag), checkpoint.step_of(tag), params),
+    }
     checkpoint.save_hf(model, out, DTYPES[dtype], tokenizer=vocab_file, replace=False, extra_files=extra)
     size = sum(p.stat().st_size for p in Path(out).glob("*.safetensors"))
-    stats = {"checkpoint": str(folder / tag), "out": str(out), "dtype": dtype, "bytes": size,
-             "parameters": sum(t.numel() for t in model.state_dict().values())}
+    stats = {
+        "checkpoint": str(folder / tag),
+        "out": str(out),
+        "dtype": dtype,
+        "bytes": size,
+        "parameters": sum(t.numel() for t in model.state_dict().values()),
+    }
     write_json_atomic(Path(out).parent / f"{Path(out).name}-export-stats.json", stats)
     return stats
 
 
-def export_anywhere(ckpt: str, out: str, work: str | None, dtype: str = "auto", merge: bool = False,
-                    base_out: str | None = None) -> dict:
+def export_anywhere(
+    ckpt: str,
+    out: str,
+    work: str | None,
+    dtype: str = "auto",
+    merge: bool = False,
+    base_out: str | None = None,
+) -> dict:
     """`export` with either end on S3 (trainer.export_remote): fetch, convert, upload."""
     from trainer import export_remote as remote
 
@@ -134,27 +159,48 @@ def export_anywhere(ckpt: str, out: str, work: str | None, dtype: str = "auto", 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", required=True,
-                        help="save folder, tag folder or Determined checkpoint; or s3://BUCKET/PREFIX of one")
-    parser.add_argument("--out", required=True,
-                        help="Hugging Face folder to write (new, or an empty folder), or s3://BUCKET/PREFIX")
-    parser.add_argument("--work", metavar="DIR",
-                        help="a folder of ours for an s3:// --checkpoint's download and an s3:// --out's files "
-                             "(default: beside a local --out; needed with an s3:// --out and an s3:// --checkpoint)")
-    parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
-                        help="weights dtype (auto: the training precision; float32 for LoRA adapters)")
-    parser.add_argument("--merge", action="store_true",
-                        help="LoRA checkpoint: write the base with the adapters merged in, as a Hugging Face folder "
-                             "(default: a PEFT adapter folder)")
-    parser.add_argument("--base-out", metavar="DIR",
-                        help="LoRA checkpoint: also write its base weights as a Hugging Face folder (for PEFT)")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="save folder, tag folder or Determined checkpoint; or s3://BUCKET/PREFIX of one",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="Hugging Face folder to write (new, or an empty folder), or s3://BUCKET/PREFIX",
+    )
+    parser.add_argument(
+        "--work",
+        metavar="DIR",
+        help="a folder of ours for an s3:// --checkpoint's download and an s3:// --out's files "
+        "(default: beside a local --out; needed with an s3:// --out and an s3:// --checkpoint)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["auto", *DTYPES],
+        default="auto",
+        help="weights dtype (auto: the training precision; float32 for LoRA adapters)",
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="LoRA checkpoint: write the base with the adapters merged in, as a Hugging Face folder "
+        "(default: a PEFT adapter folder)",
+    )
+    parser.add_argument(
+        "--base-out",
+        metavar="DIR",
+        help="LoRA checkpoint: also write its base weights as a Hugging Face folder (for PEFT)",
+    )
     args = parser.parse_args(argv)
 
     def body() -> int:
         stats = export_anywhere(args.checkpoint, args.out, args.work, args.dtype, args.merge, args.base_out)
         what = f"{stats['kind']}, " if "kind" in stats else ""
-        print(f"{PROG}: wrote {args.out} ({what}{stats['parameters'] / 1e6:.1f}M parameters, {stats['dtype']}, "
-              f"{human_bytes(stats['bytes'])}) from {stats['checkpoint']}")
+        print(
+            f"{PROG}: wrote {args.out} ({what}{stats['parameters'] / 1e6:.1f}M parameters, {stats['dtype']}, "
+            f"{human_bytes(stats['bytes'])}) from {stats['checkpoint']}"
+        )
         if stats.get("note"):
             print(f"{PROG}: note: {stats['note']}")
         return 0

@@ -38,7 +38,11 @@ def fetch_checkpoint(url: str, work: Path) -> Path:
 
     split(url, "--checkpoint")
     dest = work / "checkpoint"
-    fetch(url.rstrip("/") + "/", dest, Options(endpoint_url=os.environ.get("AWS_ENDPOINT_URL"), stream=sys.stderr))
+    fetch(
+        url.rstrip("/") + "/",
+        dest,
+        Options(endpoint_url=os.environ.get("AWS_ENDPOINT_URL"), stream=sys.stderr),
+    )
     return dest
 
 
@@ -49,7 +53,9 @@ def upload_folder(folder: Path, url: str) -> int:
     bucket, prefix = split(url, "--out")
     client = s3_client()
     config = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=64 << 20)
-    files = sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: (p.name == "config.json", str(p)))
+    files = sorted(
+        (p for p in folder.rglob("*") if p.is_file()), key=lambda p: (p.name == "config.json", str(p))
+    )
     sent = 0
     for path in files:
         key = "/".join(x for x in (prefix, path.relative_to(folder).as_posix()) if x)

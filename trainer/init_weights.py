@@ -23,7 +23,9 @@ PROG = "trainer.init_weights"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", nargs="+", required=True, help="NeoX YAML files (model shape and vocab-file)")
+    parser.add_argument(
+        "--config", nargs="+", required=True, help="NeoX YAML files (model shape and vocab-file)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="Hugging Face folder to write")
     parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE", help="config keys to set")
     parser.add_argument("--seed", type=int, default=0)
@@ -35,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         model = GPTNeoX(cfg.model_config())
         save_hf(model, args.out, tokenizer=cfg.model.vocab_file)
         params = sum(p.numel() for p in model.parameters())
-        print(f"{PROG}: {params / 1e6:.2f}M parameters, random initialisation (seed {args.seed}) -> {args.out}")
+        print(
+            f"{PROG}: {params / 1e6:.2f}M parameters, random initialisation (seed {args.seed}) -> {args.out}"
+        )
         return 0
 
     return run_main(PROG, body)

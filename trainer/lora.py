@@ -275,7 +275,9 @@ def quantize_base(model: nn.Module, kind: str, compute_dtype: torch.dtype) -> in
             q.weight = bnb.nn.Params4bit(w.to(compute_dtype), requires_grad=False, quant_type="nf4")
         else:
             # Int8Params quantizes only on a move from the CPU: a weight already on the GPU would stay bf16
-            q.weight = bnb.nn.Int8Params(w.to("cpu", compute_dtype), requires_grad=False, has_fp16_weights=False)
+            q.weight = bnb.nn.Int8Params(
+                w.to("cpu", compute_dtype), requires_grad=False, has_fp16_weights=False
+            )
         if b is not None:
             q.bias = nn.Parameter(b.to(compute_dtype), requires_grad=False)
         q.to(device)  # quantizes here

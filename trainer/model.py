@@ -137,7 +137,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}"
+            )
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation {self.activation!r} is not one of {ACTIVATIONS}")
         if not 0.0 <= self.rotary_pct <= 1.0:
@@ -173,7 +175,9 @@ class GPTNeoX(nn.Module):
         self.embed_in = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.final_layer_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps)
-        self.embed_out = None if cfg.tied_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.embed_out = (
+            None if cfg.tied_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        )
         self.rotary = Rotary(cfg.rot_dim, cfg.max_position_embeddings, cfg.rotary_base)
         # a run setting, not architecture: trainer.engine sets it from the NeoX config key 'fused-output-loss'
         self.fused_loss = False
@@ -210,7 +214,9 @@ class GPTNeoX(nn.Module):
         (-100 ignored), computed in token chunks without the full logits when `fused_loss` is set."""
         s = input_ids.shape[1]
         if s > self.cfg.max_position_embeddings:
-            raise ValueError(f"sequence length {s} exceeds max_position_embeddings {self.cfg.max_position_embeddings}")
+            raise ValueError(
+                f"sequence length {s} exceeds max_position_embeddings {self.cfg.max_position_embeddings}"
+            )
         x = self.embed_in(input_ids)  # (b, s, h)
         for block in self.layers:  # checkpoint-activations wraps blocks from outside: trainer.engine
             x = block(x, self.rotary)

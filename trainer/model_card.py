@@ -26,11 +26,18 @@ def _eod_id(vocab_file: str | None) -> int:
 
 def generation_config(neox: dict) -> str:
     eod = _eod_id((neox.get("model") or {}).get("vocab_file"))
-    return json.dumps({"bos_token_id": eod, "eos_token_id": eod, "pad_token_id": eod,
-                       "_from_model_config": False}, indent=2) + "\n"
+    return (
+        json.dumps(
+            {"bos_token_id": eod, "eos_token_id": eod, "pad_token_id": eod, "_from_model_config": False},
+            indent=2,
+        )
+        + "\n"
+    )
 
 
-def card(neox: dict, checkpoint: str, iteration: int | None, parameters: int, kind: str = "full fine-tune") -> str:
+def card(
+    neox: dict, checkpoint: str, iteration: int | None, parameters: int, kind: str = "full fine-tune"
+) -> str:
     """A model card in the Hugging Face format (YAML front matter, then prose and a settings table)."""
     m, t, d = neox.get("model") or {}, neox.get("train") or {}, neox.get("data") or {}
     opt, sched, batch = neox.get("optimizer") or {}, neox.get("schedule") or {}, neox.get("batch") or {}
@@ -39,10 +46,15 @@ def card(neox: dict, checkpoint: str, iteration: int | None, parameters: int, ki
         ("base weights", t.get("load") or "random initialisation"),
         ("training data", d.get("data_path")),
         ("data split (train, valid, test)", d.get("split")),
-        ("iterations", f"{iteration} of {t.get('train_iters')}" if iteration is not None else t.get("train_iters")),
+        (
+            "iterations",
+            f"{iteration} of {t.get('train_iters')}" if iteration is not None else t.get("train_iters"),
+        ),
         ("sequence length", m.get("seq_length")),
-        ("micro-batch per GPU x accumulation", f"{batch.get('train_micro_batch_size_per_gpu')} x "
-                                               f"{batch.get('gradient_accumulation_steps')}"),
+        (
+            "micro-batch per GPU x accumulation",
+            f"{batch.get('train_micro_batch_size_per_gpu')} x {batch.get('gradient_accumulation_steps')}",
+        ),
         ("learning rate (min), schedule", f"{lr} ({sched.get('min_lr')}), {sched.get('lr_decay_style')}"),
         ("precision", neox.get("precision_name")),
         ("ZeRO stage", (neox.get("zero_optimization") or {}).get("stage")),

@@ -25,7 +25,9 @@ def lr_at(step: int, max_lr: float, min_lr: float, warmup_iters: int, decay_iter
 class LRSchedule:
     """Sets every param group's lr; `warmup` is a fraction of `decay_iters`, as in gpt-neox."""
 
-    def __init__(self, optimizer, max_lr: float, min_lr: float, warmup: float, decay_iters: int, style: str) -> None:
+    def __init__(
+        self, optimizer, max_lr: float, min_lr: float, warmup: float, decay_iters: int, style: str
+    ) -> None:
         self.optimizer = optimizer
         self.max_lr, self.min_lr, self.style = max_lr, min_lr, style
         self.decay_iters = decay_iters
@@ -34,7 +36,9 @@ class LRSchedule:
         self._apply()
 
     def get_lr(self) -> list[float]:
-        return [lr_at(self.step_count, self.max_lr, self.min_lr, self.warmup_iters, self.decay_iters, self.style)]
+        return [
+            lr_at(self.step_count, self.max_lr, self.min_lr, self.warmup_iters, self.decay_iters, self.style)
+        ]
 
     def get_last_lr(self) -> list[float]:
         return self.get_lr()

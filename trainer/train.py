@@ -68,9 +68,11 @@ def check_model_fits(cfg: NeoXConfig, mcfg: ModelConfig) -> None:
             f"config key 'seq-length' {cfg.model.seq_length} exceeds the weights' max_position_embeddings "
             f"{mcfg.max_position_embeddings}"
         )
-    for key, ours, theirs in (("num-layers", cfg.model.num_layers, mcfg.num_layers),
-                              ("hidden-size", cfg.model.hidden_size, mcfg.hidden_size),
-                              ("num-attention-heads", cfg.model.num_attention_heads, mcfg.num_heads)):
+    for key, ours, theirs in (
+        ("num-layers", cfg.model.num_layers, mcfg.num_layers),
+        ("hidden-size", cfg.model.hidden_size, mcfg.hidden_size),
+        ("num-attention-heads", cfg.model.num_attention_heads, mcfg.num_heads),
+    ):
         if ours != theirs:
             log(f"note: config key '{key}' is {ours} but the weights have {theirs}; using the weights'")
 
@@ -117,7 +119,9 @@ def mean_over_ranks(value: float, device) -> float:
 def evaluate(engine, samples: PackedSamples, cfg: NeoXConfig, rank: int, world: int) -> dict:
     engine.eval()
     total = 0.0
-    for tokens in eval_batches(samples, cfg.batch.train_micro_batch_size_per_gpu, cfg.train.eval_iters, rank, world):
+    for tokens in eval_batches(
+        samples, cfg.batch.train_micro_batch_size_per_gpu, cfg.train.eval_iters, rank, world
+    ):
         total += eval_loss(engine, tokens).item()
     engine.train()
     loss = mean_over_ranks(total / cfg.train.eval_iters, engine.device)
@@ -132,11 +136,22 @@ def save(engine, cfg: NeoXConfig, mcfg: ModelConfig, state: TrainState, mirror) 
     rank, save_dir, iteration = dist.get_rank(), Path(cfg.train.save), state.step
     tag = f"global_step{iteration}"
     if rank == 0 and (save_dir / tag).exists():  # an earlier run's leftover: kept, under a clear name
-        log(f"moved {save_dir / tag} aside to {checkpoint.set_aside(save_dir / tag)} (this save needs the name)")
+        log(
+            f"moved {save_dir / tag} aside to {checkpoint.set_aside(save_dir / tag)} (this save needs the name)"
+        )
     dist.barrier()  # no rank writes into the tag folder before it is free
     # writes `latest` too; a LoRA run's frozen base is left out (lora.json names where it is)
-    checkpoint.save_engine(engine, save_dir, tag, state, mcfg, cfg.to_dict(), rank, marker_follows=True,
-                           exclude_frozen=bool(cfg.lora))
+    checkpoint.save_engine(
+        engine,
+        save_dir,
+        tag,
+        state,
+        mcfg,
+        cfg.to_dict(),
+        rank,
+        marker_follows=True,
+        exclude_frozen=bool(cfg.lora),
+    )
     if rank == 0 and cfg.lora:
         lora.write_info(save_dir / tag, engine.module, cfg)
     checkpoint.sync_rank_files(save_dir / tag, rank)
@@ -192,8 +207,10 @@ def train(cfg: NeoXConfig, mirror_url: str | None = None, mirror_what: str = "--
     mcfg = model.cfg
     check_model_fits(cfg, mcfg)
     check_token_ids(cfg.data.data_path, mcfg.vocab_size)
-    log(f"model: {mcfg.num_layers} layers, hidden {mcfg.hidden_size}, {mcfg.num_params() / 1e6:.1f}M parameters, "
-        f"weights from {source}")
+    log(
+        f"model: {mcfg.num_layers} layers, hidden {mcfg.hidden_size}, {mcfg.num_params() / 1e6:.1f}M parameters, "
+        f"weights from {source}"
+    )
 
     from trainer.engine import init_distributed, parallelize
 
@@ -202,8 +219,10 @@ def train(cfg: NeoXConfig, mirror_url: str | None = None, mirror_what: str = "--
 
     rank, world = dist.get_rank(), dist.get_world_size()
     engine = parallelize(model, cfg)
-    log(f"DeepSpeed: ZeRO stage {cfg.zero_stage}, {cfg.precision.name}, {world} data-parallel ranks, "
-        f"device {engine.device}, optimizer {type(engine.basic_optimizer).__name__}")
+    log(
+        f"DeepSpeed: ZeRO stage {cfg.zero_stage}, {cfg.precision.name}, {world} data-parallel ranks, "
+        f"device {engine.device}, optimizer {type(engine.basic_optimizer).__name__}"
+    )
     from trainer.kernels import loader as kernel_loader
 
     log(kernel_loader.summary())  # which fused kernels run, so a silent fallback to the references shows
@@ -213,13 +232,21 @@ def train(cfg: NeoXConfig, mirror_url: str | None = None, mirror_what: str = "--
     if resume:
         where, tag, module_only = resume
         # a LoRA checkpoint holds the trained tensors only (lora.resume_point checked they fit the config)
-        _, client = engine.load_checkpoint(where, tag=tag, load_module_only=module_only, load_module_strict=not cfg.lora,
-                                           load_optimizer_states=not module_only,
-                                           load_lr_scheduler_states=not module_only)
+        _, client = engine.load_checkpoint(
+            where,
+            tag=tag,
+            load_module_only=module_only,
+            load_module_strict=not cfg.lora,
+            load_optimizer_states=not module_only,
+            load_lr_scheduler_states=not module_only,
+        )
         if not module_only:
             state = TrainState.from_client(client)
             loader.load_state_dict(state.data)
-        log(f"resumed from {where}/{tag} at iteration {state.step}" + (" (weights only)" if module_only else ""))
+        log(
+            f"resumed from {where}/{tag} at iteration {state.step}"
+            + (" (weights only)" if module_only else "")
+        )
         if mirror and not module_only and Path(where) == Path(t.save):
             mirror.submit(Path(where) / tag)  # finishes an upload that a stopped run left half done
 
@@ -254,8 +281,10 @@ def train(cfg: NeoXConfig, mirror_url: str | None = None, mirror_what: str = "--
                 "mfu": tflops / t.peak_tflops,
             }
             metrics.write("train", iteration, last)
-            log(f"iter {iteration}/{t.train_iters} lm_loss {last['lm_loss']:.4f} lr {last['lr']:.3g} "
-                f"{tok_s:,.0f} tokens/s {tflops:.1f} TFLOP/s/device MFU {100 * last['mfu']:.1f}%")
+            log(
+                f"iter {iteration}/{t.train_iters} lm_loss {last['lm_loss']:.4f} lr {last['lr']:.3g} "
+                f"{tok_s:,.0f} tokens/s {tflops:.1f} TFLOP/s/device MFU {100 * last['mfu']:.1f}%"
+            )
             window_start, window_iters = time.monotonic(), 0
         if splits["valid"] is not None and t.eval_interval and iteration % t.eval_interval == 0:
             ev = evaluate(engine, splits["valid"], cfg, rank, world)
@@ -265,9 +294,16 @@ def train(cfg: NeoXConfig, mirror_url: str | None = None, mirror_what: str = "--
             state.data = loader.state_dict()
             save(engine, cfg, mcfg, state, mirror)
     metrics.close()
-    stats = {"iterations": iteration, "stopped_early": iteration < t.train_iters, "world_size": world,
-             "seconds": time.monotonic() - started, "last": last, "model": asdict(mcfg),
-             "zero_stage": cfg.zero_stage, "precision": cfg.precision.name}
+    stats = {
+        "iterations": iteration,
+        "stopped_early": iteration < t.train_iters,
+        "world_size": world,
+        "seconds": time.monotonic() - started,
+        "last": last,
+        "model": asdict(mcfg),
+        "zero_stage": cfg.zero_stage,
+        "precision": cfg.precision.name,
+    }
     if cfg.lora:
         stats["lora"] = lora.run_summary(engine.module, base_print)
     if mirror:
@@ -283,21 +319,36 @@ def train(cfg: NeoXConfig, mirror_url: str | None = None, mirror_what: str = "--
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("--config", nargs="+", required=True, help="NeoX YAML files, merged in order")
-    parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="set a config key after the files (dotted keys reach into sections)")
-    parser.add_argument("--mirror", metavar="s3://BUCKET/PREFIX",
-                        help="also copy each complete checkpoint there (default: env NEOX_CHECKPOINT_MIRROR)")
-    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
+    parser.add_argument(
+        "--override",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a config key after the files (dotted keys reach into sections)",
+    )
+    parser.add_argument(
+        "--mirror",
+        metavar="s3://BUCKET/PREFIX",
+        help="also copy each complete checkpoint there (default: env NEOX_CHECKPOINT_MIRROR)",
+    )
+    parser.add_argument(
+        "--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS
+    )  # deepspeed launcher
     args = parser.parse_args(argv)
 
     def body() -> int:
         cfg = load_config(args.config, args.override)
         from_env = not args.mirror and os.environ.get("NEOX_CHECKPOINT_MIRROR")
-        stats = train(cfg, args.mirror or from_env or None,
-                      "env NEOX_CHECKPOINT_MIRROR" if from_env else "--mirror")
+        stats = train(
+            cfg, args.mirror or from_env or None, "env NEOX_CHECKPOINT_MIRROR" if from_env else "--mirror"
+        )
         loss = stats["last"].get("lm_loss")
-        log(f"done: {stats['iterations']} iterations in {human_duration(stats['seconds'])}, "
-            f"lm_loss {loss:.4f}" if loss is not None else "done: nothing to train")
+        log(
+            f"done: {stats['iterations']} iterations in {human_duration(stats['seconds'])}, "
+            f"lm_loss {loss:.4f}"
+            if loss is not None
+            else "done: nothing to train"
+        )
         return 0
 
     return run_main(PROG, body)

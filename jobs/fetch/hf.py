@@ -21,7 +21,7 @@ REPO_TYPES = {"datasets": "dataset", "models": "model"}  # the hub's own URL pre
 
 def parse_hf_url(url: str) -> tuple[str, str, str | None]:
     """(repo type, org/repo, revision or None) of hf://[datasets/]org/repo[@revision]."""
-    rest = url[len("hf://"):].strip("/")
+    rest = url[len("hf://") :].strip("/")
     repo, _, rev = rest.partition("@")
     kind = "model"
     head, _, tail = repo.partition("/")
@@ -45,8 +45,13 @@ class HubSource:
         self.api = HfApi(endpoint=self.endpoint, token=token)
         # Files are pinned to one commit (no If-Range); the hub serves large files from its CDN on
         # other hosts, so its redirects may go anywhere, but the token never follows one.
-        self.http = HttpSource(f"{self.endpoint}/", headers=build_hf_headers(token=token), connections=connections,
-                               if_range=False, redirect_hosts=(ANY_HOST,))
+        self.http = HttpSource(
+            f"{self.endpoint}/",
+            headers=build_hf_headers(token=token),
+            connections=connections,
+            if_range=False,
+            redirect_hosts=(ANY_HOST,),
+        )
         self.commit: str | None = None
 
     def list_files(self) -> list[RemoteFile]:
@@ -56,8 +61,9 @@ class HubSource:
         prefix = "datasets/" if self.repo_type == "dataset" else ""
         where = f"hf://{prefix}{self.repo}" + (f"@{self.revision}" if self.revision else "")
         try:
-            info = self.api.repo_info(self.repo, repo_type=self.repo_type, revision=self.revision,
-                                      files_metadata=True)
+            info = self.api.repo_info(
+                self.repo, repo_type=self.repo_type, revision=self.revision, files_metadata=True
+            )
         except RevisionNotFoundError:
             raise JobError(f"{where}: revision not found") from None
         except RepositoryNotFoundError:
@@ -70,8 +76,13 @@ class HubSource:
         self.commit = info.sha  # pin every file to one commit
         files = []
         for s in info.siblings or []:
-            url = hf_hub_url(self.repo, s.rfilename, repo_type=self.repo_type, revision=self.commit or self.revision,
-                             endpoint=self.endpoint)
+            url = hf_hub_url(
+                self.repo,
+                s.rfilename,
+                repo_type=self.repo_type,
+                revision=self.commit or self.revision,
+                endpoint=self.endpoint,
+            )
             f = RemoteFile(safe_relpath(s.rfilename, where), url, s.size, s.blob_id, True)
             if s.lfs:
                 f.expected["sha256"] = s.lfs.sha256

@@ -32,7 +32,13 @@ class Manifest:
 
     def record(self, path: str, size: int, sha256: str, identity: str | None, url: str) -> None:
         with self.lock:
-            self.files[path] = {"path": path, "size": size, "sha256": sha256, "identity": identity, "url": url}
+            self.files[path] = {
+                "path": path,
+                "size": size,
+                "sha256": sha256,
+                "identity": identity,
+                "url": url,
+            }
         if time.monotonic() - self._last > FLUSH_S:  # keep it current so a kill loses little
             self.save(complete=False)
 
@@ -42,9 +48,13 @@ class Manifest:
                 self.files = {p: f for p, f in self.files.items() if p in keep}
             files = [self.files[p] for p in sorted(self.files)]
             self._last = time.monotonic()
-            payload = {"source": self.source, "complete": complete, "files": files,
-                       "total_bytes": sum(f["size"] for f in files),
-                       "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            payload = {
+                "source": self.source,
+                "complete": complete,
+                "files": files,
+                "total_bytes": sum(f["size"] for f in files),
+                "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
             if revision:
                 payload["revision"] = revision
             write_json_atomic(self.path, payload)

@@ -21,7 +21,9 @@ class RemoteFile:
     size: int | None
     identity: str | None = None  # ETag / Last-Modified / blob id: a change means the partial data is stale
     ranges: bool = True  # False: one stream from the start (the server ignores Range)
-    expected: dict[str, str] = field(default_factory=dict)  # algorithm -> hex digest ("sha256", "md5", "git-sha1")
+    expected: dict[str, str] = field(
+        default_factory=dict
+    )  # algorithm -> hex digest ("sha256", "md5", "git-sha1")
     expected_from: str | None = None  # where the expected checksum came from, for the error message
 
 
@@ -50,6 +52,8 @@ def select(files: Iterable[RemoteFile], include: list[str], exclude: list[str]) 
     """Keep files matching any --include (all when none) and no --exclude; globs match the relative path."""
 
     def hit(path: str, globs: list[str]) -> bool:
-        return any(fnmatch.fnmatchcase(path, g) or fnmatch.fnmatchcase(posixpath.basename(path), g) for g in globs)
+        return any(
+            fnmatch.fnmatchcase(path, g) or fnmatch.fnmatchcase(posixpath.basename(path), g) for g in globs
+        )
 
     return [f for f in files if (not include or hit(f.path, include)) and not hit(f.path, exclude)]

@@ -19,12 +19,18 @@ from .plan import RemoteFile, safe_relpath
 
 BLOCK = 1 << 20
 _MD5 = re.compile(r'^"?([0-9a-f]{32})"?$')
-_TRANSIENT = (bex.EndpointConnectionError, bex.ConnectionClosedError, bex.ReadTimeoutError,
-              bex.ConnectTimeoutError, bex.ResponseStreamingError, bex.IncompleteReadError)
+_TRANSIENT = (
+    bex.EndpointConnectionError,
+    bex.ConnectionClosedError,
+    bex.ReadTimeoutError,
+    bex.ConnectTimeoutError,
+    bex.ResponseStreamingError,
+    bex.IncompleteReadError,
+)
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
-    rest = url[len("s3://"):]
+    rest = url[len("s3://") :]
     bucket, _, prefix = rest.partition("/")
     if not bucket:
         raise JobError(f"{url}: no bucket name")
@@ -77,12 +83,14 @@ class S3Source:
                     key = obj["Key"]
                     if key.endswith("/"):
                         continue  # folder markers
-                    files.append(self._file(key[len(prefix):], key, obj["Size"], obj.get("ETag")))
+                    files.append(self._file(key[len(prefix) :], key, obj["Size"], obj.get("ETag")))
         except bex.ClientError as exc:
             err = self._client_error(exc, self._where(prefix))
             raise (err if isinstance(err, JobError) else JobError(str(err))) from None
         except (bex.NoCredentialsError, bex.PartialCredentialsError):
-            raise JobError(f"{self.description}: no AWS credentials found (environment, shared files or role)") from None
+            raise JobError(
+                f"{self.description}: no AWS credentials found (environment, shared files or role)"
+            ) from None
         except _TRANSIENT as exc:
             raise JobError(f"{self.description}: {type(exc).__name__}") from None
         if not files:

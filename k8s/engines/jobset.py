@@ -49,11 +49,13 @@ def render_objects(cfg: PipelineConfig, spec: JobSpec, images: dict[str, str]) -
             "failurePolicy": {"maxRestarts": t.max_restarts, "restartStrategy": "Recreate"},
             "network": {"enableDNSHostnames": True, "publishNotReadyAddresses": True, "subdomain": js_name},
             "successPolicy": {"operator": "All"},
-            "replicatedJobs": [{
-                "name": REPLICATED_JOB,
-                "replicas": 1,
-                "template": {"metadata": {"labels": render.labels(cfg, "train")}, "spec": job_spec},
-            }],
+            "replicatedJobs": [
+                {
+                    "name": REPLICATED_JOB,
+                    "replicas": 1,
+                    "template": {"metadata": {"labels": render.labels(cfg, "train")}, "spec": job_spec},
+                }
+            ],
         },
     }
     # The spec's digest lets a second deploy tell "same run" from "a different run under this name".

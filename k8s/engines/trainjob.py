@@ -40,24 +40,34 @@ def _runtime(cfg: PipelineConfig, spec: JobSpec, container: dict, pod: dict) -> 
     return {
         "apiVersion": API_VERSION,
         "kind": "TrainingRuntime",
-        "metadata": {**render.meta(cfg, runtime_name(cfg), "train"),
-                     "labels": {**render.labels(cfg, "train"), "trainer.kubeflow.org/framework": "torch"}},
+        "metadata": {
+            **render.meta(cfg, runtime_name(cfg), "train"),
+            "labels": {**render.labels(cfg, "train"), "trainer.kubeflow.org/framework": "torch"},
+        },
         "spec": {
             "mlPolicy": {"numNodes": spec.nodes, "torch": {}},
-            "template": {"spec": {
-                "failurePolicy": {"maxRestarts": cfg.train.max_restarts},
-                "replicatedJobs": [{
-                    "name": NODE,
-                    "template": {
-                        "metadata": {"labels": dict(ANCESTOR)},
-                        # a failed pod fails its Job at once; the failure policy then recreates every
-                        # node together (one node alone could not rejoin a static rendezvous)
-                        "spec": {"backoffLimit": 0,
-                                 "template": {"metadata": {"labels": render.labels(cfg, "train")},
-                                              "spec": template_pod}},
-                    },
-                }],
-            }},
+            "template": {
+                "spec": {
+                    "failurePolicy": {"maxRestarts": cfg.train.max_restarts},
+                    "replicatedJobs": [
+                        {
+                            "name": NODE,
+                            "template": {
+                                "metadata": {"labels": dict(ANCESTOR)},
+                                # a failed pod fails its Job at once; the failure policy then recreates every
+                                # node together (one node alone could not rejoin a static rendezvous)
+                                "spec": {
+                                    "backoffLimit": 0,
+                                    "template": {
+                                        "metadata": {"labels": render.labels(cfg, "train")},
+                                        "spec": template_pod,
+                                    },
+                                },
+                            },
+                        }
+                    ],
+                }
+            },
         },
     }
 
@@ -86,7 +96,9 @@ def render_objects(cfg: PipelineConfig, spec: JobSpec, images: dict[str, str]) -
         pod_patch = {
             "securityContext": pod["securityContext"],
             "volumes": pod["volumes"],
-            "containers": [{"name": NODE, "volumeMounts": c["volumeMounts"], "securityContext": c["securityContext"]}],
+            "containers": [
+                {"name": NODE, "volumeMounts": c["volumeMounts"], "securityContext": c["securityContext"]}
+            ],
         }
         if "nodeSelector" in pod:
             pod_patch["nodeSelector"] = pod["nodeSelector"]
@@ -94,21 +106,41 @@ def render_objects(cfg: PipelineConfig, spec: JobSpec, images: dict[str, str]) -
         body = {
             "runtimeRef": ref,
             "trainer": trainer,
-            "runtimePatches": [{
-                "manager": render.FIELD_MANAGER,
-                "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [{
-                    "name": NODE,
-                    "template": {"spec": {"template": {
-                        "metadata": {"labels": render.labels(cfg, "train")},
-                        "spec": pod_patch,
-                    }}},
-                }]}}},
-            }],
+            "runtimePatches": [
+                {
+                    "manager": render.FIELD_MANAGER,
+                    "trainingRuntimeSpec": {
+                        "template": {
+                            "spec": {
+                                "replicatedJobs": [
+                                    {
+                                        "name": NODE,
+                                        "template": {
+                                            "spec": {
+                                                "template": {
+                                                    "metadata": {"labels": render.labels(cfg, "train")},
+                                                    "spec": pod_patch,
+                                                }
+                                            }
+                                        },
+                                    }
+                                ]
+                            }
+                        }
+                    },
+                }
+            ],
         }
     if t.deadline_seconds:
         body["activeDeadlineSeconds"] = t.deadline_seconds
-    obj = {"apiVersion": API_VERSION, "kind": KIND, "metadata": render.meta(cfg, name(cfg), "train"), "spec": body}
+    obj = {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": render.meta(cfg, name(cfg), "train"),
+        "spec": body,
+    }
     # The digest of what runs (the runtime included) tells "same run" from "a different run under this name".
-    obj["metadata"]["annotations"] = {"neox-pipeline/spec-sha256": render.spec_hash([o["spec"] for o in objects]
-                                                                                    + [body])}
+    obj["metadata"]["annotations"] = {
+        "neox-pipeline/spec-sha256": render.spec_hash([o["spec"] for o in objects] + [body])
+    }
     return [*objects, obj]

@@ -19,15 +19,25 @@ def _opts(config_file, **kw):
 
 
 def _verdict(ok: bool) -> str:
-    return json.dumps({"weights_verified": ok, "reason": "all files present" if ok else "no fetch-manifest.json",
-                       "files": 3}) + "\n"
+    return (
+        json.dumps(
+            {
+                "weights_verified": ok,
+                "reason": "all files present" if ok else "no fetch-manifest.json",
+                "files": 3,
+            }
+        )
+        + "\n"
+    )
 
 
 def _create_secret(config_file, cluster):
     d.secrets(_opts(config_file), cluster=cluster, out=io.StringIO())
 
 
-def test_full_deploy_then_second_run_changes_nothing(config_file, kube, det, cluster, master, secret_env, tmp_path):
+def test_full_deploy_then_second_run_changes_nothing(
+    config_file, kube, det, cluster, master, secret_env, tmp_path
+):
     _create_secret(config_file, cluster)
     kube.outcomes["probe-weights"] = ("Complete", _verdict(False))
     log = io.StringIO()
@@ -71,7 +81,9 @@ def test_job_failure_prints_pod_log_and_stops(config_file, kube, det, cluster, m
     _create_secret(config_file, cluster)
     kube.job_polls = 3  # a few "still running" reads before the outcome
     kube.outcomes["probe-weights"] = ("Complete", _verdict(True))
-    failing_log = "".join(f"line {i}\n" for i in range(100)) + "preprocess: error: tokenizer.json: not found\n"
+    failing_log = (
+        "".join(f"line {i}\n" for i in range(100)) + "preprocess: error: tokenizer.json: not found\n"
+    )
     kube.outcomes["preprocess"] = ("Failed", failing_log)
     log = io.StringIO()
     with pytest.raises(JobError, match=r"Job/.*preprocess.* failed: BackoffLimitExceeded"):
@@ -100,7 +112,9 @@ def test_nothing_applied_when_lock_entry_missing(config_file, lock_file, kube, c
 
 
 def test_missing_secret_stops_before_applying(config_file, kube, cluster, master):
-    with pytest.raises(JobError, match=r"Secret/checkpoint-s3-credentials: not in namespace .*invoke secrets"):
+    with pytest.raises(
+        JobError, match=r"Secret/checkpoint-s3-credentials: not in namespace .*invoke secrets"
+    ):
         d.deploy(_opts(config_file), cluster=cluster, master=master, out=io.StringIO())
     assert kube.writes == []
 
@@ -122,11 +136,14 @@ def test_bad_token_is_reported(kube):
         c.version()
 
 
-def test_secrets_come_from_env_and_never_leak(config_file, kube, det, cluster, master, secret_env, tmp_path, capsys):
+def test_secrets_come_from_env_and_never_leak(
+    config_file, kube, det, cluster, master, secret_env, tmp_path, capsys
+):
     log = io.StringIO()
     d.secrets(_opts(config_file), cluster=cluster, out=log)
-    assert sorted(kube.secret_values()) == sorted([secret_env["AWS_ACCESS_KEY_ID"],
-                                                   secret_env["AWS_SECRET_ACCESS_KEY"]])
+    assert sorted(kube.secret_values()) == sorted(
+        [secret_env["AWS_ACCESS_KEY_ID"], secret_env["AWS_SECRET_ACCESS_KEY"]]
+    )
     kube.outcomes["probe-weights"] = ("Complete", _verdict(False))
     d.deploy(_opts(config_file, out=str(tmp_path / "r")), cluster=cluster, master=master, out=log)
     d.status(_opts(config_file), cluster=cluster, master=master, out=log)
@@ -158,7 +175,11 @@ def test_status_logs_and_teardown_keeps_the_volume(config_file, kube, cluster, m
     out = io.StringIO()
     report = d.status(_opts(config_file), cluster=cluster, master=master, out=out)
     assert report["volume"] == "Bound" and set(report["jobs"].values()) == {"Complete"}
-    assert report["experiment"] == {"id": 1, "state": "STATE_ACTIVE", "url": f"{master.url}/det/experiments/1"}
+    assert report["experiment"] == {
+        "id": 1,
+        "state": "STATE_ACTIVE",
+        "url": f"{master.url}/det/experiments/1",
+    }
     out = io.StringIO()
     assert d.logs(_opts(config_file), step="fetch-weights", cluster=cluster, out=out) == 1
     assert "fetch: 39.0 GB in 1:02:03" in out.getvalue()
@@ -173,8 +194,12 @@ def test_status_logs_and_teardown_keeps_the_volume(config_file, kube, cluster, m
 
 
 def test_apply_reports_immutable_job_change(config_file, kube, cluster):
-    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j", "namespace": "tenant-finetune"},
-           "spec": {"template": {"metadata": {}, "spec": {"containers": [{"name": "c", "image": "a"}]}}}}
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "j", "namespace": "tenant-finetune"},
+        "spec": {"template": {"metadata": {}, "spec": {"containers": [{"name": "c", "image": "a"}]}}},
+    }
     assert cluster.apply(job)[0] == "created"
     assert cluster.apply(job)[0] == "unchanged"
     job["spec"]["template"]["spec"]["containers"][0]["image"] = "b"
@@ -191,15 +216,26 @@ def test_kubeconfig_token_ca_and_plugins(tmp_path, kube, monkeypatch):
 
     ca = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").decode()
     kc = {
-        "apiVersion": "v1", "kind": "Config", "current-context": "work",
-        "contexts": [{"name": "work", "context": {"cluster": "c1", "user": "u1", "namespace": "tenant"}},
-                     {"name": "plain", "context": {"cluster": "c2", "user": "u2"}},
-                     {"name": "sso", "context": {"cluster": "c2", "user": "u3"}}],
-        "clusters": [{"name": "c1", "cluster": {"server": "https://k8s.example:6443/",
-                                                 "certificate-authority-data": ca}},
-                     {"name": "c2", "cluster": {"server": kube.url, "insecure-skip-tls-verify": True}}],
-        "users": [{"name": "u1", "user": {"token": "abc"}}, {"name": "u2", "user": {"token": kube.token}},
-                  {"name": "u3", "user": {"exec": {"command": "sso-login"}}}],
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "work",
+        "contexts": [
+            {"name": "work", "context": {"cluster": "c1", "user": "u1", "namespace": "tenant"}},
+            {"name": "plain", "context": {"cluster": "c2", "user": "u2"}},
+            {"name": "sso", "context": {"cluster": "c2", "user": "u3"}},
+        ],
+        "clusters": [
+            {
+                "name": "c1",
+                "cluster": {"server": "https://k8s.example:6443/", "certificate-authority-data": ca},
+            },
+            {"name": "c2", "cluster": {"server": kube.url, "insecure-skip-tls-verify": True}},
+        ],
+        "users": [
+            {"name": "u1", "user": {"token": "abc"}},
+            {"name": "u2", "user": {"token": kube.token}},
+            {"name": "u3", "user": {"exec": {"command": "sso-login"}}},
+        ],
     }
     path = tmp_path / "config"
     path.write_text(yaml.safe_dump(kc))

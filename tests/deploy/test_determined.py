@@ -35,7 +35,9 @@ def test_login_uses_sdk_hash_and_bad_password_is_one_line(det, master, monkeypat
     assert salt_and_hash("") == ""  # the SDK sends an empty password as is
     monkeypatch.setenv("DET_PASS", "wrong")
     monkeypatch.delenv("DET_SESSION_TOKEN", raising=False)
-    with pytest.raises(JobError, match="login as determined: Determined master answered 401 invalid credentials"):
+    with pytest.raises(
+        JobError, match="login as determined: Determined master answered 401 invalid credentials"
+    ):
         master.login()
     master.login(password="det-pass-123")
     exp_id = master.create_experiment({"name": "x"}, [])
@@ -46,8 +48,11 @@ def test_export_latest_checkpoint_of_an_experiment(make_config, s3, det, master,
     url, client = s3
     client.create_bucket(Bucket="model-checkpoints")
     uuid = "0b3c1f5e-1111-2222-3333-444455556666"
-    for key, body in {"metadata.json": b"{}", "mp_rank_00_model_states.pt": b"w" * 100,
-                      "configs/20B.yml": b"a: 1\n"}.items():
+    for key, body in {
+        "metadata.json": b"{}",
+        "mp_rank_00_model_states.pt": b"w" * 100,
+        "configs/20B.yml": b"a: 1\n",
+    }.items():
         client.put_object(Bucket="model-checkpoints", Key=f"gpt-neox-20b/{uuid}/{key}", Body=body)
     client.put_object(Bucket="model-checkpoints", Key="gpt-neox-20b/other/stray.pt", Body=b"x")
     master.login()
@@ -56,18 +61,31 @@ def test_export_latest_checkpoint_of_an_experiment(make_config, s3, det, master,
     cfg = load_config(make_config(lambda r: r["checkpoints"].update(endpoint_url=url)))
     # Stands in for `python -m trainer.export` (another helper's program): records what it was given.
     fake = tmp_path / "fake_export.py"
-    fake.write_text("import sys, pathlib, os\n"
-                    "a = sys.argv; ck = pathlib.Path(a[a.index('--checkpoint') + 1]); "
-                    "out = pathlib.Path(a[a.index('--out') + 1]); out.mkdir(parents=True)\n"
-                    "(out / 'files.txt').write_text('\\n'.join(sorted(str(p.relative_to(ck)) "
-                    "for p in ck.rglob('*') if p.is_file())))\n")
+    fake.write_text(
+        "import sys, pathlib, os\n"
+        "a = sys.argv; ck = pathlib.Path(a[a.index('--checkpoint') + 1]); "
+        "out = pathlib.Path(a[a.index('--out') + 1]); out.mkdir(parents=True)\n"
+        "(out / 'files.txt').write_text('\\n'.join(sorted(str(p.relative_to(ck)) "
+        "for p in ck.rglob('*') if p.is_file())))\n"
+    )
     log = io.StringIO()
-    hf = export(cfg, tmp_path / "model", experiment_id=exp_id, master=master, command=(sys.executable, str(fake)),
-                stream=log)
+    hf = export(
+        cfg,
+        tmp_path / "model",
+        experiment_id=exp_id,
+        master=master,
+        command=(sys.executable, str(fake)),
+        stream=log,
+    )
     assert hf == tmp_path / "model" / "hf"
     # The checkpoint's files (not the stray one beside it), plus the fetcher's manifest and stats.
-    assert (hf / "files.txt").read_text().split() == ["configs/20B.yml", "fetch-manifest.json", "fetch-stats.json",
-                                                      "metadata.json", "mp_rank_00_model_states.pt"]
+    assert (hf / "files.txt").read_text().split() == [
+        "configs/20B.yml",
+        "fetch-manifest.json",
+        "fetch-stats.json",
+        "metadata.json",
+        "mp_rank_00_model_states.pt",
+    ]
     assert "downloaded 3 files" in log.getvalue()
 
 
@@ -82,7 +100,10 @@ def test_export_errors_are_one_line(make_config, s3, tmp_path):
     with pytest.raises(JobError, match="exactly one of"):
         export(cfg, tmp_path / "m")
     client.put_object(Bucket="model-checkpoints", Key="ck/a.pt", Body=b"x")
-    failing = (sys.executable, "-c", "import sys; print('export: error: no model_states', file=sys.stderr); "
-                                     "sys.exit(1)")
+    failing = (
+        sys.executable,
+        "-c",
+        "import sys; print('export: error: no model_states', file=sys.stderr); sys.exit(1)",
+    )
     with pytest.raises(JobError, match=r"failed \(export: error: no model_states\)"):
         export(cfg, tmp_path / "m", checkpoint="s3://model-checkpoints/ck", command=failing)

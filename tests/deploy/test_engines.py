@@ -19,8 +19,13 @@ from k8s.validate import CRD_DIR, validate_custom
 
 SHARED = Path(__file__).parents[3] / "shared"
 UPSTREAM = {
-    "trainjob-v1alpha1.json": SHARED / "schemas" / "kubeflow-trainer-v2.3.0" / "trainer.kubeflow.org_trainjobs.yaml",
-    "trainingruntime-v1alpha1.json": SHARED / "schemas" / "kubeflow-trainer-v2.3.0"
+    "trainjob-v1alpha1.json": SHARED
+    / "schemas"
+    / "kubeflow-trainer-v2.3.0"
+    / "trainer.kubeflow.org_trainjobs.yaml",
+    "trainingruntime-v1alpha1.json": SHARED
+    / "schemas"
+    / "kubeflow-trainer-v2.3.0"
     / "trainer.kubeflow.org_trainingruntimes.yaml",
     "jobset-v1alpha2.json": SHARED / "schemas" / "jobset-v0.12.0" / "jobset.x-k8s.io_jobsets.yaml",
 }
@@ -66,18 +71,26 @@ def test_trainjob_from_the_guides_scale(make_config):
     tj = plan.train_object
     validate_custom(tj)
     spec = tj["spec"]
-    assert spec["runtimeRef"] == {"apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime",
-                                  "name": "torch-distributed"}
+    assert spec["runtimeRef"] == {
+        "apiGroup": "trainer.kubeflow.org",
+        "kind": "ClusterTrainingRuntime",
+        "name": "torch-distributed",
+    }
     t = spec["trainer"]
     assert (t["numNodes"], t["numProcPerNode"]) == (12, 8)  # the guide's 96 A40 slots
     assert t["image"].endswith("@sha256:" + "1" * 64)
     assert t["command"] == ["python", "-m", "trainer.launch", "--"]
     assert t["args"][:2] == ["--config", "/etc/neox/determined-cluster.yml"]
-    assert "train-iters=100" in t["args"] and "lr-decay-iters=100" in t["args"] and "eval-interval=50" in t["args"]
+    assert (
+        "train-iters=100" in t["args"]
+        and "lr-decay-iters=100" in t["args"]
+        and "eval-interval=50" in t["args"]
+    )
     assert t["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "8"
     env = {e["name"]: e for e in t["env"]}
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"] == {
-        "secretKeyRef": {"name": "checkpoint-s3-credentials", "key": "AWS_SECRET_ACCESS_KEY"}}
+        "secretKeyRef": {"name": "checkpoint-s3-credentials", "key": "AWS_SECRET_ACCESS_KEY"}
+    }
     assert env["NEOX_CHECKPOINT_MIRROR"]["value"] == f"s3://model-checkpoints/gpt-neox-20b/{cfg.instance}"
     assert not any(k.startswith("PET_") for k in env)  # the torch plugin sets those
     (patch,) = spec["runtimePatches"]
@@ -93,8 +106,13 @@ def test_trainjob_from_the_guides_scale(make_config):
 
 
 def test_trainjob_names_the_runtime_the_config_gives(make_config):
-    _, plan = _plan(make_config, "trainjob", lambda r: r["train"].update(
-        runtime="neox-torch", runtime_kind="TrainingRuntime", nodes=2, gpus_per_node=4))
+    _, plan = _plan(
+        make_config,
+        "trainjob",
+        lambda r: r["train"].update(
+            runtime="neox-torch", runtime_kind="TrainingRuntime", nodes=2, gpus_per_node=4
+        ),
+    )
     spec = plan.train_object["spec"]
     assert spec["runtimeRef"]["name"] == "neox-torch" and spec["runtimeRef"]["kind"] == "TrainingRuntime"
     assert (spec["trainer"]["numNodes"], spec["trainer"]["numProcPerNode"]) == (2, 4)
@@ -120,7 +138,11 @@ def test_jobset_has_indexed_nodes_restart_policy_and_rendezvous(make_config):
     name = js["metadata"]["name"]
     spec = js["spec"]
     assert spec["failurePolicy"] == {"maxRestarts": 5, "restartStrategy": "Recreate"}
-    assert spec["network"] == {"enableDNSHostnames": True, "publishNotReadyAddresses": True, "subdomain": name}
+    assert spec["network"] == {
+        "enableDNSHostnames": True,
+        "publishNotReadyAddresses": True,
+        "subdomain": name,
+    }
     (rjob,) = spec["replicatedJobs"]
     job = rjob["template"]["spec"]
     assert rjob["replicas"] == 1 and job["completionMode"] == "Indexed"
@@ -164,21 +186,34 @@ def test_dry_run_writes_the_engine_object_and_no_experiment(make_config, engine,
     assert "/mnt/finetune-gpt-neox/data/enron/enron_text_document" in cm["data"]["determined-cluster.yml"]
 
 
-@pytest.mark.parametrize("edit, expected", [
-    (lambda r: r.update(train={"engine": "kubeflow"}), "train.engine: 'kubeflow' is not one of"),
-    (lambda r: r.update(train={"engine": "jobset", "gpus_per_node": 8, "processes_per_node": 4}),
-     "train.processes_per_node 4 does not match train.gpus_per_node 8"),
-    (lambda r: r.update(train={"engine": "trainjob", "runtime": "deepspeed-distributed"}),
-     "train.runtime 'deepspeed-distributed' launches through MPI"),
-    (lambda r: r.update(train={"engine": "jobset", "gpus_per_node": 7}),
-     "experiment.slots 96 is not a multiple of train.gpus_per_node 7"),
-    (lambda r: r.update(train={"engine": "jobset", "nodes": 0}), "train.nodes: 0 is less than the minimum of 1"),
-])
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda r: r.update(train={"engine": "kubeflow"}), "train.engine: 'kubeflow' is not one of"),
+        (
+            lambda r: r.update(train={"engine": "jobset", "gpus_per_node": 8, "processes_per_node": 4}),
+            "train.processes_per_node 4 does not match train.gpus_per_node 8",
+        ),
+        (
+            lambda r: r.update(train={"engine": "trainjob", "runtime": "deepspeed-distributed"}),
+            "train.runtime 'deepspeed-distributed' launches through MPI",
+        ),
+        (
+            lambda r: r.update(train={"engine": "jobset", "gpus_per_node": 7}),
+            "experiment.slots 96 is not a multiple of train.gpus_per_node 7",
+        ),
+        (
+            lambda r: r.update(train={"engine": "jobset", "nodes": 0}),
+            "train.nodes: 0 is less than the minimum of 1",
+        ),
+    ],
+)
 def test_bad_train_settings_one_line_nothing_applied(make_config, edit, expected, kube, cluster, secret_env):
     path = make_config(edit)
     with pytest.raises(JobError, match="^config .*" + expected.replace("(", r"\(").replace(")", r"\)")):
-        d.deploy(d.Options(config=str(path), skip_preflight=True), cluster=cluster, master=None,
-                 out=io.StringIO())
+        d.deploy(
+            d.Options(config=str(path), skip_preflight=True), cluster=cluster, master=None, out=io.StringIO()
+        )
     assert kube.requests == []
 
 
@@ -196,15 +231,20 @@ def test_trainjob_with_its_own_runtime_has_the_hardened_pod_and_restart_policy(m
     validate_custom(runtime)
     validate_custom(tj)
     assert runtime["kind"] == "TrainingRuntime" and runtime["metadata"]["name"] == f"{cfg.instance}-torch"
-    assert tj["spec"]["runtimeRef"] == {"apiGroup": "trainer.kubeflow.org", "kind": "TrainingRuntime",
-                                        "name": f"{cfg.instance}-torch"}
+    assert tj["spec"]["runtimeRef"] == {
+        "apiGroup": "trainer.kubeflow.org",
+        "kind": "TrainingRuntime",
+        "name": f"{cfg.instance}-torch",
+    }
     assert "runtimePatches" not in tj["spec"] and tj["spec"]["trainer"]["numNodes"] == 12
     spec = runtime["spec"]
     assert spec["mlPolicy"] == {"numNodes": 12, "torch": {}}
     assert spec["template"]["spec"]["failurePolicy"] == {"maxRestarts": 4}
     (rjob,) = spec["template"]["spec"]["replicatedJobs"]
     assert rjob["name"] == "node"
-    assert rjob["template"]["metadata"]["labels"] == {"trainer.kubeflow.org/trainjob-ancestor-step": "trainer"}
+    assert rjob["template"]["metadata"]["labels"] == {
+        "trainer.kubeflow.org/trainjob-ancestor-step": "trainer"
+    }
     assert rjob["template"]["spec"]["backoffLimit"] == 0
     pod = rjob["template"]["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False and pod["securityContext"]["runAsNonRoot"] is True

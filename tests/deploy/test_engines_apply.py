@@ -28,8 +28,12 @@ def _verdict() -> str:
 @pytest.fixture(params=sorted(ENGINES))
 def engine_config(request, make_config):
     engine = request.param
-    path = make_config(lambda r: (r.update(train={"engine": engine, "nodes": 3, "gpus_per_node": 8}),
-                                  r.pop("determined_master")))
+    path = make_config(
+        lambda r: (
+            r.update(train={"engine": engine, "nodes": 3, "gpus_per_node": 8}),
+            r.pop("determined_master"),
+        )
+    )
     return engine, ENGINES[engine], path
 
 
@@ -38,7 +42,8 @@ def _secrets(config_file, cluster):
 
 
 def test_deploy_runs_the_jobs_then_the_engine_to_completion_and_again_changes_nothing(
-        engine_config, kube, cluster, secret_env):
+    engine_config, kube, cluster, secret_env
+):
     engine, kind, config = engine_config
     _secrets(config, cluster)
     kube.outcomes["probe-weights"] = ("Complete", _verdict())
@@ -55,7 +60,11 @@ def test_deploy_runs_the_jobs_then_the_engine_to_completion_and_again_changes_no
     assert writes[-1] == ("create", kind, name)
     assert [k for _, k, _ in writes].index("Job") < [k for _, k, _ in writes].index(kind)
     pods = kube.pods("app.kubernetes.io/component=train")
-    assert sorted(p["metadata"]["labels"]["batch.kubernetes.io/job-completion-index"] for p in pods) == ["0", "1", "2"]
+    assert sorted(p["metadata"]["labels"]["batch.kubernetes.io/job-completion-index"] for p in pods) == [
+        "0",
+        "1",
+        "2",
+    ]
 
     before = list(kube.writes)
     log2 = io.StringIO()
@@ -64,7 +73,9 @@ def test_deploy_runs_the_jobs_then_the_engine_to_completion_and_again_changes_no
     assert f"deploy: {kind}/{name} unchanged (complete)" in log2.getvalue() and res2.train_state == "Complete"
 
 
-def test_a_failed_run_reports_its_pod_log_and_is_not_restarted_blindly(engine_config, kube, cluster, secret_env):
+def test_a_failed_run_reports_its_pod_log_and_is_not_restarted_blindly(
+    engine_config, kube, cluster, secret_env
+):
     engine, kind, config = engine_config
     _secrets(config, cluster)
     kube.outcomes["probe-weights"] = ("Complete", _verdict())
@@ -77,14 +88,18 @@ def test_a_failed_run_reports_its_pod_log_and_is_not_restarted_blindly(engine_co
         d.deploy(_opts(config), cluster=cluster, master=None, out=io.StringIO())
     gone = d.teardown(_opts(config), cluster=cluster, out=io.StringIO())
     assert f"{kind}/gpt-neox-20b-finetune-train" in gone
-    assert ("PersistentVolumeClaim", "finetune-gpt-neox") in kube.objects  # the volume and its checkpoints stay
+    assert (
+        "PersistentVolumeClaim",
+        "finetune-gpt-neox",
+    ) in kube.objects  # the volume and its checkpoints stay
     kube.outcomes["train"] = ("Complete", "trainer.train: done\n")
     res = d.deploy(_opts(config), cluster=cluster, master=None, out=io.StringIO())
     assert res.train_state == "Complete" and res.applied[res.train] == "created"
 
 
 def test_no_wait_then_status_logs_by_rank_and_a_changed_spec_is_refused_while_it_runs(
-        engine_config, make_config, kube, cluster, secret_env):
+    engine_config, make_config, kube, cluster, secret_env
+):
     engine, kind, config = engine_config
     _secrets(config, cluster)
     kube.outcomes["probe-weights"] = ("Complete", _verdict())
@@ -100,8 +115,11 @@ def test_no_wait_then_status_logs_by_rank_and_a_changed_spec_is_refused_while_it
     d.status(_opts(config), cluster=cluster, out=as_json, as_json=True)
     assert json.loads(as_json.getvalue())["train"]["kind"] == kind
 
-    node1 = next(p["metadata"]["name"] for p in kube.pods("app.kubernetes.io/component=train")
-                 if p["metadata"]["labels"]["batch.kubernetes.io/job-completion-index"] == "1")
+    node1 = next(
+        p["metadata"]["name"]
+        for p in kube.pods("app.kubernetes.io/component=train")
+        if p["metadata"]["labels"]["batch.kubernetes.io/job-completion-index"] == "1"
+    )
     kube.logs[node1] = "trainer.launch: node 1 of 3, 8 processes per node\n"
     out = io.StringIO()
     assert d.logs(_opts(config), rank=1, cluster=cluster, out=out) == 1
@@ -109,11 +127,18 @@ def test_no_wait_then_status_logs_by_rank_and_a_changed_spec_is_refused_while_it
     with pytest.raises(JobError, match=r"no train pod of node rank 7 \(nodes: 0, 1, 2\)"):
         d.logs(_opts(config), rank=7, cluster=cluster, out=io.StringIO())
 
-    changed = make_config(lambda r: (r.update(train={"engine": engine, "nodes": 3, "gpus_per_node": 8}),
-                                     r.pop("determined_master"), r["experiment"].update(max_batches=200)),
-                          name="changed.yaml")
+    changed = make_config(
+        lambda r: (
+            r.update(train={"engine": engine, "nodes": 3, "gpus_per_node": 8}),
+            r.pop("determined_master"),
+            r["experiment"].update(max_batches=200),
+        ),
+        name="changed.yaml",
+    )
     before = list(kube.writes)
-    with pytest.raises(JobError, match=r"already running with a different spec; wait for it or `invoke teardown`"):
+    with pytest.raises(
+        JobError, match=r"already running with a different spec; wait for it or `invoke teardown`"
+    ):
         d.deploy(_opts(changed), cluster=cluster, master=None, out=io.StringIO())
     assert [w for w in kube.writes if w[1] == kind] == [w for w in before if w[1] == kind]
 
@@ -126,8 +151,13 @@ def test_export_runs_a_job_in_the_cluster_on_the_volume(engine_config, kube, clu
     (job,) = [o for (k, _), o in kube.objects.items() if k == "Job"]
     c = job["spec"]["template"]["spec"]["containers"][0]
     assert c["command"] == ["python"] and c["args"] == [
-        "-m", "trainer.export", "--checkpoint", "/mnt/finetune-gpt-neox/checkpoints/gpt-neox-20b-finetune",
-        "--out", dest]
+        "-m",
+        "trainer.export",
+        "--checkpoint",
+        "/mnt/finetune-gpt-neox/checkpoints/gpt-neox-20b-finetune",
+        "--out",
+        dest,
+    ]
     assert c["image"].endswith("@sha256:" + "1" * 64)
     assert "Hugging Face model folder at /mnt/finetune-gpt-neox/export/" in log.getvalue()
 
@@ -140,53 +170,94 @@ def test_local_export_takes_the_newest_complete_checkpoint_from_the_mirror(make_
     url, client = s3
     client.create_bucket(Bucket="model-checkpoints")
     prefix = "gpt-neox-20b/gpt-neox-20b-finetune"
-    for key in ("global_step4/mp_rank_00_model_states.pt", "global_step4/complete.json",
-                "global_step8/mp_rank_00_model_states.pt", "global_step8/complete.json"):
+    for key in (
+        "global_step4/mp_rank_00_model_states.pt",
+        "global_step4/complete.json",
+        "global_step8/mp_rank_00_model_states.pt",
+        "global_step8/complete.json",
+    ):
         client.put_object(Bucket="model-checkpoints", Key=f"{prefix}/{key}", Body=b"x")
     client.put_object(Bucket="model-checkpoints", Key=f"{prefix}/latest", Body=b"global_step8\n")
-    config = make_config(lambda r: (r.update(train={"engine": "jobset"}), r.pop("determined_master"),
-                                    r["checkpoints"].update(endpoint_url=url)))
+    config = make_config(
+        lambda r: (
+            r.update(train={"engine": "jobset"}),
+            r.pop("determined_master"),
+            r["checkpoints"].update(endpoint_url=url),
+        )
+    )
     # Stands in for `python -m trainer.export` (tested on the CPU in tests/trainer): records its input.
     fake = tmp_path / "fake_export.py"
-    fake.write_text("import sys, pathlib\n"
-                    "a = sys.argv; ck = pathlib.Path(a[a.index('--checkpoint') + 1]); "
-                    "out = pathlib.Path(a[a.index('--out') + 1]); out.mkdir(parents=True)\n"
-                    "(out / 'files.txt').write_text('\\n'.join(sorted(p.name for p in ck.rglob('*') if p.is_file())))\n")
-    hf = d.export(_opts(config, out=str(tmp_path / "model")), local=True, out=io.StringIO(),
-                  command=(sys.executable, str(fake)))
+    fake.write_text(
+        "import sys, pathlib\n"
+        "a = sys.argv; ck = pathlib.Path(a[a.index('--checkpoint') + 1]); "
+        "out = pathlib.Path(a[a.index('--out') + 1]); out.mkdir(parents=True)\n"
+        "(out / 'files.txt').write_text('\\n'.join(sorted(p.name for p in ck.rglob('*') if p.is_file())))\n"
+    )
+    hf = d.export(
+        _opts(config, out=str(tmp_path / "model")),
+        local=True,
+        out=io.StringIO(),
+        command=(sys.executable, str(fake)),
+    )
     assert (tmp_path / "model" / "hf" / "files.txt").read_text().split() == [
-        "complete.json", "fetch-manifest.json", "fetch-stats.json", "mp_rank_00_model_states.pt"]
+        "complete.json",
+        "fetch-manifest.json",
+        "fetch-stats.json",
+        "mp_rank_00_model_states.pt",
+    ]
     assert hf == str(tmp_path / "model" / "hf")
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "keep.txt").write_text("mine")
     with pytest.raises(JobError, match="exists and holds other files"):
-        d.export(_opts(config, out=str(mine)), local=True, out=io.StringIO(), command=(sys.executable, str(fake)))
+        d.export(
+            _opts(config, out=str(mine)), local=True, out=io.StringIO(), command=(sys.executable, str(fake))
+        )
     assert [p.name for p in mine.iterdir()] == ["keep.txt"]
 
 
 def test_export_job_reads_a_determined_checkpoint_from_the_bucket_and_can_write_to_s3(
-        config_file, kube, cluster, det, master, secret_env):
+    config_file, kube, cluster, det, master, secret_env
+):
     """A Determined run's checkpoint lives in the bucket: the export Job fetches it there (the bucket's
     keys by reference, the download on the volume) instead of this machine downloading it."""
     master.login()
     exp_id = master.create_experiment({"name": "x"}, [])
     det.checkpoints[exp_id] = [{"uuid": "0b3c1f5e", "state": "STATE_COMPLETED"}]
     log = io.StringIO()
-    dest = d.export(_opts(config_file), experiment_id=exp_id, to="s3://exports/gpt-neox/run1", cluster=cluster,
-                    master=master, out=log)
+    dest = d.export(
+        _opts(config_file),
+        experiment_id=exp_id,
+        to="s3://exports/gpt-neox/run1",
+        cluster=cluster,
+        master=master,
+        out=log,
+    )
     assert dest == "s3://exports/gpt-neox/run1"
     (job,) = [o for (k, _), o in kube.objects.items() if k == "Job"]
     c = job["spec"]["template"]["spec"]["containers"][0]
-    assert c["args"] == ["-m", "trainer.export", "--checkpoint", "s3://model-checkpoints/gpt-neox-20b/0b3c1f5e",
-                         "--out", "s3://exports/gpt-neox/run1", "--work",
-                         "/mnt/finetune-gpt-neox/export/gpt-neox-20b-finetune/work"]
+    assert c["args"] == [
+        "-m",
+        "trainer.export",
+        "--checkpoint",
+        "s3://model-checkpoints/gpt-neox-20b/0b3c1f5e",
+        "--out",
+        "s3://exports/gpt-neox/run1",
+        "--work",
+        "/mnt/finetune-gpt-neox/export/gpt-neox-20b-finetune/work",
+    ]
     env = {e["name"]: e for e in c["env"]}
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "checkpoint-s3-credentials"
     assert env["AWS_ENDPOINT_URL"]["value"] == "https://object.ord1.coreweave.com"
     assert "Hugging Face model folder at s3://exports/gpt-neox/run1" in log.getvalue()
     with pytest.raises(JobError, match=r"--to 'https://x': expected s3://BUCKET/PREFIX"):
-        d.export(_opts(config_file), experiment_id=exp_id, to="https://x", cluster=cluster, master=master,
-                 out=io.StringIO())
+        d.export(
+            _opts(config_file),
+            experiment_id=exp_id,
+            to="https://x",
+            cluster=cluster,
+            master=master,
+            out=io.StringIO(),
+        )
     with pytest.raises(JobError, match="named by --experiment ID"):
         d.export(_opts(config_file), cluster=cluster, master=master, out=io.StringIO())

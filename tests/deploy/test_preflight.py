@@ -29,12 +29,21 @@ def registry(tmp_path_factory):
         pytest.skip("no docker-registry binary (Debian package docker-registry) on this machine")
     root = tmp_path_factory.mktemp("registry")
     port = free_port()
-    (root / "config.yml").write_text(json.dumps({
-        "version": 0.1, "log": {"level": "error"},
-        "storage": {"filesystem": {"rootdirectory": str(root / "data")}},
-        "http": {"addr": f"127.0.0.1:{port}"}}))
-    proc = subprocess.Popen([REGISTRY_BIN, "serve", str(root / "config.yml")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    (root / "config.yml").write_text(
+        json.dumps(
+            {
+                "version": 0.1,
+                "log": {"level": "error"},
+                "storage": {"filesystem": {"rootdirectory": str(root / "data")}},
+                "http": {"addr": f"127.0.0.1:{port}"},
+            }
+        )
+    )
+    proc = subprocess.Popen(
+        [REGISTRY_BIN, "serve", str(root / "config.yml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     for _ in range(100):
         try:
@@ -53,27 +62,49 @@ def registry(tmp_path_factory):
 def _push_manifest(registry: str, repo: str) -> str:
     """Push a minimal image (a config blob, no layers) by the Registry HTTP API; returns its digest."""
     base = f"http://{registry}/v2/{repo}"
-    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    config = json.dumps(
+        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}
+    ).encode()
     cdigest = "sha256:" + hashlib.sha256(config).hexdigest()
     up = requests.post(f"{base}/blobs/uploads/", timeout=10)
     assert up.status_code == 202, up.text
     loc = up.headers["Location"]
     loc = loc if loc.startswith("http") else f"http://{registry}{loc}"
-    put = requests.put(loc, params={"digest": cdigest}, data=config,
-                       headers={"Content-Type": "application/octet-stream"}, timeout=10)
+    put = requests.put(
+        loc,
+        params={"digest": cdigest},
+        data=config,
+        headers={"Content-Type": "application/octet-stream"},
+        timeout=10,
+    )
     assert put.status_code == 201, put.text
-    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cdigest,
-                                      "size": len(config)}, "layers": []}).encode()
-    r = requests.put(f"{base}/manifests/latest", data=manifest,
-                     headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"}, timeout=10)
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": cdigest,
+                "size": len(config),
+            },
+            "layers": [],
+        }
+    ).encode()
+    r = requests.put(
+        f"{base}/manifests/latest",
+        data=manifest,
+        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+        timeout=10,
+    )
     assert r.status_code == 201, r.text
     return "sha256:" + hashlib.sha256(manifest).hexdigest()
 
 
 def test_bucket_missing_created_and_writable(s3):
     url, client = s3
-    with pytest.raises(JobError, match=r"^bucket model-checkpoints: does not exist at .* \(pass --create-bucket\)$"):
+    with pytest.raises(
+        JobError, match=r"^bucket model-checkpoints: does not exist at .* \(pass --create-bucket\)$"
+    ):
         check_bucket("model-checkpoints", url)
     assert check_bucket("model-checkpoints", url, prefix="gpt-neox-20b", create=True) == "created"
     assert check_bucket("model-checkpoints", url, prefix="gpt-neox-20b") == "exists"
@@ -97,7 +128,9 @@ def test_image_digest_checked_in_a_real_registry(registry):
         check_image(f"127.0.0.1:9/neox/trainer@{digest}")
 
 
-def test_preflight_reports_every_failure_and_applies_nothing(config_file, lock_file, s3, kube, cluster, master):
+def test_preflight_reports_every_failure_and_applies_nothing(
+    config_file, lock_file, s3, kube, cluster, master
+):
     cfg = load_config(config_file)
     images = load_lock(lock_file)  # digests that are in no registry
     url, _ = s3
@@ -112,14 +145,20 @@ def test_preflight_reports_every_failure_and_applies_nothing(config_file, lock_f
     assert kube.writes == []
 
 
-def test_deploy_with_preflight_passing(make_config, lock_file, s3, registry, kube, det, cluster, master, secret_env):
+def test_deploy_with_preflight_passing(
+    make_config, lock_file, s3, registry, kube, det, cluster, master, secret_env
+):
     url, _ = s3
     digests = {n: _push_manifest(registry, f"neox/{n}") for n in ("trainer", "fetcher", "preprocessor")}
-    lock_file.write_text(json.dumps({"images": {n: f"{registry}/neox/{n}@{dg}" for n, dg in digests.items()}}))
+    lock_file.write_text(
+        json.dumps({"images": {n: f"{registry}/neox/{n}@{dg}" for n, dg in digests.items()}})
+    )
     cfg = make_config(lambda r: r["checkpoints"].update(endpoint_url=url))
     d.secrets(d.Options(config=str(cfg)), cluster=cluster, out=io.StringIO())
     log = io.StringIO()
-    res = d.deploy(d.Options(config=str(cfg), create_bucket=True, poll=0.01), cluster=cluster, master=master, out=log)
+    res = d.deploy(
+        d.Options(config=str(cfg), create_bucket=True, poll=0.01), cluster=cluster, master=master, out=log
+    )
     assert "preflight: ok    bucket model-checkpoints (created)" in log.getvalue()
     assert res.experiment_id == 1
     assert det.experiments[1]["config"]["checkpoint_storage"]["endpoint_url"] == url

@@ -47,7 +47,11 @@ def test_jobs_are_pinned_non_root_bounded_and_reference_secrets(plan):
     cfg, images, p = plan
     for job in [p.probe, *p.fetch, p.preprocess]:
         spec = job["spec"]
-        assert spec["backoffLimit"] >= 0 and spec["activeDeadlineSeconds"] > 0 and spec["ttlSecondsAfterFinished"] > 0
+        assert (
+            spec["backoffLimit"] >= 0
+            and spec["activeDeadlineSeconds"] > 0
+            and spec["ttlSecondsAfterFinished"] > 0
+        )
         pod = spec["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 1000
         (c,) = pod["containers"]
@@ -58,13 +62,20 @@ def test_jobs_are_pinned_non_root_bounded_and_reference_secrets(plan):
         assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "finetune-gpt-neox"
         assert all("value" not in e or e["name"] in ("PYTHONUNBUFFERED", "HOME") for e in c.get("env", []))
     weights = p.fetch[0]["spec"]["template"]["spec"]["containers"][0]
-    assert weights["args"][:2] == ["https://the-eye.eu/public/AI/models/GPT-NeoX-20B/slim_weights/",
-                                   "/mnt/finetune-gpt-neox/20B_checkpoints"]
+    assert weights["args"][:2] == [
+        "https://the-eye.eu/public/AI/models/GPT-NeoX-20B/slim_weights/",
+        "/mnt/finetune-gpt-neox/20B_checkpoints",
+    ]
     pre = p.preprocess["spec"]["template"]["spec"]["containers"][0]["args"]
     assert pre[pre.index("--output-prefix") + 1] == "/mnt/finetune-gpt-neox/data/enron/enron"
-    assert "--append-eod" in pre and "command" not in p.preprocess["spec"]["template"]["spec"]["containers"][0]
-    assert p.pvc["spec"] == {"accessModes": ["ReadWriteMany"], "storageClassName": "shared-hdd-ord1",
-                             "resources": {"requests": {"storage": "1000Gi"}}}
+    assert (
+        "--append-eod" in pre and "command" not in p.preprocess["spec"]["template"]["spec"]["containers"][0]
+    )
+    assert p.pvc["spec"] == {
+        "accessModes": ["ReadWriteMany"],
+        "storageClassName": "shared-hdd-ord1",
+        "resources": {"requests": {"storage": "1000Gi"}},
+    }
 
 
 def test_guide_files_accepted_as_they_are(plan):
@@ -80,17 +91,29 @@ def test_guide_files_accepted_as_they_are(plan):
     assert neox["num-layers"] == 44
     exp = p.experiment
     assert exp["hyperparameters"]["conf_dir"] == "configs" and exp["hyperparameters"]["conf_file"] == [name]
-    assert exp["entrypoint"] == ["python3", "-m", "determined.launch.deepspeed", "--trial",
-                                 "trainer.determined:NeoXTrial"]
+    assert exp["entrypoint"] == [
+        "python3",
+        "-m",
+        "determined.launch.deepspeed",
+        "--trial",
+        "trainer.determined:NeoXTrial",
+    ]
     assert exp["environment"]["image"] == {"cuda": images["trainer"]}
     assert exp["resources"]["slots_per_trial"] == 96
-    assert exp["searcher"]["max_length"] == {"batches": 100} and exp["min_validation_period"] == {"batches": 50}
-    assert exp["checkpoint_storage"] == {"type": "s3", "bucket": "model-checkpoints", "prefix": "gpt-neox-20b",
-                                         "endpoint_url": "https://object.ord1.coreweave.com"}
+    assert exp["searcher"]["max_length"] == {"batches": 100} and exp["min_validation_period"] == {
+        "batches": 50
+    }
+    assert exp["checkpoint_storage"] == {
+        "type": "s3",
+        "bucket": "model-checkpoints",
+        "prefix": "gpt-neox-20b",
+        "endpoint_url": "https://object.ord1.coreweave.com",
+    }
     container = exp["environment"]["pod_spec"]["spec"]["containers"][0]
     assert container["name"] == "determined-container"
     assert {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]} == {"checkpoint-s3-credentials"}
     assert exp["profiling"]["end_after_batch"] == 100  # carried over from the guide's base
+
 
 def test_guide_experiment_file_passes_determineds_schemas(plan, determined_schemas):
     validate_experiment(plan[2].experiment)
@@ -98,15 +121,23 @@ def test_guide_experiment_file_passes_determineds_schemas(plan, determined_schem
     assert expconf_errors(yaml.safe_load((SEED / "finetune-gpt-neox.yml").read_text())) == []
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda e: e["checkpoint_storage"].update(type="s4"), "is not an object where object"),  # union defaultMessage
-    (lambda e: e["checkpoint_storage"].update(prefix="a/../b"), "prefix cannot contain /../"),  # checks
-    (lambda e: e["environment"]["pod_spec"]["spec"]["containers"][0].update(image="x"),
-     "container Image is not configurable"),  # disallowProperties
-    (lambda e: e["profiling"].update(begin_on_batch=500), "begin_on_batch must be less than or equal"),
-    (lambda e: e["resources"].update(slots_per_trial="many"), "is not of type"),  # through optionalRef
-    (lambda e: e["searcher"].update(name="bayes"), ""),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (
+            lambda e: e["checkpoint_storage"].update(type="s4"),
+            "is not an object where object",
+        ),  # union defaultMessage
+        (lambda e: e["checkpoint_storage"].update(prefix="a/../b"), "prefix cannot contain /../"),  # checks
+        (
+            lambda e: e["environment"]["pod_spec"]["spec"]["containers"][0].update(image="x"),
+            "container Image is not configurable",
+        ),  # disallowProperties
+        (lambda e: e["profiling"].update(begin_on_batch=500), "begin_on_batch must be less than or equal"),
+        (lambda e: e["resources"].update(slots_per_trial="many"), "is not of type"),  # through optionalRef
+        (lambda e: e["searcher"].update(name="bayes"), ""),
+    ],
+)
 def test_determined_custom_keywords_are_enforced(plan, mutate, message, determined_schemas):
     exp = copy.deepcopy(plan[2].experiment)
     mutate(exp)
@@ -149,18 +180,29 @@ def test_job_names_follow_their_spec(config_file, lock_file, tmp_path):
     assert all(len(o["metadata"]["name"]) <= 63 for o in c.objects)
 
 
-@pytest.mark.parametrize("edit, expected", [
-    (lambda r: r.update(colour="blue"), "unknown key 'colour'"),
-    (lambda r: r["volume"].update(sise="1Ti"), "unknown key 'sise' in volume"),
-    (lambda r: r["volume"].update(size="lots"), "volume.size: 'lots' is not a valid value"),
-    (lambda r: r["experiment"].update(slots=0), "experiment.slots"),
-    (lambda r: r["checkpoints"].update(secret_key="abcdefghijkl"), "checkpoints.secret_key holds a secret value"),
-    (lambda r: r["checkpoints"].update(endpoint_url="https://AKIAABCDEFGHIJKLMNOP:pw@s3.example"),
-     "checkpoints.endpoint_url holds a secret value"),
-    (lambda r: r["experiment"]["node_selector"].update(x="AKIAABCDEFGHIJKLMNOP"), "holds a secret value"),
-    (lambda r: r.pop("volume"), "'volume' is a required property"),
-    (lambda r: r.update(neox_configs=["/nonexistent/x.yml"]), "neox_configs: /nonexistent/x.yml does not exist"),
-])
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda r: r.update(colour="blue"), "unknown key 'colour'"),
+        (lambda r: r["volume"].update(sise="1Ti"), "unknown key 'sise' in volume"),
+        (lambda r: r["volume"].update(size="lots"), "volume.size: 'lots' is not a valid value"),
+        (lambda r: r["experiment"].update(slots=0), "experiment.slots"),
+        (
+            lambda r: r["checkpoints"].update(secret_key="abcdefghijkl"),
+            "checkpoints.secret_key holds a secret value",
+        ),
+        (
+            lambda r: r["checkpoints"].update(endpoint_url="https://AKIAABCDEFGHIJKLMNOP:pw@s3.example"),
+            "checkpoints.endpoint_url holds a secret value",
+        ),
+        (lambda r: r["experiment"]["node_selector"].update(x="AKIAABCDEFGHIJKLMNOP"), "holds a secret value"),
+        (lambda r: r.pop("volume"), "'volume' is a required property"),
+        (
+            lambda r: r.update(neox_configs=["/nonexistent/x.yml"]),
+            "neox_configs: /nonexistent/x.yml does not exist",
+        ),
+    ],
+)
 def test_bad_config_one_clear_line(make_config, edit, expected):
     path = make_config(edit)
     with pytest.raises(JobError) as info:
@@ -176,11 +218,21 @@ def test_secret_from_environment_in_config_is_refused(make_config, secret_env):
 
 def test_lock_file_problems(tmp_path):
     path = tmp_path / "lock.json"
-    path.write_text(json.dumps({"images": {"trainer": "r/ns/trainer@sha256:" + "a" * 64,
-                                           "fetcher": "r/ns/fetcher@sha256:" + "b" * 64}}))
+    path.write_text(
+        json.dumps(
+            {
+                "images": {
+                    "trainer": "r/ns/trainer@sha256:" + "a" * 64,
+                    "fetcher": "r/ns/fetcher@sha256:" + "b" * 64,
+                }
+            }
+        )
+    )
     with pytest.raises(JobError, match="no entry for image 'preprocessor'"):
         load_lock(path)
-    path.write_text(json.dumps({"images": {"trainer": "r/ns/trainer:latest", "fetcher": "x", "preprocessor": "y"}}))
+    path.write_text(
+        json.dumps({"images": {"trainer": "r/ns/trainer:latest", "fetcher": "x", "preprocessor": "y"}})
+    )
     with pytest.raises(JobError, match="'fetcher' is not pinned by digest"):
         load_lock(path)
     with pytest.raises(JobError, match="cannot read"):
@@ -191,13 +243,31 @@ def test_invoke_dry_run_and_bad_input_exit_codes(config_file, lock_file, make_co
     """Through invoke itself, as `invoke deploy --config F --lock L --dry-run --out DIR` runs."""
     invoke = [sys.executable, "-m", "invoke"]
     out = tmp_path / "out"
-    ok = subprocess.run([*invoke, "deploy", "--config", str(config_file), "--lock",
-                         str(lock_file), "--dry-run", "--out", str(out)], capture_output=True, text=True, cwd=REPO)
+    ok = subprocess.run(
+        [
+            *invoke,
+            "deploy",
+            "--config",
+            str(config_file),
+            "--lock",
+            str(lock_file),
+            "--dry-run",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert ok.returncode == 0, ok.stderr
     assert (out / "render.json").is_file() and "wrote 7 manifests" in ok.stderr
     bad = make_config(lambda r: r["volume"].update(sise="1Ti"), name="bad.yaml")
-    fail = subprocess.run([*invoke, "deploy", "--config", str(bad), "--dry-run", "--out",
-                           str(tmp_path / "out2")], capture_output=True, text=True, cwd=REPO)
+    fail = subprocess.run(
+        [*invoke, "deploy", "--config", str(bad), "--dry-run", "--out", str(tmp_path / "out2")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert fail.returncode == 1
     assert fail.stderr.strip().splitlines() == [f"deploy: error: config {bad}: unknown key 'sise' in volume"]
     assert not (tmp_path / "out2").exists()
@@ -225,8 +295,9 @@ def test_probe_script(tmp_path):
     source = "https://host.example/slim_weights/"
 
     def probe(src=source):
-        r = subprocess.run([sys.executable, str(render.PROBE_SCRIPT), str(dest), src], capture_output=True,
-                           text=True)
+        r = subprocess.run(
+            [sys.executable, str(render.PROBE_SCRIPT), str(dest), src], capture_output=True, text=True
+        )
         assert r.returncode == 0
         return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -247,17 +318,33 @@ def test_probe_script(tmp_path):
 
 def test_invoke_deploy_unreachable_cluster_and_master(make_config, lock_file, tmp_path, secret_env):
     """`invoke deploy` with nothing answering: one line per failed check, one error line, exit 1."""
-    cfg = make_config(lambda r: (r["checkpoints"].update(endpoint_url="http://127.0.0.1:9"),
-                                 r.update(determined_master="http://127.0.0.1:9")))
+    cfg = make_config(
+        lambda r: (
+            r["checkpoints"].update(endpoint_url="http://127.0.0.1:9"),
+            r.update(determined_master="http://127.0.0.1:9"),
+        )
+    )
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "current-context": "c", "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
-        "clusters": [{"name": "k", "cluster": {"server": "http://127.0.0.1:9"}}],
-        "users": [{"name": "u", "user": {"token": "t"}}]}))
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "current-context": "c",
+                "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+                "clusters": [{"name": "k", "cluster": {"server": "http://127.0.0.1:9"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+            }
+        )
+    )
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "AWS_DEFAULT_REGION": "us-east-1"}
     env.pop("KUBERNETES_SERVICE_HOST", None)
-    r = subprocess.run([sys.executable, "-m", "invoke", "deploy", "--config", str(cfg)], capture_output=True,
-                       text=True, cwd=REPO, env=env, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "invoke", "deploy", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     fails = [line for line in lines if line.startswith("preflight: FAIL")]
@@ -268,13 +355,17 @@ def test_invoke_deploy_unreachable_cluster_and_master(make_config, lock_file, tm
     assert not any(v in r.stderr + r.stdout for v in secret_env.values())
 
 
-def test_experiment_validation_is_skipped_with_one_warning_without_schemas(config_file, lock_file, monkeypatch):
+def test_experiment_validation_is_skipped_with_one_warning_without_schemas(
+    config_file, lock_file, monkeypatch
+):
     monkeypatch.delenv("NEOX_DETERMINED_SCHEMAS", raising=False)
     cfg = load_config(config_file)
     p = build_plan(cfg, load_lock(lock_file))
     assert p.experiment is not None
-    assert p.warnings == ["Determined schema validation skipped: give --schemas DIR or set NEOX_DETERMINED_SCHEMAS "
-                          "(Determined's expconf v0 JSON schemas)"]
+    assert p.warnings == [
+        "Determined schema validation skipped: give --schemas DIR or set NEOX_DETERMINED_SCHEMAS "
+        "(Determined's expconf v0 JSON schemas)"
+    ]
     with pytest.raises(JobError, match="Determined schemas: /nope is not a folder"):
         build_plan(cfg, load_lock(lock_file), "/nope")
 
@@ -295,22 +386,48 @@ def test_fresh_clone_renders_with_nothing_beside_it(tmp_path):
     and no images.lock.json: images shown by tag and marked unpinned, one warning each, exit 0."""
     clone = tmp_path / "clone" / "neox-pipeline"  # no shared/ beside it
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=120)
-    for name in subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True,
-                               check=True).stdout.splitlines():
+    for name in subprocess.run(
+        ["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.splitlines():
         path = name[3:]  # the work in progress too, so the test checks this tree, not the last commit
         if (REPO / path).is_file() and not path.startswith(".."):
             (clone / path).parent.mkdir(parents=True, exist_ok=True)
             (clone / path).write_bytes((REPO / path).read_bytes())
     assert not (clone / "images.lock.json").exists() and not (clone.parent / "shared").exists()
     env = {k: v for k, v in os.environ.items() if k != "NEOX_DETERMINED_SCHEMAS"}
-    r = subprocess.run([sys.executable, "-m", "invoke", "deploy", "-c", "pipeline.example.yaml", "--dry-run",
-                        "-o", str(tmp_path / "rendered")], cwd=clone, env=env, capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "invoke",
+            "deploy",
+            "-c",
+            "pipeline.example.yaml",
+            "--dry-run",
+            "-o",
+            str(tmp_path / "rendered"),
+        ],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     warnings = [line for line in r.stderr.splitlines() if line.startswith("deploy: warning:")]
-    assert len(warnings) == 2 and "NOT pinned by digest" in warnings[0] and "schema validation skipped" in warnings[1]
+    assert (
+        len(warnings) == 2
+        and "NOT pinned by digest" in warnings[0]
+        and "schema validation skipped" in warnings[1]
+    )
     summary = json.loads((tmp_path / "rendered" / "render.json").read_text())
     assert all(":git-" in ref and "@sha256" not in ref for ref in summary["images"].values())
-    real = subprocess.run([sys.executable, "-m", "invoke", "deploy", "-c", "pipeline.example.yaml"], cwd=clone,
-                          env=env, capture_output=True, text=True, timeout=300)
+    real = subprocess.run(
+        [sys.executable, "-m", "invoke", "deploy", "-c", "pipeline.example.yaml"],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert real.returncode == 1 and "images.lock.json: cannot read" in real.stderr.splitlines()[-1]

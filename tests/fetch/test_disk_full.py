@@ -23,8 +23,9 @@ def small_fs(tmp_path):
     mnt.mkdir()
 
     def mount(mib: int):
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(mnt)],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(mnt)], capture_output=True, text=True
+        )
         if r.returncode:
             pytest.skip(f"cannot mount a tmpfs to fill up (needs root/CAP_SYS_ADMIN): {r.stderr.strip()}")
         return mnt

@@ -80,8 +80,13 @@ def test_stand_in_answers_huggingface_hub_itself(hub, tmp_path):
     from huggingface_hub import hf_hub_download
 
     srv, files = hub
-    path = hf_hub_download(REPO, "global_step150000/mp_rank_00_model_states.pt", endpoint=srv.url,
-                           token=TOKEN, cache_dir=tmp_path / "cache")
+    path = hf_hub_download(
+        REPO,
+        "global_step150000/mp_rank_00_model_states.pt",
+        endpoint=srv.url,
+        token=TOKEN,
+        cache_dir=tmp_path / "cache",
+    )
     assert open(path, "rb").read() == files["global_step150000/mp_rank_00_model_states.pt"]
 
 
@@ -102,9 +107,12 @@ def test_dataset_repository(tmp_path, dest, monkeypatch):
         stats = fetch("hf://datasets/someone/corpus@main", dest)
         assert_same_tree(dest, files)
         assert stats["bytes_moved"] == sum(map(len, files.values()))
-        assert all(p.startswith(("/api/datasets/", "/datasets/someone/corpus/resolve/")) for _, p, _ in srv.requests)
-        path = hf_hub_download("someone/corpus", "README.md", repo_type="dataset", endpoint=srv.url,
-                               cache_dir=tmp_path / "cache")
+        assert all(
+            p.startswith(("/api/datasets/", "/datasets/someone/corpus/resolve/")) for _, p, _ in srv.requests
+        )
+        path = hf_hub_download(
+            "someone/corpus", "README.md", repo_type="dataset", endpoint=srv.url, cache_dir=tmp_path / "cache"
+        )
         assert open(path, "rb").read() == files["README.md"]
         with pytest.raises(JobError, match="hf://datasets/someone/nope: repository not found"):
             fetch("hf://datasets/someone/nope", dest / "x")

@@ -59,15 +59,18 @@ def test_single_file_and_include_exclude(nginx, weights, dest):
     d2 = dest / "sub"
     fetch(f"{nginx.url}/", d2, Options(include=["*.pt"], exclude=["*space*"]))
     got = sorted(p.relative_to(d2).as_posix() for p in d2.rglob("*.pt"))
-    assert got == ["global_step150000/layer_00-model_00-model_states.pt",
-                   "global_step150000/mp_rank_00_model_states.pt"]
+    assert got == [
+        "global_step150000/layer_00-model_00-model_states.pt",
+        "global_step150000/mp_rank_00_model_states.pt",
+    ]
 
 
 def test_rate_limited_connections_run_in_parallel(nginx, weights, dest):
     # /slow/ is limited to 4 MB/s per connection: 8 connections must beat one by a wide margin.
     root, files = weights
-    stats = fetch(f"{nginx.url}/slow/global_step150000/layer_00-model_00-model_states.pt", dest,
-                  Options(connections=8))
+    stats = fetch(
+        f"{nginx.url}/slow/global_step150000/layer_00-model_00-model_states.pt", dest, Options(connections=8)
+    )
     one_conn_s = len(files["global_step150000/layer_00-model_00-model_states.pt"]) / 4e6
     assert stats["seconds"] < one_conn_s / 3, stats
 
@@ -141,8 +144,9 @@ def test_retries_on_5xx_and_resets(weights, dest, fast_backoff):
     root, files = weights
     with FileServer(root) as srv:
         srv.faults = {"503": 6, "reset": 4}
-        stats = fetch(f"{srv.url}/global_step150000/layer_00-model_00-model_states.pt", dest,
-                      Options(connections=4))
+        stats = fetch(
+            f"{srv.url}/global_step150000/layer_00-model_00-model_states.pt", dest, Options(connections=4)
+        )
         assert srv.faults == {"503": 0, "reset": 0}
         assert stats["retries"] >= 10
     big = files["global_step150000/layer_00-model_00-model_states.pt"]

@@ -96,7 +96,9 @@ def test_a_resumed_file_without_validators_is_never_spliced_from_stale_bytes(ser
         part = staging_dir(dest) / "data.bin.part"
         part.parent.mkdir(parents=True)
         part.write_bytes(b"old version " * (SIZE // 24))  # what an earlier, interrupted run staged
-        PartState(url, SIZE, None, True, [Chunk(0, SIZE, SIZE // 2)]).save(part.with_name("data.bin.part.json"))
+        PartState(url, SIZE, None, True, [Chunk(0, SIZE, SIZE // 2)]).save(
+            part.with_name("data.bin.part.json")
+        )
         stats = fetch(url, dest, Options(connections=4))
     assert (dest / "data.bin").read_bytes() == new
     assert stats["bytes_resumed"] == 0
@@ -125,7 +127,9 @@ def test_a_redirect_to_another_host_is_refused_unless_allowed(served, dest):
     with FileServer(served) as a, FileServer(served) as b:
         other = f"http://localhost:{b.server_address[1]}/latest"  # same machine, another host name
         a.redirects = {"/latest": other}
-        with pytest.raises(JobError, match=r"/latest: redirects to another host .*--allow-redirect-host localhost"):
+        with pytest.raises(
+            JobError, match=r"/latest: redirects to another host .*--allow-redirect-host localhost"
+        ):
             fetch(f"{a.url}/latest", dest)
         assert b.requests == []
         fetch(f"{a.url}/latest", dest, Options(redirect_hosts=["localhost"]))
@@ -146,8 +150,20 @@ def test_credentials_never_follow_a_redirect(served):
     assert followed and all("Authorization" not in h for h in followed), followed
 
 
-@pytest.mark.parametrize("source", ["", "  ", "s3:/bucket/x", "hf:/org/repo", "http://", "https:///x",
-                                    "http://[::1", "http://h:99999/x", "http://exa mple.com/x"])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "",
+        "  ",
+        "s3:/bucket/x",
+        "hf:/org/repo",
+        "http://",
+        "https:///x",
+        "http://[::1",
+        "http://h:99999/x",
+        "http://exa mple.com/x",
+    ],
+)
 def test_a_malformed_source_is_one_line(source, tmp_path, monkeypatch, capsys):
     cwd = tmp_path / "cwd"
     cwd.mkdir()

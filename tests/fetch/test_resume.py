@@ -53,8 +53,9 @@ def test_a_changed_file_restarts_from_zero(nginx, weights, dest, tmp_path):
     part = staging_dir(dest) / "latest.part"
     part.parent.mkdir(parents=True)
     part.write_bytes(b"XXXXXXXX")
-    PartState(f"{nginx.url}/latest", len(files["latest"]), '"old-etag"', True,
-              [Chunk(0, len(files["latest"]), 8)]).save(part.with_name("latest.part.json"))
+    PartState(
+        f"{nginx.url}/latest", len(files["latest"]), '"old-etag"', True, [Chunk(0, len(files["latest"]), 8)]
+    ).save(part.with_name("latest.part.json"))
     (dest / "latest").unlink()
     stats = fetch(f"{nginx.url}/latest", dest)
     assert (dest / "latest").read_bytes() == files["latest"] and stats["bytes_resumed"] == 0
@@ -69,8 +70,10 @@ def test_lease_refuses_a_live_owner_and_takes_over_dead_ones(tmp_path):
     # a silent owner (old heartbeat) and a dead pid on this host are both taken over
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    for other in ({"host": "other-pod", "pid": 1, "token": "t", "heartbeat": time.time() - 600},
-                  {"host": socket.gethostname(), "pid": dead.pid, "token": "t", "heartbeat": time.time()}):
+    for other in (
+        {"host": "other-pod", "pid": 1, "token": "t", "heartbeat": time.time() - 600},
+        {"host": socket.gethostname(), "pid": dead.pid, "token": "t", "heartbeat": time.time()},
+    ):
         lease_file.write_text(json.dumps(other))
         lease = Lease(tmp_path)
         lease.acquire(wait_s=0.3)

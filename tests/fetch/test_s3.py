@@ -35,11 +35,17 @@ def s3(weights):
         up = client.create_multipart_upload(Bucket="weights", Key="multi/blob.bin")
         parts, blob = [], bytes(range(256)) * (24 << 12)  # 6 MiB
         for n, off in enumerate(range(0, len(blob), 5 << 20), 1):
-            r = client.upload_part(Bucket="weights", Key="multi/blob.bin", UploadId=up["UploadId"], PartNumber=n,
-                                   Body=blob[off:off + (5 << 20)])
+            r = client.upload_part(
+                Bucket="weights",
+                Key="multi/blob.bin",
+                UploadId=up["UploadId"],
+                PartNumber=n,
+                Body=blob[off : off + (5 << 20)],
+            )
             parts.append({"PartNumber": n, "ETag": r["ETag"]})
-        client.complete_multipart_upload(Bucket="weights", Key="multi/blob.bin", UploadId=up["UploadId"],
-                                         MultipartUpload={"Parts": parts})
+        client.complete_multipart_upload(
+            Bucket="weights", Key="multi/blob.bin", UploadId=up["UploadId"], MultipartUpload={"Parts": parts}
+        )
         yield endpoint, client, blob
         mp.undo()
 
@@ -54,7 +60,10 @@ def test_prefix_exact_bytes_and_idempotent(s3, weights, dest, capsys):
     manifest = json.loads((dest / "fetch-manifest.json").read_text())
     assert manifest["source"] == "s3://weights/neox/slim"
     big = next(f for f in manifest["files"] if f["path"].endswith("layer_00-model_00-model_states.pt"))
-    assert big["sha256"] == hashlib.sha256(files["global_step150000/layer_00-model_00-model_states.pt"]).hexdigest()
+    assert (
+        big["sha256"]
+        == hashlib.sha256(files["global_step150000/layer_00-model_00-model_states.pt"]).hexdigest()
+    )
     stats = fetch("s3://weights/neox/slim/", dest, Options(endpoint_url=endpoint))
     assert stats["bytes_moved"] == 0 and stats["files_up_to_date"] == len(files)
 

@@ -23,8 +23,15 @@ FIRST, TOTAL = 4, 8
 
 
 def main(conf_dir: str, out: str) -> None:
-    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_SIZE": "1", "CROSS_RANK": "0",
-                       "CROSS_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
+    for key, value in {
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_SIZE": "1",
+        "CROSS_RANK": "0",
+        "CROSS_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+    }.items():
         os.environ.setdefault(key, value)
     import deepspeed
     import determined as det
@@ -35,8 +42,14 @@ def main(conf_dir: str, out: str) -> None:
 
     deepspeed.init_distributed()
     hparams = {"conf_dir": conf_dir, "conf_file": ["model.yml"]}
-    exp_conf = {"searcher": {"name": "single", "metric": "lm_loss", "smaller_is_better": True,
-                             "max_length": {"batches": TOTAL}}}
+    exp_conf = {
+        "searcher": {
+            "name": "single",
+            "metric": "lm_loss",
+            "smaller_is_better": True,
+            "max_length": {"batches": TOTAL},
+        }
+    }
     storage = Path(os.environ["XDG_DATA_HOME"]) / "determined"
     result: dict = {}
 
@@ -60,15 +73,24 @@ def main(conf_dir: str, out: str) -> None:
 
     def fit(name: str, length: int, latest: str | None = None) -> None:
         before = set(storage.iterdir()) if storage.exists() else set()
-        with det_ds.init(hparams=hparams, exp_conf=exp_conf,
-                         distributed=det.core.DistributedContext.from_deepspeed()) as ctx:
+        with det_ds.init(
+            hparams=hparams, exp_conf=exp_conf, distributed=det.core.DistributedContext.from_deepspeed()
+        ) as ctx:
             trial = Recording(ctx)
-            det_ds.Trainer(trial, ctx).fit(max_length=pytorch.Batch(length), checkpoint_period=pytorch.Batch(FIRST),
-                                           validation_period=pytorch.Batch(FIRST), latest_checkpoint=latest)
+            det_ds.Trainer(trial, ctx).fit(
+                max_length=pytorch.Batch(length),
+                checkpoint_period=pytorch.Batch(FIRST),
+                validation_period=pytorch.Batch(FIRST),
+                latest_checkpoint=latest,
+            )
         new = sorted(str(p) for p in set(storage.iterdir()) - before) if storage.exists() else []
-        result[name] = {"losses": trial.seen, "validations": trial.validations, "checkpoints": new,
-                        "gas": trial.cfg.batch.gradient_accumulation_steps,
-                        "device": str(ctx.device)}
+        result[name] = {
+            "losses": trial.seen,
+            "validations": trial.validations,
+            "checkpoints": new,
+            "gas": trial.cfg.batch.gradient_accumulation_steps,
+            "device": str(ctx.device),
+        }
         print(f"det_local_run: {name}: {len(trial.seen)} micro-batches, checkpoints {new}", flush=True)
 
     fit("first", FIRST)

@@ -19,8 +19,13 @@ import pytest
 from .conftest import BF16, ROOT, child_env, needs_cuda, needs_deepspeed, write_config
 
 pytestmark = [
-    pytest.mark.gpu, needs_cuda(), needs_deepspeed(),
-    pytest.mark.skipif(importlib.util.find_spec("determined") is None, reason="determined (the optional extra) is not installed"),
+    pytest.mark.gpu,
+    needs_cuda(),
+    needs_deepspeed(),
+    pytest.mark.skipif(
+        importlib.util.find_spec("determined") is None,
+        reason="determined (the optional extra) is not installed",
+    ),
 ]
 FIRST, TOTAL, GAS = 4, 8, 2
 
@@ -29,11 +34,25 @@ FIRST, TOTAL, GAS = 4, 8, 2
 def det_run(corpus, tmp_path_factory):
     d = tmp_path_factory.mktemp("det")
     (d / "conf").mkdir()
-    write_config(d / "conf" / "model.yml", corpus, **BF16,
-                 **{"train-iters": 1000, "zero_optimization": {"stage": 1}, "gradient_accumulation_steps": GAS})
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "gpu" / "det_local_run.py"), str(d / "conf"),
-                           str(d / "out.json")], cwd=ROOT, env=child_env(XDG_DATA_HOME=str(d / "xdg")),
-                          capture_output=True, text=True, timeout=600)
+    write_config(
+        d / "conf" / "model.yml",
+        corpus,
+        **BF16,
+        **{"train-iters": 1000, "zero_optimization": {"stage": 1}, "gradient_accumulation_steps": GAS},
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "gpu" / "det_local_run.py"),
+            str(d / "conf"),
+            str(d / "out.json"),
+        ],
+        cwd=ROOT,
+        env=child_env(XDG_DATA_HOME=str(d / "xdg")),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return json.loads((d / "out.json").read_text()), d
 
@@ -59,7 +78,7 @@ def test_restored_trial_continues_where_the_checkpoint_stopped(det_run):
     # optimizer and schedule came back, and the data position too (else other batches, other losses)
     for a, b in zip(out["first"]["losses"], straight[: FIRST * GAS], strict=True):
         assert a == pytest.approx(b, rel=1e-2)
-    for a, b in zip(resumed, straight[FIRST * GAS:], strict=True):
+    for a, b in zip(resumed, straight[FIRST * GAS :], strict=True):
         assert a == pytest.approx(b, rel=1e-2)
     assert resumed[0] < straight[0] - 1.0  # started from trained weights, not a fresh model
 
@@ -67,7 +86,13 @@ def test_restored_trial_continues_where_the_checkpoint_stopped(det_run):
 def test_determined_checkpoint_exports_to_hugging_face(det_run, tmp_path):
     out, _ = det_run
     ckpt = out["first"]["checkpoints"][0]
-    proc = subprocess.run([sys.executable, "-m", "trainer.export", "--checkpoint", ckpt, "--out", str(tmp_path / "hf")],
-                          cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.export", "--checkpoint", ckpt, "--out", str(tmp_path / "hf")],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (tmp_path / "hf" / "model.safetensors").is_file() and (tmp_path / "hf" / "config.json").is_file()

@@ -40,8 +40,13 @@ def runs(corpus, tmp_path_factory):
         d = root / name
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir()
-        cfg = write_config(d / "run.yml", corpus, save=str(d / "ckpt"), **precision,
-                           **{"train-iters": ITERS, "eval-interval": ITERS, "zero_optimization": {"stage": stage}})
+        cfg = write_config(
+            d / "run.yml",
+            corpus,
+            save=str(d / "ckpt"),
+            **precision,
+            **{"train-iters": ITERS, "eval-interval": ITERS, "zero_optimization": {"stage": stage}},
+        )
         env = {} if fused else {"NEOX_KERNELS": "0"}
         return d, start_trainer(cfg, d / "console.log", **env)
 
@@ -117,6 +122,6 @@ def test_fp16_dynamic_loss_scale_is_reported_and_sane(runs, name):
     scales = [m["loss_scale"] for m in train]
     assert all(isinstance(s, int | float) for s in scales), scales
     # initial power 12, window 1000: in 40 iterations the scale can only stay or halve on overflows
-    assert all(1 <= s <= 2 ** 12 for s in scales), scales
+    assert all(1 <= s <= 2**12 for s in scales), scales
     assert scales == sorted(scales, reverse=True)
     assert train[-1]["skipped_steps"] <= 5, train[-1]

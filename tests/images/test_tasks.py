@@ -47,7 +47,9 @@ def test_every_task_answers_help_and_short_flags_mean_one_thing():
         proc = invoke(name, "--help")
         assert proc.returncode == 0, (name, proc.stdout, proc.stderr)
         assert "Options:" in proc.stdout and "Positional arguments" not in proc.stdout, name
-        for short, long in re.findall(r"^\s+(-[a-zA-Z])(?:[ =][A-Z]+)?, (--[a-z-]+)", proc.stdout, flags=re.M):
+        for short, long in re.findall(
+            r"^\s+(-[a-zA-Z])(?:[ =][A-Z]+)?, (--[a-z-]+)", proc.stdout, flags=re.M
+        ):
             assert allowed.get(short) == long, (name, short, long)
         assert not re.search(r"^\s+-h[ ,]", proc.stdout, flags=re.M), name
 
@@ -56,10 +58,17 @@ def test_cluster_tasks_without_config_say_so():
     for name in ("deploy", "status", "logs", "teardown", "secrets", "export"):
         proc = invoke(name)
         assert proc.returncode == 2, (name, proc.stderr)
-        assert proc.stderr.strip().splitlines()[-1] == f"{name}: error: --config FILE is required (see pipeline.example.yaml)"
+        assert (
+            proc.stderr.strip().splitlines()[-1]
+            == f"{name}: error: --config FILE is required (see pipeline.example.yaml)"
+        )
 
 
 def test_lock_names_an_unknown_image_before_resolving_anything():
     proc = invoke("lock", "--names", "nope")
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1].startswith("lock: error: unknown image 'nope'; the catalog has: python")
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("lock: error: unknown image 'nope'; the catalog has: python")
+    )

@@ -40,8 +40,13 @@ def test_run_main_maps_job_errors_to_one_line_and_exit_1(capsys):
 
 def test_progress_logs_plain_lines_off_a_terminal():
     stream = io.StringIO()
-    progress = Progress("jobs.x", lambda done, total, rate, eta: f"{done:.0f}/{total:.0f}", total=10,
-                        stream=stream, log_interval=0)
+    progress = Progress(
+        "jobs.x",
+        lambda done, total, rate, eta: f"{done:.0f}/{total:.0f}",
+        total=10,
+        stream=stream,
+        log_interval=0,
+    )
     progress.advance(4)
     progress.close()
     assert stream.getvalue() == "jobs.x: 4/10\n"

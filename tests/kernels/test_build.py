@@ -38,10 +38,20 @@ def test_source_hash_follows_the_sources(tmp_path, monkeypatch):
 def test_extension_compiles_and_imports_without_gpu(tmp_path):
     out = tmp_path / "kernels"
     env = {**os.environ, "MAX_JOBS": "2"}
-    proc = subprocess.run([sys.executable, "-m", "trainer.kernels.build", "--out", str(out), "--arch-list", "9.0"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.kernels.build", "--out", str(out), "--arch-list", "9.0"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().splitlines()[-1].startswith("trainer.kernels.build: built neox_fused_kernels for 9.0")
+    assert (
+        proc.stdout.strip()
+        .splitlines()[-1]
+        .startswith("trainer.kernels.build: built neox_fused_kernels for 9.0")
+    )
     info = json.loads((out / "build-info.json").read_text())
     assert info["arch_list"] == "9.0" and info["source_hash"] == loader.source_hash()
     assert not list(out.glob("*.o"))  # only the module ships

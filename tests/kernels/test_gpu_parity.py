@@ -43,7 +43,9 @@ def run_both(fused_fn, ref_fn, inputs: list[torch.Tensor], grad_mask: list[bool]
     ours = [t.detach().clone().requires_grad_(g) for t, g in zip(inputs, grad_mask, strict=True)]
     theirs = [t.detach().double().requires_grad_(g) for t, g in zip(inputs, grad_mask, strict=True)]
     out = fused_fn(*ours)
-    assert out.grad_fn.name().startswith(f"{fn_name}Backward"), f"{out.grad_fn.name()}: the fused kernel was not used"
+    assert out.grad_fn.name().startswith(f"{fn_name}Backward"), (
+        f"{out.grad_fn.name()}: the fused kernel was not used"
+    )
     ref = ref_fn(*theirs)
     dy = torch.randn_like(ref) if out.dim() else torch.ones_like(ref)
     out.backward(dy.to(out.dtype))
@@ -118,16 +120,26 @@ def test_layer_norm(dtype, rows, hidden):
     x = torch.randn(rows, hidden, device="cuda", dtype=dtype) * 2 + 0.5
     w = 1 + 0.1 * torch.randn(hidden, device="cuda", dtype=dtype)
     b = 0.1 * torch.randn(hidden, device="cuda", dtype=dtype)
-    errs = run_both(lambda x, w, b: K.layer_norm(x, w, b, 1e-5), lambda x, w, b: reference.layer_norm(x, w, b, 1e-5),
-                    [x, w, b], [True, True, True], "LayerNorm")
+    errs = run_both(
+        lambda x, w, b: K.layer_norm(x, w, b, 1e-5),
+        lambda x, w, b: reference.layer_norm(x, w, b, 1e-5),
+        [x, w, b],
+        [True, True, True],
+        "LayerNorm",
+    )
     assert_close(errs, dtype)
 
 
 def test_layer_norm_many_rows_exercises_persistent_backward():
     x = torch.randn(20000, 256, device="cuda")
     w, b = torch.randn(256, device="cuda"), torch.randn(256, device="cuda")
-    errs = run_both(lambda x, w, b: K.layer_norm(x, w, b, 1e-5), lambda x, w, b: reference.layer_norm(x, w, b, 1e-5),
-                    [x, w, b], [True, True, True], "LayerNorm")
+    errs = run_both(
+        lambda x, w, b: K.layer_norm(x, w, b, 1e-5),
+        lambda x, w, b: reference.layer_norm(x, w, b, 1e-5),
+        [x, w, b],
+        [True, True, True],
+        "LayerNorm",
+    )
     assert_close(errs, torch.float32)
 
 
@@ -137,8 +149,13 @@ def test_cross_entropy(dtype, n, vocab):
     logits = torch.randn(2, n, vocab, device="cuda", dtype=dtype) * 3
     targets = torch.randint(0, vocab, (2, n), device="cuda")
     targets[0, ::5] = -100
-    errs = run_both(lambda lg: K.cross_entropy(lg, targets), lambda lg: reference.cross_entropy(lg, targets),
-                    [logits], [True], "CrossEntropy")
+    errs = run_both(
+        lambda lg: K.cross_entropy(lg, targets),
+        lambda lg: reference.cross_entropy(lg, targets),
+        [logits],
+        [True],
+        "CrossEntropy",
+    )
     assert_close(errs, dtype)
 
 
@@ -161,8 +178,13 @@ def test_cross_entropy_keeps_no_fp32_copy_of_bf16_logits():
 def test_causal_softmax(dtype, shape):
     x = torch.randn(shape, device="cuda", dtype=dtype) * 4
     scale = 1 / math.sqrt(96)
-    errs = run_both(lambda x: K.causal_softmax(x, scale), lambda x: reference.causal_softmax(x, scale),
-                    [x], [True], "CausalSoftmax")
+    errs = run_both(
+        lambda x: K.causal_softmax(x, scale),
+        lambda x: reference.causal_softmax(x, scale),
+        [x],
+        [True],
+        "CausalSoftmax",
+    )
     assert_close(errs, dtype)
 
 

@@ -45,8 +45,17 @@ def test_invoke_local_runs_every_stage_and_reuses_on_rerun(tmp_path, docker_engi
     first = _invoke_local(workdir)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
     summary = json.loads((workdir / "summary.json").read_text())
-    assert set(summary["stages"]) == {"sample", "weights", "fetch", "preprocess", "train", "export", "generate",
-                                      "train-lora", "export-lora"}
+    assert set(summary["stages"]) == {
+        "sample",
+        "weights",
+        "fetch",
+        "preprocess",
+        "train",
+        "export",
+        "generate",
+        "train-lora",
+        "export-lora",
+    }
     assert not any(stage["reused"] for stage in summary["stages"].values())
     assert summary["final_loss"] < summary["first_loss"] - 1.0, summary
     assert (workdir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -86,14 +95,18 @@ def test_invoke_local_runs_every_stage_and_reuses_on_rerun(tmp_path, docker_engi
 
     third = _invoke_local(workdir, "--nodes", "2")
     assert third.returncode == 0, third.stdout[-4000:] + third.stderr[-2000:]
-    assert all(stage["reused"] for stage in json.loads((workdir / "summary.json").read_text())["stages"].values())
+    assert all(
+        stage["reused"] for stage in json.loads((workdir / "summary.json").read_text())["stages"].values()
+    )
 
 
 @pytest.mark.integration
 def test_invoke_local_stops_on_a_failing_stage_and_records_nothing(tmp_path, docker_engine):
     workdir = tmp_path / "local"
     bad = tmp_path / "bad.yml"
-    bad.write_text((ROOT / "local" / "neox-tiny.yml").read_text().replace('"hidden-size": 128', '"hidden-size": "wide"'))
+    bad.write_text(
+        (ROOT / "local" / "neox-tiny.yml").read_text().replace('"hidden-size": 128', '"hidden-size": "wide"')
+    )
     proc = _invoke_local(workdir, "--config", str(bad))
     assert proc.returncode != 0
     assert "stage 'weights' failed" in proc.stderr + proc.stdout

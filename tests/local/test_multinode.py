@@ -25,13 +25,30 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TINY = {
-    "num-layers": 2, "hidden-size": 64, "num-attention-heads": 4, "seq-length": 32,
-    "max-position-embeddings": 64, "rotary_pct": 0.25, "gpt_j_residual": True, "no-weight-tying": True,
-    "padded-vocab-size": 512, "hidden-dropout": 0, "attention-dropout": 0,
+    "num-layers": 2,
+    "hidden-size": 64,
+    "num-attention-heads": 4,
+    "seq-length": 32,
+    "max-position-embeddings": 64,
+    "rotary_pct": 0.25,
+    "gpt_j_residual": True,
+    "no-weight-tying": True,
+    "padded-vocab-size": 512,
+    "hidden-dropout": 0,
+    "attention-dropout": 0,
     "optimizer": {"type": "Adam", "params": {"lr": 0.003, "betas": [0.9, 0.95], "eps": 1.0e-8}},
-    "min_lr": 0.0003, "lr-decay-style": "cosine", "warmup": 0.1, "zero_optimization": {"stage": 1},
-    "train_micro_batch_size_per_gpu": 4, "split": "90,10,0", "eval-iters": 2, "log-interval": 1,
-    "seed": 7, "train-iters": 12, "lr-decay-iters": 12, "save-interval": 4,
+    "min_lr": 0.0003,
+    "lr-decay-style": "cosine",
+    "warmup": 0.1,
+    "zero_optimization": {"stage": 1},
+    "train_micro_batch_size_per_gpu": 4,
+    "split": "90,10,0",
+    "eval-iters": 2,
+    "log-interval": 1,
+    "seed": 7,
+    "train-iters": 12,
+    "lr-decay-iters": 12,
+    "save-interval": 4,
 }
 SECRET = "node-secret-never-logged-7f3a"  # moto takes any keys
 TIMEOUT = 900  # two trainer containers importing torch and DeepSpeed on a loaded 2-core machine
@@ -47,7 +64,9 @@ def trainer_image(docker_engine):
         docker_engine.images.get(base)
     except Exception:  # noqa: BLE001 - docker's NotFound or an engine error: either way no base here
         pytest.skip(f"base image {base} is not in the local engine (`invoke base` makes it)")
-    return build_images(ROOT, ["trainer"], base_image=base, client=docker_engine, log=lambda line: None)["trainer"].ref
+    return build_images(ROOT, ["trainer"], base_image=base, client=docker_engine, log=lambda line: None)[
+        "trainer"
+    ].ref
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +94,22 @@ def rendered_node_env(tmp_path: Path, nodes: int) -> dict[str, str]:
     raw["neox_configs"] = [str(ROOT / "local" / "neox-tiny.yml")]
     raw["train"] = {"engine": "jobset", "nodes": nodes, "gpus_per_node": 0, "processes_per_node": 1}
     raw["lock_file"] = str(tmp_path / "images.lock.json")
-    (tmp_path / "images.lock.json").write_text(json.dumps(
-        {"images": {n: f"registry.invalid/neox/{n}@sha256:{'0' * 64}" for n in ("fetcher", "preprocessor", "trainer")}}))
+    (tmp_path / "images.lock.json").write_text(
+        json.dumps(
+            {
+                "images": {
+                    n: f"registry.invalid/neox/{n}@sha256:{'0' * 64}"
+                    for n in ("fetcher", "preprocessor", "trainer")
+                }
+            }
+        )
+    )
     (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(raw))
     cfg = load_config(tmp_path / "pipeline.yaml")
     plan = build_plan(cfg, load_lock(raw["lock_file"]))
-    (container,) = plan.train_object["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"]
+    (container,) = plan.train_object["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"][
+        "containers"
+    ]
     assert container["command"] == list(js.LAUNCH)
     # Secret references (the S3 keys of the checkpoint mirror) have no Kubernetes to resolve them here.
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
@@ -96,8 +125,12 @@ def node_envs(rendered: dict[str, str], nodes: int, port: int, s3: str | None = 
     assert rendered["PET_MASTER_ADDR"].endswith("-node-0-0." + rendered["PET_MASTER_ADDR"].split(".", 1)[1])
     base = {**rendered, "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
     if s3:
-        base.update(AWS_ENDPOINT_URL=s3, AWS_ACCESS_KEY_ID="AKIDNODETEST", AWS_SECRET_ACCESS_KEY=SECRET,
-                    AWS_DEFAULT_REGION="us-east-1")
+        base.update(
+            AWS_ENDPOINT_URL=s3,
+            AWS_ACCESS_KEY_ID="AKIDNODETEST",
+            AWS_SECRET_ACCESS_KEY=SECRET,
+            AWS_DEFAULT_REGION="us-east-1",
+        )
     else:
         base.pop("NEOX_CHECKPOINT_MIRROR")
         base.pop("AWS_ENDPOINT_URL")
@@ -105,8 +138,12 @@ def node_envs(rendered: dict[str, str], nodes: int, port: int, s3: str | None = 
 
 
 def train_args(save: str, **overrides) -> list[str]:
-    return list(js.train_args([f"{MOUNT}/tiny.yml"], {
-        "data-path": f"{MOUNT}/data/tiny_text_document", "save": save, **overrides}))
+    return list(
+        js.train_args(
+            [f"{MOUNT}/tiny.yml"],
+            {"data-path": f"{MOUNT}/data/tiny_text_document", "save": save, **overrides},
+        )
+    )
 
 
 def losses(path: Path) -> dict[int, float]:
@@ -119,13 +156,19 @@ def one_process(docker_engine, trainer_image, volume):
     """The reference: one container, one process, twice the accumulation (the same global batch)."""
     runner = Runner(docker_engine, volume, log=lambda line: None)
     runner.prepare_volume()
-    runner.run("one", trainer_image, ["-m", "trainer.train", *train_args(f"{MOUNT}/one", gradient_accumulation_steps=4)],
-               ["python"], {"OMP_NUM_THREADS": "1"})
+    runner.run(
+        "one",
+        trainer_image,
+        ["-m", "trainer.train", *train_args(f"{MOUNT}/one", gradient_accumulation_steps=4)],
+        ["python"],
+        {"OMP_NUM_THREADS": "1"},
+    )
     return losses(volume / "one" / "metrics.jsonl")
 
 
-def test_two_containers_as_two_nodes_train_like_one_process(docker_engine, trainer_image, volume, one_process,
-                                                             tmp_path):
+def test_two_containers_as_two_nodes_train_like_one_process(
+    docker_engine, trainer_image, volume, one_process, tmp_path
+):
     from local.s3 import LocalS3
 
     rendered = rendered_node_env(tmp_path, nodes=2)
@@ -136,10 +179,18 @@ def test_two_containers_as_two_nodes_train_like_one_process(docker_engine, train
     runner.prepare_volume()
     with LocalS3() as s3:
         s3.create_bucket(bucket)
-        logs = runner.run_nodes("train", trainer_image, train_args(f"{MOUNT}/two", gradient_accumulation_steps=2),
-                                list(js.LAUNCH), node_envs(rendered, 2, free_port(), s3=s3.endpoint))
-        keys = {o["Key"] for page in s3.client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-                for o in page.get("Contents", [])}
+        logs = runner.run_nodes(
+            "train",
+            trainer_image,
+            train_args(f"{MOUNT}/two", gradient_accumulation_steps=2),
+            list(js.LAUNCH),
+            node_envs(rendered, 2, free_port(), s3=s3.endpoint),
+        )
+        keys = {
+            o["Key"]
+            for page in s3.client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            for o in page.get("Contents", [])
+        }
         latest = s3.client.get_object(Bucket=bucket, Key=f"{prefix}/latest")["Body"].read().decode().strip()
     # Every complete checkpoint is in the bucket, marker included; the newest is what `latest` names.
     for step in (4, 8, 12):
@@ -155,8 +206,9 @@ def test_two_containers_as_two_nodes_train_like_one_process(docker_engine, train
         assert got[it] == pytest.approx(loss, rel=1e-5), it
 
 
-def test_a_killed_node_container_and_a_restart_of_the_set_resume_exactly(docker_engine, trainer_image, volume,
-                                                                         one_process, tmp_path):
+def test_a_killed_node_container_and_a_restart_of_the_set_resume_exactly(
+    docker_engine, trainer_image, volume, one_process, tmp_path
+):
     rendered = rendered_node_env(tmp_path, nodes=2)
     save = volume / "restart"
     args = train_args(f"{MOUNT}/restart", gradient_accumulation_steps=2)

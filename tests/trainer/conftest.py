@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-TINY = dict(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64)
+TINY = dict(
+    vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64
+)
 
 
 def make_hf_model(tmp_path, name="hf", seed=0, **overrides):

@@ -15,7 +15,9 @@ from .conftest import TINY, make_hf_model
 
 def split_tp2(key: str, t: torch.Tensor) -> list[torch.Tensor]:
     """The inverse of the merge rules: how gpt-neox holds a tensor over two tensor-parallel ranks."""
-    if key.endswith(("query_key_value.weight", "query_key_value.bias", "dense_h_to_4h.weight", "dense_h_to_4h.bias")):
+    if key.endswith(
+        ("query_key_value.weight", "query_key_value.bias", "dense_h_to_4h.weight", "dense_h_to_4h.bias")
+    ):
         return list(t.chunk(2, dim=0))
     if key.endswith(("attention.dense.weight", "dense_4h_to_h.weight")):
         return list(t.chunk(2, dim=1))
@@ -33,8 +35,12 @@ def write_slim(hf_model, root, tag="global_step150000", untied=True):
     (root / "latest").write_text(tag)
 
     def save(idx, tensors):
-        shards = {k: t.chunk(2, dim=0) if k.endswith(("word_embeddings.weight", "final_linear.weight"))
-                  else split_tp2(k, t) for k, t in tensors.items()}
+        shards = {
+            k: t.chunk(2, dim=0)
+            if k.endswith(("word_embeddings.weight", "final_linear.weight"))
+            else split_tp2(k, t)
+            for k, t in tensors.items()
+        }
         for r in range(2):
             part = {k: s[r].clone() for k, s in shards.items()}
             torch.save(part, root / tag / f"layer_{idx:02d}-model_{r:02d}-model_states.pt")
@@ -46,16 +52,31 @@ def write_slim(hf_model, root, tag="global_step150000", untied=True):
         layer = {k.removeprefix(prefix): v for k, v in sd.items() if k.startswith(prefix)}
         layer["attention.rotary_emb.inv_freq"] = torch.ones(4)  # a buffer the loader must skip
         save(i + 2, layer)
-    save(n + 3, {"norm.weight": sd["gpt_neox.final_layer_norm.weight"], "norm.bias": sd["gpt_neox.final_layer_norm.bias"]})
+    save(
+        n + 3,
+        {
+            "norm.weight": sd["gpt_neox.final_layer_norm.weight"],
+            "norm.bias": sd["gpt_neox.final_layer_norm.bias"],
+        },
+    )
     if untied:
         save(n + 4, {"final_linear.weight": sd["lm_head.weight"]})
     return root
 
 
 def tiny_cfg(**kw) -> ModelConfig:
-    return ModelConfig(vocab_size=512, hidden_size=TINY["hidden_size"], num_layers=TINY["num_hidden_layers"],
-                       num_heads=TINY["num_attention_heads"], max_position_embeddings=64, rotary_pct=0.25,
-                       parallel_residual=True, tied_embeddings=False, activation="gelu", **kw)
+    return ModelConfig(
+        vocab_size=512,
+        hidden_size=TINY["hidden_size"],
+        num_layers=TINY["num_hidden_layers"],
+        num_heads=TINY["num_attention_heads"],
+        max_position_embeddings=64,
+        rotary_pct=0.25,
+        parallel_residual=True,
+        tied_embeddings=False,
+        activation="gelu",
+        **kw,
+    )
 
 
 def test_slim_tp2_merges_to_the_same_model(tmp_path):
@@ -72,7 +93,9 @@ def test_slim_shape_mismatch_names_tensor(tmp_path):
     _, ref = make_hf_model(tmp_path)
     root = write_slim(ref, tmp_path / "slim")
     cfg = tiny_cfg(intermediate_size=128)
-    with pytest.raises(JobError, match=r"layers\.0\.mlp\.dense_h_to_4h\.weight has shape \[256, 64\].*\[128, 64\]"):
+    with pytest.raises(
+        JobError, match=r"layers\.0\.mlp\.dense_h_to_4h\.weight has shape \[256, 64\].*\[128, 64\]"
+    ):
         load_slim(root, cfg)
 
 

@@ -30,8 +30,11 @@ def test_marker_lists_every_file_with_its_size(tmp_path):
     (tag / ".model_config.json.x.tmp").write_text("{")  # an interrupted atomic write: not part of it
     marker = json.loads((tag / ck.COMPLETE).read_text())
     assert marker["iteration"] == 4 and marker["world_size"] == 1 and marker["tag"] == "global_step4"
-    assert marker["files"] == {"model_config.json": (tag / ck.MODEL_CONFIG).stat().st_size,
-                               "mp_rank_00_model_states.pt": 37, "zero_pp_rank_0_mp_rank_00_optim_states.pt": 37}
+    assert marker["files"] == {
+        "model_config.json": (tag / ck.MODEL_CONFIG).stat().st_size,
+        "mp_rank_00_model_states.pt": 37,
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt": 37,
+    }
     assert ck.checkpoint_state(tag) == ("complete", "")
     (tag / "mp_rank_00_model_states.pt").write_bytes(b"short")  # damaged after the fact
     assert ck.checkpoint_state(tag)[0] == "incomplete"
@@ -43,8 +46,10 @@ def test_resume_skips_the_tag_latest_names_when_it_is_incomplete(tmp_path):
     (tmp_path / "latest").write_text("global_step8")
     tag, notes = ck.choose_checkpoint(tmp_path)
     assert tag == "global_step4"
-    assert notes == [f"incomplete checkpoint {tmp_path / 'global_step8'}, the one 'latest' names, left as is "
-                     f"(no complete.json: the run stopped while saving)"]
+    assert notes == [
+        f"incomplete checkpoint {tmp_path / 'global_step8'}, the one 'latest' names, left as is "
+        f"(no complete.json: the run stopped while saving)"
+    ]
 
 
 def test_resume_takes_the_newest_complete_one_and_reports_newer_incomplete_ones(tmp_path):
@@ -54,7 +59,9 @@ def test_resume_takes_the_newest_complete_one_and_reports_newer_incomplete_ones(
     (tmp_path / "global_step12").mkdir()
     tag, notes = ck.choose_checkpoint(tmp_path)
     assert tag == "global_step6" and len(notes) == 2
-    assert all("left as is" in n for n in notes) and "global_step10" in notes[0] and "global_step12" in notes[1]
+    assert (
+        all("left as is" in n for n in notes) and "global_step10" in notes[0] and "global_step12" in notes[1]
+    )
 
 
 def test_latest_naming_a_complete_checkpoint_wins_so_editing_it_rolls_back(tmp_path):
@@ -106,7 +113,9 @@ def test_pruning_counts_only_complete_checkpoints(tmp_path):
     assert [p.name for p in ck.stale_checkpoints(tmp_path, 2)] == ["global_step2"]
     assert ck.stale_checkpoints(tmp_path, 3) == []
     # one being mirrored stays for a later round
-    assert [p.name for p in ck.stale_checkpoints(tmp_path, 1, busy={tmp_path / "global_step2"})] == ["global_step4"]
+    assert [p.name for p in ck.stale_checkpoints(tmp_path, 1, busy={tmp_path / "global_step2"})] == [
+        "global_step4"
+    ]
 
 
 def test_pruning_keeps_the_one_latest_names(tmp_path):

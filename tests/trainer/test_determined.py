@@ -19,8 +19,11 @@ def test_hparams_name_the_guide_config_relative_to_the_context_dir(tmp_path):
     (tmp_path / "configs").mkdir()
     shutil.copy(SEED, tmp_path / "configs" / "determined_cluster.yml")
     (tmp_path / "configs" / "local.yml").write_text("data-path: /data/enron_text_document\n")
-    hparams = {"conf_dir": "configs", "conf_file": ["determined_cluster.yml", "local.yml"],
-               "overrides": {"optimizer.params.lr": 1.0e-5, "save-interval": 10}}
+    hparams = {
+        "conf_dir": "configs",
+        "conf_file": ["determined_cluster.yml", "local.yml"],
+        "overrides": {"optimizer.params.lr": 1.0e-5, "save-interval": 10},
+    }
     exp = yaml.safe_load("searcher: {name: single, metric: lm_loss, max_length: {batches: 100}}")
     cfg = config_from_hparams(hparams, exp, workdir=tmp_path)
     assert cfg.data.data_path == "/data/enron_text_document" and cfg.model.num_layers == 44
@@ -48,5 +51,7 @@ def test_a_lora_config_is_refused_in_one_line(tmp_path):
     from jobs.cli import JobError
 
     (tmp_path / "l.yml").write_text("lora: {rank: 8}\nload: /weights\n")
-    with pytest.raises(JobError, match="^config key 'lora': LoRA runs under Determined are not supported yet"):
+    with pytest.raises(
+        JobError, match="^config key 'lora': LoRA runs under Determined are not supported yet"
+    ):
         config_from_hparams({"conf_dir": str(tmp_path), "conf_file": ["l.yml"]}, {})

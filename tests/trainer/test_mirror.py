@@ -21,8 +21,12 @@ def s3(monkeypatch):
     """moto's server; keys and endpoint only through boto3's standard environment variables."""
     boto3 = pytest.importorskip("boto3")
     with moto_s3() as (url, _):
-        for k, v in {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "AKIDMIRRORTEST",
-                     "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        for k, v in {
+            "AWS_ENDPOINT_URL": url,
+            "AWS_ACCESS_KEY_ID": "AKIDMIRRORTEST",
+            "AWS_SECRET_ACCESS_KEY": SECRET,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }.items():
             monkeypatch.setenv(k, v)
         client = boto3.client("s3")
         client.create_bucket(Bucket="ckpt")
@@ -40,8 +44,9 @@ def mirror_of(url, lines, **kw):
     m = Mirror(url, log=lines.append, **kw)
     calls = []  # the order S3 saw uploads in (botocore's event hooks on the real client)
     for op in ("PutObject", "CreateMultipartUpload"):
-        m.client.meta.events.register(f"before-parameter-build.s3.{op}", lambda params, _op=op, **_: calls.append(
-            (_op, params["Key"])))
+        m.client.meta.events.register(
+            f"before-parameter-build.s3.{op}", lambda params, _op=op, **_: calls.append((_op, params["Key"]))
+        )
     return m, calls
 
 
@@ -61,7 +66,9 @@ def test_every_file_then_the_marker_then_latest(s3, tmp_path):
     assert keys[-2:] == ["runs/a/global_step4/complete.json", "runs/a/latest"]
     assert ("CreateMultipartUpload", "runs/a/global_step4/mp_rank_00_model_states.pt") in calls
     assert s3.get_object(Bucket="ckpt", Key="runs/a/latest")["Body"].read() == b"global_step4"
-    assert lines[-1] == "mirrored global_step4 to s3://ckpt/runs/a/global_step4 (3 files sent, 0 already there)"
+    assert (
+        lines[-1] == "mirrored global_step4 to s3://ckpt/runs/a/global_step4 (3 files sent, 0 already there)"
+    )
 
 
 def test_an_interrupted_upload_resumes_sending_only_what_is_missing(s3, tmp_path):
@@ -95,7 +102,9 @@ def test_a_failed_upload_is_one_warning_line_and_names_no_secret(s3, tmp_path):
     m.close()
     assert m.failed == ["global_step2"] and m.uploaded == []
     warnings = [line for line in lines if "warning" in line]
-    assert len(warnings) == 1 and warnings[0].startswith("warning: mirroring global_step2 to s3://no-such-bucket/x failed (")
+    assert len(warnings) == 1 and warnings[0].startswith(
+        "warning: mirroring global_step2 to s3://no-such-bucket/x failed ("
+    )
     assert "NoSuchBucket" in warnings[0] and "training continues" in warnings[0]
     assert not any(SECRET in line or "AKIDMIRRORTEST" in line for line in lines)
 
@@ -115,8 +124,10 @@ def test_mirror_settings_are_checked_before_any_heavy_work(tmp_path, capsys, mon
     f.write_text(f"data-path: {tmp_path}/nope_text_document\npadded-vocab-size: 64\nseq-length: 16\n")
     assert main(["--config", str(f), "--mirror", "s3://bucket/p"]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
-        "trainer.train: error: --mirror s3://bucket/p: needs config key 'save' (the checkpoints it mirrors)"]
+        "trainer.train: error: --mirror s3://bucket/p: needs config key 'save' (the checkpoints it mirrors)"
+    ]
     monkeypatch.setenv("NEOX_CHECKPOINT_MIRROR", "http://bucket/p")
     assert main(["--config", str(f), "--override", f"save={tmp_path}/ckpt"]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
-        "trainer.train: error: env NEOX_CHECKPOINT_MIRROR 'http://bucket/p': expected s3://BUCKET[/PREFIX]"]
+        "trainer.train: error: env NEOX_CHECKPOINT_MIRROR 'http://bucket/p': expected s3://BUCKET[/PREFIX]"
+    ]

@@ -21,7 +21,12 @@ from .conftest import make_hf_model
         {"rotary_pct": 1.0},
         {"rotary_pct": 0.5, "hidden_act": "gelu"},
         {"tie_word_embeddings": True},
-        {"use_parallel_residual": False, "rotary_pct": 0.25, "hidden_act": "gelu_fast", "tie_word_embeddings": True},
+        {
+            "use_parallel_residual": False,
+            "rotary_pct": 0.25,
+            "hidden_act": "gelu_fast",
+            "tie_word_embeddings": True,
+        },
     ],
     ids=["default", "sequential", "rotary-full", "rotary-half-exact-gelu", "tied", "sequential-tanh-tied"],
 )
@@ -44,12 +49,16 @@ def test_mismatched_weights_name_the_tensor(tmp_path):
     state = load_file(str(folder / "model.safetensors"))
     state["gpt_neox.layers.1.mlp.dense_h_to_4h.weight"] = torch.zeros(100, 64)
     save_file(state, str(folder / "model.safetensors"))
-    with pytest.raises(JobError, match=r"layers\.1\.mlp\.dense_h_to_4h\.weight has shape \[100, 64\].*\[256, 64\]"):
+    with pytest.raises(
+        JobError, match=r"layers\.1\.mlp\.dense_h_to_4h\.weight has shape \[100, 64\].*\[256, 64\]"
+    ):
         load_hf(folder)
 
 
 def test_sequence_longer_than_positions_is_refused():
-    model = GPTNeoX(ModelConfig(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2, max_position_embeddings=8))
+    model = GPTNeoX(
+        ModelConfig(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2, max_position_embeddings=8)
+    )
     with pytest.raises(ValueError, match="exceeds max_position_embeddings 8"):
         model(torch.zeros(1, 9, dtype=torch.long))
 
@@ -73,7 +82,9 @@ def test_activation_checkpointing_gives_same_gradients():
 
 
 def test_set_dropout_reaches_every_block_and_the_config():
-    model = GPTNeoX(ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=2, max_position_embeddings=16))
+    model = GPTNeoX(
+        ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=2, max_position_embeddings=16)
+    )
     model.set_dropout(0.1, 0.2)
     assert (model.cfg.hidden_dropout, model.cfg.attention_dropout) == (0.1, 0.2)
     assert [(b.dropout.p, b.attention.dropout) for b in model.layers] == [(0.1, 0.2)] * 2

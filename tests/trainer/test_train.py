@@ -25,13 +25,29 @@ from .conftest import make_hf_model
 from .test_mirror import SECRET, objects, s3  # noqa: F401 - s3 is a fixture
 
 BASE = {
-    "num-layers": 2, "hidden-size": 64, "num-attention-heads": 4, "seq-length": 32,
-    "max-position-embeddings": 64, "rotary_pct": 0.25, "gpt_j_residual": True, "no-weight-tying": True,
-    "bias-gelu-fusion": True, "padded-vocab-size": 512, "hidden-dropout": 0, "attention-dropout": 0,
+    "num-layers": 2,
+    "hidden-size": 64,
+    "num-attention-heads": 4,
+    "seq-length": 32,
+    "max-position-embeddings": 64,
+    "rotary_pct": 0.25,
+    "gpt_j_residual": True,
+    "no-weight-tying": True,
+    "bias-gelu-fusion": True,
+    "padded-vocab-size": 512,
+    "hidden-dropout": 0,
+    "attention-dropout": 0,
     "optimizer": {"type": "Adam", "params": {"lr": 0.003, "betas": [0.9, 0.95], "eps": 1.0e-8}},
-    "min_lr": 0.0003, "lr-decay-style": "cosine", "warmup": 0.1, "zero_optimization": {"stage": 1},
-    "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2, "split": "90,10,0",
-    "eval-iters": 2, "log-interval": 1, "seed": 7,
+    "min_lr": 0.0003,
+    "lr-decay-style": "cosine",
+    "warmup": 0.1,
+    "zero_optimization": {"stage": 1},
+    "train_micro_batch_size_per_gpu": 4,
+    "gradient_accumulation_steps": 2,
+    "split": "90,10,0",
+    "eval-iters": 2,
+    "log-interval": 1,
+    "seed": 7,
 }
 
 
@@ -63,24 +79,45 @@ def write_config(path: Path, corpus: str, **keys) -> Path:
 def trainer_cmd(config: Path, nproc: int = 1, extra: tuple[str, ...] = ()) -> list[str]:
     if nproc == 1:
         return [sys.executable, "-m", "trainer.train", "--config", str(config), *extra]
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-            f"--master_port={free_port()}", "-m", "trainer.train", "--config", str(config), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        "-m",
+        "trainer.train",
+        "--config",
+        str(config),
+        *extra,
+    ]
 
 
 def env() -> dict:
     return {**os.environ, "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
 
 
-def run(config: Path, nproc: int = 1, extra: tuple[str, ...] = (), **env_vars: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(trainer_cmd(config, nproc, extra), env={**env(), **env_vars}, capture_output=True,
-                          text=True, timeout=600)
+def run(
+    config: Path, nproc: int = 1, extra: tuple[str, ...] = (), **env_vars: str
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        trainer_cmd(config, nproc, extra),
+        env={**env(), **env_vars},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
 
 def complete_steps(save: Path) -> list[int]:
-    return sorted(int(d.name.removeprefix("global_step")) for d in save.glob("global_step*")
-                  if d.name.removeprefix("global_step").isdigit() and (d / "complete.json").is_file())
+    return sorted(
+        int(d.name.removeprefix("global_step"))
+        for d in save.glob("global_step*")
+        if d.name.removeprefix("global_step").isdigit() and (d / "complete.json").is_file()
+    )
 
 
 def losses(log_dir: Path, kind: str = "train") -> dict[int, float]:
@@ -91,7 +128,9 @@ def losses(log_dir: Path, kind: str = "train") -> dict[int, float]:
 @pytest.fixture(scope="module")
 def trained(corpus, tmp_path_factory):
     d = tmp_path_factory.mktemp("trained")
-    cfg = write_config(d / "run.yml", corpus, **{"train-iters": 30, "eval-interval": 15, "save": str(d / "ckpt")})
+    cfg = write_config(
+        d / "run.yml", corpus, **{"train-iters": 30, "eval-interval": 15, "save": str(d / "ckpt")}
+    )
     proc = run(cfg)
     return d, proc
 
@@ -115,8 +154,12 @@ def test_export_round_trip(trained, tmp_path):
 
     d, _ = trained
     out = tmp_path / "hf"
-    proc = subprocess.run([sys.executable, "-m", "trainer.export", "--checkpoint", str(d / "ckpt"), "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.export", "--checkpoint", str(d / "ckpt"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "model.safetensors").is_file() and (tmp_path / "hf-export-stats.json").is_file()
     # the model as trained: stage 1 keeps full fp32 weights in the module state
@@ -151,24 +194,51 @@ def test_export_from_and_to_s3_where_the_checkpoint_is(trained, tmp_path):
         for f in tag.rglob("*"):
             if f.is_file():
                 bucket.upload_file(str(f), "ckpts", f"run/global_step30/{f.relative_to(tag).as_posix()}")
-        env = {**os.environ, "AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": KEYS["aws_access_key_id"],
-               "AWS_SECRET_ACCESS_KEY": KEYS["aws_secret_access_key"], "AWS_DEFAULT_REGION": "us-east-1"}
+        env = {
+            **os.environ,
+            "AWS_ENDPOINT_URL": url,
+            "AWS_ACCESS_KEY_ID": KEYS["aws_access_key_id"],
+            "AWS_SECRET_ACCESS_KEY": KEYS["aws_secret_access_key"],
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
         work = tmp_path / "work"
-        proc = subprocess.run([sys.executable, "-m", "trainer.export", "--checkpoint", "s3://ckpts/run/global_step30",
-                               "--out", "s3://ckpts/hf/run", "--work", str(work)], capture_output=True, text=True,
-                              timeout=600, env=env)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "trainer.export",
+                "--checkpoint",
+                "s3://ckpts/run/global_step30",
+                "--out",
+                "s3://ckpts/hf/run",
+                "--work",
+                str(work),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         keys = {o["Key"] for o in bucket.list_objects_v2(Bucket="ckpts", Prefix="hf/run/")["Contents"]}
-        assert {"hf/run/config.json", "hf/run/model.safetensors", "hf/run/README.md",
-                "hf/run/generation_config.json"} <= keys
+        assert {
+            "hf/run/config.json",
+            "hf/run/model.safetensors",
+            "hf/run/README.md",
+            "hf/run/generation_config.json",
+        } <= keys
         back = tmp_path / "back"
         for key in keys:
             (back / key.removeprefix("hf/run/")).parent.mkdir(parents=True, exist_ok=True)
             bucket.download_file("ckpts", key, str(back / key.removeprefix("hf/run/")))
     assert not (work / "checkpoint").exists() and not (work / "hf").exists()
     transformers.GPTNeoXForCausalLM.from_pretrained(back)
-    bad = subprocess.run([sys.executable, "-m", "trainer.export", "--checkpoint", str(tag), "--out", "s3://ckpts/x"],
-                         capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [sys.executable, "-m", "trainer.export", "--checkpoint", str(tag), "--out", "s3://ckpts/x"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode != 0 and "give --work DIR" in bad.stderr.strip().splitlines()[-1]
 
 
@@ -210,7 +280,9 @@ def test_resume_skips_a_checkpoint_killed_before_it_was_complete(corpus, tmp_pat
     """DeepSpeed writes `latest` before the trainer finishes a checkpoint; a kill in that window
     once restarted from random weights at iteration 1 and overwrote global_step4..."""
     save = tmp_path / "ckpt"
-    first = write_config(tmp_path / "first.yml", corpus, save=str(save), **RESUME_KEYS, **{"exit-interval": 8})
+    first = write_config(
+        tmp_path / "first.yml", corpus, save=str(save), **RESUME_KEYS, **{"exit-interval": 8}
+    )
     run(first)
     tag8 = save / "global_step8"
     assert (save / "global_step4").is_dir() and tag8.is_dir()
@@ -238,8 +310,12 @@ def test_resume_skips_a_checkpoint_killed_before_it_was_complete(corpus, tmp_pat
 
 def test_two_data_parallel_ranks_match_twice_the_accumulation(corpus, tmp_path):
     keys = {"train-iters": 4, "zero_optimization": {"stage": 1}}
-    one = write_config(tmp_path / "one.yml", corpus, save=str(tmp_path / "one"), gradient_accumulation_steps=4, **keys)
-    two = write_config(tmp_path / "two.yml", corpus, save=str(tmp_path / "two"), gradient_accumulation_steps=2, **keys)
+    one = write_config(
+        tmp_path / "one.yml", corpus, save=str(tmp_path / "one"), gradient_accumulation_steps=4, **keys
+    )
+    two = write_config(
+        tmp_path / "two.yml", corpus, save=str(tmp_path / "two"), gradient_accumulation_steps=2, **keys
+    )
     run(one)
     run(two, nproc=2)
     a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
@@ -256,8 +332,13 @@ def test_finetune_from_hf_weights_without_optimizer_state(corpus, tmp_path, stag
     from trainer.model import cross_entropy
 
     folder, _ = make_hf_model(tmp_path, use_parallel_residual=True, rotary_pct=0.25)
-    cfg = write_config(tmp_path / "ft.yml", corpus, load=str(folder), save=str(tmp_path / "out"),
-                       **{"train-iters": 2, "zero_optimization": {"stage": stage}, "gradient_accumulation_steps": 1})
+    cfg = write_config(
+        tmp_path / "ft.yml",
+        corpus,
+        load=str(folder),
+        save=str(tmp_path / "out"),
+        **{"train-iters": 2, "zero_optimization": {"stage": stage}, "gradient_accumulation_steps": 1},
+    )
     run(cfg)
     got = losses(tmp_path / "out")
     # iteration 1's loss is the pretrained model's loss on the first batch: the weights were loaded
@@ -280,16 +361,25 @@ def test_keep_last_n_checkpoints_counts_complete_ones_across_restarts(corpus, tm
     (save / "global_step9" / "mp_rank_00_model_states.pt").write_bytes(b"partial")
     proc = run(write_config(tmp_path / "keep2.yml", corpus, **{"train-iters": 10, **keys}))
     out = proc.stdout + proc.stderr
-    assert sorted(d.name for d in save.glob("global_step*")) == ["global_step10", "global_step8", "global_step9"]
+    assert sorted(d.name for d in save.glob("global_step*")) == [
+        "global_step10",
+        "global_step8",
+        "global_step9",
+    ]
     assert f"resumed from {save}/global_step6 at iteration 6" in out
     assert f"incomplete checkpoint {save / 'global_step9'}, left as is" in out
     assert complete_steps(save) == [8, 10]
-    assert f"removed checkpoint {save / 'global_step4'}" in out and f"removed checkpoint {save / 'global_step6'}" in out
+    assert (
+        f"removed checkpoint {save / 'global_step4'}" in out
+        and f"removed checkpoint {save / 'global_step6'}" in out
+    )
 
 
 def test_completed_checkpoints_are_mirrored_to_s3(corpus, tmp_path, s3):  # noqa: F811
     save = tmp_path / "ckpt"
-    cfg = write_config(tmp_path / "m.yml", corpus, **{"train-iters": 4, "save-interval": 2, "save": str(save)})
+    cfg = write_config(
+        tmp_path / "m.yml", corpus, **{"train-iters": 4, "save-interval": 2, "save": str(save)}
+    )
     proc = run(cfg, extra=("--mirror", "s3://ckpt/runs/one"))
     out = proc.stdout + proc.stderr
     for step in (2, 4):
@@ -301,7 +391,11 @@ def test_completed_checkpoints_are_mirrored_to_s3(corpus, tmp_path, s3):  # noqa
         assert f"mirrored global_step{step} to s3://ckpt/runs/one/global_step{step}" in out
     assert s3.get_object(Bucket="ckpt", Key="runs/one/latest")["Body"].read() == b"global_step4"
     stats = json.loads((save / "train-stats.json").read_text())
-    assert stats["mirror"] == {"url": "s3://ckpt/runs/one", "uploaded": ["global_step2", "global_step4"], "failed": []}
+    assert stats["mirror"] == {
+        "url": "s3://ckpt/runs/one",
+        "uploaded": ["global_step2", "global_step4"],
+        "failed": [],
+    }
     assert SECRET not in out
 
 
@@ -321,11 +415,16 @@ def test_export_never_replaces_a_non_empty_folder(trained, tmp_path):
     out = tmp_path / "hf"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    proc = subprocess.run([sys.executable, "-m", "trainer.export", "--checkpoint", str(d / "ckpt"), "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.export", "--checkpoint", str(d / "ckpt"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
-        f"trainer.export: error: --out {out}: folder exists and is not empty; name a new folder (nothing was written)"]
+        f"trainer.export: error: --out {out}: folder exists and is not empty; name a new folder (nothing was written)"
+    ]
     assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
 
 
@@ -337,8 +436,17 @@ def test_deepspeed_launcher_runs_the_same_training_as_torchrun(corpus, tmp_path)
     keys = {"train-iters": 3, "zero_optimization": {"stage": 1}}
     ds = write_config(tmp_path / "ds.yml", corpus, save=str(tmp_path / "ds"), **keys)
     tr = write_config(tmp_path / "tr.yml", corpus, save=str(tmp_path / "tr"), **keys)
-    cmd = [str(launcher), "--num_gpus", "2", "--master_port", str(free_port()), "--module", "trainer.train",
-           "--config", str(ds)]
+    cmd = [
+        str(launcher),
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "--module",
+        "trainer.train",
+        "--config",
+        str(ds),
+    ]
     proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 data-parallel ranks" in proc.stdout + proc.stderr

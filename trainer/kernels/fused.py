@@ -28,27 +28,50 @@ def _vec_ok(t: torch.Tensor, n: int) -> bool:
 
 
 def supports_bias_gelu(x, bias) -> bool:
-    return (x.dtype in DTYPES and bias.dtype == x.dtype and bias.dim() == 1 and x.dim() >= 1
-            and x.shape[-1] == bias.shape[0])
+    return (
+        x.dtype in DTYPES
+        and bias.dtype == x.dtype
+        and bias.dim() == 1
+        and x.dim() >= 1
+        and x.shape[-1] == bias.shape[0]
+    )
 
 
 def supports_rotary(t, cos, sin, rot_dim) -> bool:
-    return (t.dim() == 4 and t.dtype in DTYPES and 0 < rot_dim <= t.shape[-1] and rot_dim % 2 == 0
-            and t.shape[0] * t.shape[1] <= 65535 and t.shape[-1] <= 256
-            and cos.numel() == t.shape[2] * rot_dim and sin.numel() == cos.numel()
-            and not cos.requires_grad and not sin.requires_grad)
+    return (
+        t.dim() == 4
+        and t.dtype in DTYPES
+        and 0 < rot_dim <= t.shape[-1]
+        and rot_dim % 2 == 0
+        and t.shape[0] * t.shape[1] <= 65535
+        and t.shape[-1] <= 256
+        and cos.numel() == t.shape[2] * rot_dim
+        and sin.numel() == cos.numel()
+        and not cos.requires_grad
+        and not sin.requires_grad
+    )
 
 
 def supports_layer_norm(x, weight, bias) -> bool:
     h = x.shape[-1] if x.dim() else 0
-    return (x.dtype in DTYPES and weight.dtype == x.dtype and bias.dtype == x.dtype
-            and weight.shape == (h,) and bias.shape == (h,) and h > 0
-            and h <= ext().layer_norm_max_hidden(x.element_size(), h % (16 // x.element_size()) == 0))
+    return (
+        x.dtype in DTYPES
+        and weight.dtype == x.dtype
+        and bias.dtype == x.dtype
+        and weight.shape == (h,)
+        and bias.shape == (h,)
+        and h > 0
+        and h <= ext().layer_norm_max_hidden(x.element_size(), h % (16 // x.element_size()) == 0)
+    )
 
 
 def supports_cross_entropy(logits, targets) -> bool:
-    return (logits.dtype in DTYPES and logits.dim() >= 1 and not targets.is_floating_point()
-            and targets.numel() * logits.shape[-1] == logits.numel())
+    return (
+        logits.dtype in DTYPES
+        and logits.dim() >= 1
+        and not targets.is_floating_point()
+        and targets.numel() * logits.shape[-1] == logits.numel()
+    )
 
 
 def supports_causal_softmax(x) -> bool:

@@ -45,7 +45,12 @@ def cuda_home() -> str | None:
     which a wrapper script in /usr/local/bin turns into /usr/local (no headers); so check each candidate."""
     from torch.utils import cpp_extension
 
-    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), cpp_extension.CUDA_HOME, "/usr/local/cuda"]
+    candidates = [
+        os.environ.get("CUDA_HOME"),
+        os.environ.get("CUDA_PATH"),
+        cpp_extension.CUDA_HOME,
+        "/usr/local/cuda",
+    ]
     try:  # the pip wheels (nvidia-cuda-nvcc and friends) unpack a toolkit here
         import nvidia
 
@@ -54,8 +59,12 @@ def cuda_home() -> str | None:
         pass
     for c in candidates:
         # torch's CUDA headers include cusparse.h and cublas_v2.h: a compiler-only toolkit cannot build
-        if c and (Path(c) / "bin" / "nvcc").exists() and all(
-            (Path(c) / "include" / h).exists() for h in ("cuda_runtime.h", "cusparse.h", "cublas_v2.h")
+        if (
+            c
+            and (Path(c) / "bin" / "nvcc").exists()
+            and all(
+                (Path(c) / "include" / h).exists() for h in ("cuda_runtime.h", "cusparse.h", "cublas_v2.h")
+            )
         ):
             return c
     return None
@@ -95,8 +104,13 @@ def build(out_dir: str | os.PathLike, arch_list: str, verbose: bool = False):
             os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
         else:
             os.environ["TORCH_CUDA_ARCH_LIST"] = old
-    info = {"arch_list": arch_list, "source_hash": source_hash(), "torch": torch.__version__,
-            "cuda": torch.version.cuda, "module": f"{EXT_NAME}.so"}
+    info = {
+        "arch_list": arch_list,
+        "source_hash": source_hash(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "module": f"{EXT_NAME}.so",
+    }
     tmp = out / f".{BUILD_INFO}.tmp"
     tmp.write_text(json.dumps(info, indent=2) + "\n")
     tmp.replace(out / BUILD_INFO)
@@ -161,7 +175,9 @@ def load() -> tuple[object | None, dict]:
             module = build(folder, arch_list, verbose=os.environ.get("NEOX_KERNELS_VERBOSE") == "1")
             info.update(source=f"jit {folder}", arch_list=arch_list)
         except Exception as exc:  # a compiler failure must not stop training: the references still work
-            reasons.append(f"JIT build failed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc!r}")
+            reasons.append(
+                f"JIT build failed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc!r}"
+            )
     elif module is None:
         reasons.append("no prebuilt extension and no nvcc for a JIT build")
     if module is not None:
@@ -169,7 +185,9 @@ def load() -> tuple[object | None, dict]:
             sass, ptx, seen = module.kernel_image(torch.cuda.current_device())
             info["image"] = {"sass": sass, "ptx": ptx, "cuda_arch": seen}
         except RuntimeError as exc:
-            reasons.append(f"compiled for {info.get('arch_list')}, not this GPU (sm_{info['capability']}): {exc}")
+            reasons.append(
+                f"compiled for {info.get('arch_list')}, not this GPU (sm_{info['capability']}): {exc}"
+            )
             module = None
     info["active"] = module is not None
     info["reason"] = "; ".join(reasons) if reasons else ("ok" if module is not None else "unavailable")
@@ -188,6 +206,8 @@ def summary() -> str:
     s = status()
     if s["active"]:
         img = s["image"]
-        return (f"fused kernels on ({s['source']}; GPU sm_{s['capability']} runs sm_{img['sass']} code, "
-                f"compiled for {s['arch_list']}): {', '.join(KERNELS)}")
+        return (
+            f"fused kernels on ({s['source']}; GPU sm_{s['capability']} runs sm_{img['sass']} code, "
+            f"compiled for {s['arch_list']}): {', '.join(KERNELS)}"
+        )
     return f"fused kernels off ({s['reason']}): PyTorch references for {', '.join(KERNELS)}"
