@@ -101,9 +101,8 @@ def _build_trial_class():
     from trainer import checkpoint
     from trainer.data import MicroBatches, build_splits, eval_batches
     from trainer.engine import eval_loss, parallelize, train_step
-    from trainer.start import build_model
+    from trainer.start import build_model, check_model_fits
     from trainer.state import TrainState
-    from trainer.train import check_model_fits
 
     class NeoXTrial(det_ds.DeepSpeedTrial):
         def __init__(self, context: det_ds.DeepSpeedTrialContext) -> None:
@@ -116,8 +115,9 @@ def _build_trial_class():
                 cfg.data.data_path, cfg.data.split_weights(), cfg.model.seq_length, cfg.data.seed
             )
             # a restore overwrites these weights in load()
-            model, source = build_model(cfg, None, lambda m: logging.info("trainer: %s", m))
-            check_model_fits(cfg, model.cfg)
+            note = lambda m: logging.info("trainer: %s", m)  # noqa: E731
+            model, source = build_model(cfg, None, note)
+            check_model_fits(cfg, model.cfg, note)
             self.model_cfg = model.cfg
             logging.info("trainer: weights from %s", source)
             self.engine = context.wrap_model_engine(parallelize(model, cfg))

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
+from jobs.cli import JobError
 from trainer import checkpoint, lora
 from trainer.config import NeoXConfig
-from trainer.model import GPTNeoX
+from trainer.model import GPTNeoX, ModelConfig
 
 Resume = tuple[str, str, bool]  # (dir, tag, module_only)
 
@@ -62,3 +63,19 @@ def apply_run_settings(model: GPTNeoX, cfg: NeoXConfig) -> None:
     """The run's own settings, not architecture, come from the NeoX config."""
     model.cfg.checkpoint_activations = cfg.model.checkpoint_activations
     model.set_dropout(cfg.model.hidden_dropout, cfg.model.attention_dropout)
+
+
+def check_model_fits(cfg: NeoXConfig, mcfg: ModelConfig, log: Callable[[str], None]) -> None:
+    """The weights' shape wins over the config's: a note where they differ, an error where they cannot fit."""
+    if cfg.model.seq_length > mcfg.max_position_embeddings:
+        raise JobError(
+            f"config key 'seq-length' {cfg.model.seq_length} exceeds the weights' max_position_embeddings "
+            f"{mcfg.max_position_embeddings}"
+        )
+    for key, ours, theirs in (
+        ("num-layers", cfg.model.num_layers, mcfg.num_layers),
+        ("hidden-size", cfg.model.hidden_size, mcfg.hidden_size),
+        ("num-attention-heads", cfg.model.num_attention_heads, mcfg.num_heads),
+    ):
+        if ours != theirs:
+            log(f"note: config key '{key}' is {ours} but the weights have {theirs}; using the weights'")

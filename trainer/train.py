@@ -62,21 +62,6 @@ def build_model(cfg: NeoXConfig, resume: tuple[str, str, bool] | None) -> tuple[
     return start.build_model(cfg, resume, log)
 
 
-def check_model_fits(cfg: NeoXConfig, mcfg: ModelConfig) -> None:
-    if cfg.model.seq_length > mcfg.max_position_embeddings:
-        raise JobError(
-            f"config key 'seq-length' {cfg.model.seq_length} exceeds the weights' max_position_embeddings "
-            f"{mcfg.max_position_embeddings}"
-        )
-    for key, ours, theirs in (
-        ("num-layers", cfg.model.num_layers, mcfg.num_layers),
-        ("hidden-size", cfg.model.hidden_size, mcfg.hidden_size),
-        ("num-attention-heads", cfg.model.num_attention_heads, mcfg.num_heads),
-    ):
-        if ours != theirs:
-            log(f"note: config key '{key}' is {ours} but the weights have {theirs}; using the weights'")
-
-
 class Metrics:
     """metrics.jsonl + TensorBoard on rank 0; every value also goes to the log line."""
 
@@ -205,7 +190,7 @@ def train(cfg: NeoXConfig, mirror_url: str | None = None, mirror_what: str = "--
     resume = resume_point(cfg)  # trainer.start decides where the run starts
     model, source = build_model(cfg, resume)
     mcfg = model.cfg
-    check_model_fits(cfg, mcfg)
+    start.check_model_fits(cfg, mcfg, log)
     check_token_ids(cfg.data.data_path, mcfg.vocab_size)
     log(
         f"model: {mcfg.num_layers} layers, hidden {mcfg.hidden_size}, {mcfg.num_params() / 1e6:.1f}M parameters, "
