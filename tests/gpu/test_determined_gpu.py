@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import BF16, ROOT, child_env, needs_cuda, needs_deepspeed, write_config
+from tests.support.gpu import BF16, ROOT, child_env, needs_cuda, needs_deepspeed, write_config
 
 pytestmark = [
     pytest.mark.gpu,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from .conftest import BF16, VOCAB, losses, needs_cuda, needs_deepspeed, start_trainer, write_config
+from tests.support.gpu import BF16, VOCAB, losses, needs_cuda, needs_deepspeed, start_trainer, write_config
 
 pytestmark = [pytest.mark.gpu, needs_cuda(), needs_deepspeed()]
 

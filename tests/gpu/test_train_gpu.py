@@ -15,7 +15,16 @@ import subprocess
 import numpy as np
 import pytest
 
-from .conftest import BF16, FP16, losses, metrics, needs_cuda, needs_deepspeed, start_trainer, write_config
+from tests.support.gpu import (
+    BF16,
+    FP16,
+    losses,
+    metrics,
+    needs_cuda,
+    needs_deepspeed,
+    start_trainer,
+    write_config,
+)
 
 pytestmark = [pytest.mark.gpu, needs_cuda(), needs_deepspeed()]
 

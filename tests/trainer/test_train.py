@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import torch
 import yaml
 
 from jobs.indexed_dataset import IndexedDatasetWriter, dtype_for_vocab
+from tests.support.net import free_port
 
 from .conftest import make_hf_model
 from .test_mirror import SECRET, objects, s3  # noqa: F401 - s3 is a fixture
@@ -63,12 +63,6 @@ def corpus(tmp_path_factory):
                 x.append((x[-1] * 3 + 1) % 512)
             w.add_document(x)
     return str(prefix)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_config(path: Path, corpus: str, **keys) -> Path:
