@@ -1,29 +1,47 @@
-"""Fixtures for the trainer tests: tiny random Hugging Face GPT-NeoX folders and corpora."""
+"""Fixtures for the trainer tests: a tiny random Hugging Face GPT-NeoX folder, a learnable corpus, moto S3
+(their helpers: tests.support.trainer)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
-import torch
 
-TINY = dict(
-    vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64
-)
-
-
-def make_hf_model(tmp_path, name="hf", seed=0, **overrides):
-    """A random GPTNeoXForCausalLM saved to tmp_path/name; returns (folder, model)."""
-    transformers = pytest.importorskip("transformers", reason="transformers is needed as the reference model")
-    kwargs = {**TINY, "intermediate_size": 4 * TINY["hidden_size"], **overrides}
-    torch.manual_seed(seed)
-    model = transformers.GPTNeoXForCausalLM(transformers.GPTNeoXConfig(**kwargs)).eval()
-    with torch.no_grad():  # HF initialises norms to 1/0 and biases to 0; make every tensor count
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    folder = tmp_path / name
-    model.save_pretrained(folder)
-    return folder, model
+from jobs.indexed_dataset import IndexedDatasetWriter, dtype_for_vocab
+from tests.support.s3 import moto_s3
+from tests.support.trainer import SECRET, make_hf_model
 
 
 @pytest.fixture
 def hf_tiny(tmp_path):
     return make_hf_model(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """300 documents following x -> 3x + 1 mod 512 from random starts: learnable in a few dozen steps."""
+    prefix = tmp_path_factory.mktemp("corpus") / "tiny_text_document"
+    rng = np.random.default_rng(0)
+    with IndexedDatasetWriter(prefix, dtype_for_vocab(512)) as w:
+        for _ in range(300):
+            x = [int(rng.integers(0, 512))]
+            for _ in range(int(rng.integers(20, 80)) - 1):
+                x.append((x[-1] * 3 + 1) % 512)
+            w.add_document(x)
+    return str(prefix)
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """moto's server; keys and endpoint only through boto3's standard environment variables."""
+    boto3 = pytest.importorskip("boto3")
+    with moto_s3() as (url, _):
+        for k, v in {
+            "AWS_ENDPOINT_URL": url,
+            "AWS_ACCESS_KEY_ID": "AKIDMIRRORTEST",
+            "AWS_SECRET_ACCESS_KEY": SECRET,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }.items():
+            monkeypatch.setenv(k, v)
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="ckpt")
+        yield client

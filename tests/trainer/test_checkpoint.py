@@ -7,61 +7,9 @@ import pytest
 import torch
 
 from jobs.cli import JobError
+from tests.support.trainer import TINY, make_hf_model, write_slim
 from trainer.checkpoint import load_pretrained, load_slim
 from trainer.model import ModelConfig
-
-from .conftest import TINY, make_hf_model
-
-
-def split_tp2(key: str, t: torch.Tensor) -> list[torch.Tensor]:
-    """The inverse of the merge rules: how gpt-neox holds a tensor over two tensor-parallel ranks."""
-    if key.endswith(
-        ("query_key_value.weight", "query_key_value.bias", "dense_h_to_4h.weight", "dense_h_to_4h.bias")
-    ):
-        return list(t.chunk(2, dim=0))
-    if key.endswith(("attention.dense.weight", "dense_4h_to_h.weight")):
-        return list(t.chunk(2, dim=1))
-    if key.endswith(("attention.dense.bias", "dense_4h_to_h.bias")):
-        share = torch.rand_like(t)  # any two shares that add up
-        return [t * share, t * (1 - share)]
-    return [t.clone(), t.clone()]  # norms: copies
-
-
-def write_slim(hf_model, root, tag="global_step150000", untied=True):
-    """HF GPTNeoXForCausalLM -> slim layout with tensor parallel 2."""
-    sd = hf_model.state_dict()
-    n = hf_model.config.num_hidden_layers
-    (root / tag).mkdir(parents=True)
-    (root / "latest").write_text(tag)
-
-    def save(idx, tensors):
-        shards = {
-            k: t.chunk(2, dim=0)
-            if k.endswith(("word_embeddings.weight", "final_linear.weight"))
-            else split_tp2(k, t)
-            for k, t in tensors.items()
-        }
-        for r in range(2):
-            part = {k: s[r].clone() for k, s in shards.items()}
-            torch.save(part, root / tag / f"layer_{idx:02d}-model_{r:02d}-model_states.pt")
-
-    save(0, {"word_embeddings.weight": sd["gpt_neox.embed_in.weight"]})
-    torch.manual_seed(5)
-    for i in range(n):
-        prefix = f"gpt_neox.layers.{i}."
-        layer = {k.removeprefix(prefix): v for k, v in sd.items() if k.startswith(prefix)}
-        layer["attention.rotary_emb.inv_freq"] = torch.ones(4)  # a buffer the loader must skip
-        save(i + 2, layer)
-    save(
-        n + 3,
-        {
-            "norm.weight": sd["gpt_neox.final_layer_norm.weight"],
-            "norm.bias": sd["gpt_neox.final_layer_norm.bias"],
-        },
-    )
-    if untied:
-        save(n + 4, {"final_linear.weight": sd["lm_head.weight"]})
-    return root
 
 
 def tiny_cfg(**kw) -> ModelConfig:

@@ -7,22 +7,8 @@ import json
 
 import pytest
 
+from tests.support.trainer import make
 from trainer import checkpoint as ck
-
-
-def make(save, step, state="complete", size=100):
-    """A global_stepN folder as a run leaves it: complete, legacy (before markers), or killed while saving."""
-    tag = save / f"global_step{step}"
-    tag.mkdir(parents=True)
-    (tag / "mp_rank_00_model_states.pt").write_bytes(b"m" * size)
-    (tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"o" * size)
-    if state in ("complete", "flagged"):  # flagged: model_config.json written, complete.json not yet
-        (tag / ck.MODEL_CONFIG).write_text(json.dumps({"model": {}, "neox": {}, "complete_marker": True}))
-    if state == "legacy":
-        (tag / ck.MODEL_CONFIG).write_text(json.dumps({"model": {}, "neox": {}}))
-    if state == "complete":
-        ck.mark_complete(tag, step, world_size=1)
-    return tag
 
 
 def test_marker_lists_every_file_with_its_size(tmp_path):

@@ -11,12 +11,12 @@ import yaml
 
 from jobs.cli import JobError
 from jobs.indexed_dataset import IndexedDatasetWriter, dtype_for_vocab
+from tests.support.trainer import SEED
 from trainer.config import GPT_NEOX_KEYS, SECTIONS, load_config
 from trainer.engine import ds_config
 from trainer.train import main
 
 # The guide's file as the repository carries it (the same bytes as ../shared/seed's copy).
-SEED = Path(__file__).resolve().parents[2] / "configs" / "determined-cluster.yml"
 
 
 def test_guide_config_loads_as_is():

@@ -9,9 +9,8 @@ import shutil
 import pytest
 import yaml
 
+from tests.support.trainer import SEED
 from trainer.determined import config_from_hparams
-
-from .test_config import SEED
 
 
 @pytest.mark.skipif(not SEED.exists(), reason="the guide's determined-cluster.yml is not beside the checkout")

@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 
 from jobs.cli import JobError
+from tests.support.trainer import clean_env, free_port, losses, write_config
 from trainer.launch import World, world_from_env
-
-from .test_train import corpus, free_port, losses, write_config  # noqa: F401 (corpus is a fixture)
 
 TRAINJOB = {
     "PET_NNODES": "4", "PET_NPROC_PER_NODE": "8", "PET_NODE_RANK": "2", "JOB_COMPLETION_INDEX": "2",
@@ -27,8 +26,6 @@ TRAINJOB = {
 JOBSET = {"PET_NNODES": "2", "PET_NPROC_PER_NODE": "1", "PET_MASTER_ADDR": "ft-node-0-0.ft",
           "PET_MASTER_PORT": "29400", "JOB_COMPLETION_INDEX": "1"}  # fmt: skip
 # what the variables mean to this process: none of the machine's own may leak into a test
-_OURS = ("PET_", "JOB_COMPLETION_INDEX", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "NEOX_GPUS_PER_NODE",
-         "MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")  # fmt: skip
 # iterations 1-12, a checkpoint every 4: the kill comes after the first and the run resumes from it
 KEYS = {"train-iters": 12, "save-interval": 4, "lr-decay-iters": 12, "zero_optimization": {"stage": 1}}
 TIMEOUT = 600  # a training run of a tiny model on a loaded 2-core machine: mostly imports
@@ -125,11 +122,6 @@ def test_engine_variables_without_pet_nnodes_are_refused():
 
 
 # ---- the module as the engines run it ---------------------------------------------------------------
-
-
-def clean_env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_OURS)}
-    return {**env, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", **extra}
 
 
 def launch_cmd(config: Path) -> list[str]:
@@ -230,7 +222,7 @@ def node_line(log: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def one_process(corpus, tmp_path_factory):  # noqa: F811
+def one_process(corpus, tmp_path_factory):
     """The reference: one process, no engine variables, twice the accumulation (same global batch)."""
     d = tmp_path_factory.mktemp("one")
     cfg = write_config(d / "one.yml", corpus, save=str(d / "ckpt"), gradient_accumulation_steps=4, **KEYS)
@@ -245,7 +237,7 @@ def one_process(corpus, tmp_path_factory):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def two_nodes(corpus, tmp_path_factory):  # noqa: F811
+def two_nodes(corpus, tmp_path_factory):
     """Two launch processes as two TrainJob nodes of one CPU process each, uninterrupted."""
     d = tmp_path_factory.mktemp("two")
     cfg = write_config(d / "two.yml", corpus, save=str(d / "ckpt"), gradient_accumulation_steps=2, **KEYS)
@@ -268,7 +260,7 @@ def test_two_nodes_train_like_one_process_with_the_same_global_batch(one_process
         assert two_nodes[it] == pytest.approx(loss, rel=1e-5), it
 
 
-def test_a_killed_node_and_a_jobset_restart_resume_from_the_last_checkpoint(corpus, tmp_path, two_nodes):  # noqa: F811
+def test_a_killed_node_and_a_jobset_restart_resume_from_the_last_checkpoint(corpus, tmp_path, two_nodes):
     save = tmp_path / "ckpt"
     cfg = write_config(tmp_path / "run.yml", corpus, save=str(save), gradient_accumulation_steps=2, **KEYS)
     port = free_port()
@@ -311,7 +303,7 @@ def test_a_killed_node_and_a_jobset_restart_resume_from_the_last_checkpoint(corp
         assert loss == pytest.approx(two_nodes[it], rel=1e-5), it
 
 
-def test_sigterm_to_the_launch_process_reaches_the_workers(corpus, tmp_path):  # noqa: F811
+def test_sigterm_to_the_launch_process_reaches_the_workers(corpus, tmp_path):
     """Kubernetes stops a pod with SIGTERM to its main process; the workers (own sessions) must stop too."""
     save = tmp_path / "ckpt"
     cfg = write_config(

@@ -4,7 +4,6 @@ the adapters, kill + resume reproduces the losses, every start point and launche
 ZeRO 0 and 2, the PEFT export loads with PEFT's logits equal to ours, --merge equals base + adapters,
 and bad settings are one line before any heavy work."""
 
-# ruff: noqa: F811 - `corpus` is test_train's fixture, imported to be used as one
 from __future__ import annotations
 
 import json
@@ -18,10 +17,18 @@ import numpy as np
 import pytest
 import torch
 
-from .conftest import make_hf_model
-from .test_checkpoint import write_slim
-from .test_launch import clean_env
-from .test_train import complete_steps, corpus, env, free_port, losses, run, trainer_cmd, write_config  # noqa: F401
+from tests.support.trainer import (
+    clean_env,
+    complete_steps,
+    env,
+    free_port,
+    losses,
+    make_hf_model,
+    run,
+    trainer_cmd,
+    write_config,
+    write_slim,
+)
 
 LORA = {"rank": 4, "alpha": 8}
 LR = {"optimizer": {"type": "Adam", "params": {"lr": 0.01, "betas": [0.9, 0.95], "eps": 1.0e-8}}}

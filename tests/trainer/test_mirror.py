@@ -8,34 +8,8 @@ import json
 import pytest
 
 from jobs.cli import JobError
-from tests.support.s3 import moto_s3
+from tests.support.trainer import SECRET, make, objects
 from trainer import checkpoint as ck
-
-from .test_complete import make
-
-SECRET = "s3cr3t-never-in-a-log-line"
-
-
-@pytest.fixture
-def s3(monkeypatch):
-    """moto's server; keys and endpoint only through boto3's standard environment variables."""
-    boto3 = pytest.importorskip("boto3")
-    with moto_s3() as (url, _):
-        for k, v in {
-            "AWS_ENDPOINT_URL": url,
-            "AWS_ACCESS_KEY_ID": "AKIDMIRRORTEST",
-            "AWS_SECRET_ACCESS_KEY": SECRET,
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }.items():
-            monkeypatch.setenv(k, v)
-        client = boto3.client("s3")
-        client.create_bucket(Bucket="ckpt")
-        yield client
-
-
-def objects(client, prefix=""):
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket="ckpt", Prefix=prefix)
-    return {o["Key"]: o["Size"] for page in pages for o in page.get("Contents", [])}
 
 
 def mirror_of(url, lines, **kw):

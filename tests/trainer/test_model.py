@@ -6,11 +6,10 @@ import pytest
 import torch
 
 from jobs.cli import JobError
+from tests.support.trainer import make_hf_model
 from trainer.checkpoint import load_hf
 from trainer.engine import apply_activation_checkpointing
 from trainer.model import GPTNeoX, ModelConfig
-
-from .conftest import make_hf_model
 
 
 @pytest.mark.parametrize(

@@ -16,107 +16,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from jobs.indexed_dataset import IndexedDatasetWriter, dtype_for_vocab
 from tests.support.net import free_port
-
-from .conftest import make_hf_model
-from .test_mirror import SECRET, objects, s3  # noqa: F401 - s3 is a fixture
-
-BASE = {
-    "num-layers": 2,
-    "hidden-size": 64,
-    "num-attention-heads": 4,
-    "seq-length": 32,
-    "max-position-embeddings": 64,
-    "rotary_pct": 0.25,
-    "gpt_j_residual": True,
-    "no-weight-tying": True,
-    "bias-gelu-fusion": True,
-    "padded-vocab-size": 512,
-    "hidden-dropout": 0,
-    "attention-dropout": 0,
-    "optimizer": {"type": "Adam", "params": {"lr": 0.003, "betas": [0.9, 0.95], "eps": 1.0e-8}},
-    "min_lr": 0.0003,
-    "lr-decay-style": "cosine",
-    "warmup": 0.1,
-    "zero_optimization": {"stage": 1},
-    "train_micro_batch_size_per_gpu": 4,
-    "gradient_accumulation_steps": 2,
-    "split": "90,10,0",
-    "eval-iters": 2,
-    "log-interval": 1,
-    "seed": 7,
-}
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """300 documents following x -> 3x + 1 mod 512 from random starts: learnable in a few dozen steps."""
-    prefix = tmp_path_factory.mktemp("corpus") / "tiny_text_document"
-    rng = np.random.default_rng(0)
-    with IndexedDatasetWriter(prefix, dtype_for_vocab(512)) as w:
-        for _ in range(300):
-            x = [int(rng.integers(0, 512))]
-            for _ in range(int(rng.integers(20, 80)) - 1):
-                x.append((x[-1] * 3 + 1) % 512)
-            w.add_document(x)
-    return str(prefix)
-
-
-def write_config(path: Path, corpus: str, **keys) -> Path:
-    path.write_text(yaml.safe_dump({**BASE, "data-path": corpus, **keys}))
-    return path
-
-
-def trainer_cmd(config: Path, nproc: int = 1, extra: tuple[str, ...] = ()) -> list[str]:
-    if nproc == 1:
-        return [sys.executable, "-m", "trainer.train", "--config", str(config), *extra]
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc_per_node={nproc}",
-        "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}",
-        "-m",
-        "trainer.train",
-        "--config",
-        str(config),
-        *extra,
-    ]
-
-
-def env() -> dict:
-    return {**os.environ, "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-
-
-def run(
-    config: Path, nproc: int = 1, extra: tuple[str, ...] = (), **env_vars: str
-) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        trainer_cmd(config, nproc, extra),
-        env={**env(), **env_vars},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
-def complete_steps(save: Path) -> list[int]:
-    return sorted(
-        int(d.name.removeprefix("global_step"))
-        for d in save.glob("global_step*")
-        if d.name.removeprefix("global_step").isdigit() and (d / "complete.json").is_file()
-    )
-
-
-def losses(log_dir: Path, kind: str = "train") -> dict[int, float]:
-    lines = [json.loads(x) for x in (log_dir / "metrics.jsonl").read_text().splitlines()]
-    return {m["iteration"]: m["lm_loss"] for m in lines if m["kind"] == kind}
+from tests.support.trainer import (
+    SECRET,
+    complete_steps,
+    env,
+    losses,
+    make_hf_model,
+    objects,
+    run,
+    trainer_cmd,
+    write_config,
+)
 
 
 @pytest.fixture(scope="module")
@@ -369,7 +281,7 @@ def test_keep_last_n_checkpoints_counts_complete_ones_across_restarts(corpus, tm
     )
 
 
-def test_completed_checkpoints_are_mirrored_to_s3(corpus, tmp_path, s3):  # noqa: F811
+def test_completed_checkpoints_are_mirrored_to_s3(corpus, tmp_path, s3):
     save = tmp_path / "ckpt"
     cfg = write_config(
         tmp_path / "m.yml", corpus, **{"train-iters": 4, "save-interval": 2, "save": str(save)}
@@ -393,7 +305,7 @@ def test_completed_checkpoints_are_mirrored_to_s3(corpus, tmp_path, s3):  # noqa
     assert SECRET not in out
 
 
-def test_a_mirror_failure_is_one_warning_and_training_finishes(corpus, tmp_path, s3):  # noqa: F811
+def test_a_mirror_failure_is_one_warning_and_training_finishes(corpus, tmp_path, s3):
     save = tmp_path / "ckpt"
     cfg = write_config(tmp_path / "m.yml", corpus, **{"train-iters": 2, "save": str(save)})
     proc = run(cfg, NEOX_CHECKPOINT_MIRROR="s3://no-such-bucket/x")
