@@ -20,32 +20,14 @@ from jobs import spec as js
 from jobs.indexed_dataset import IndexedDatasetWriter, dtype_for_vocab
 from local.containers import MOUNT, STAGE_LABEL, Runner, StageError
 from tests.support.net import free_port
+from tests.support.trainer import BASE
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+# the trainer tests' tiny model, one micro-batch a step and the plain GELU; 12 iterations, saved every 4
 TINY = {
-    "num-layers": 2,
-    "hidden-size": 64,
-    "num-attention-heads": 4,
-    "seq-length": 32,
-    "max-position-embeddings": 64,
-    "rotary_pct": 0.25,
-    "gpt_j_residual": True,
-    "no-weight-tying": True,
-    "padded-vocab-size": 512,
-    "hidden-dropout": 0,
-    "attention-dropout": 0,
-    "optimizer": {"type": "Adam", "params": {"lr": 0.003, "betas": [0.9, 0.95], "eps": 1.0e-8}},
-    "min_lr": 0.0003,
-    "lr-decay-style": "cosine",
-    "warmup": 0.1,
-    "zero_optimization": {"stage": 1},
-    "train_micro_batch_size_per_gpu": 4,
-    "split": "90,10,0",
-    "eval-iters": 2,
-    "log-interval": 1,
-    "seed": 7,
+    **{k: v for k, v in BASE.items() if k not in ("bias-gelu-fusion", "gradient_accumulation_steps")},
     "train-iters": 12,
     "lr-decay-iters": 12,
     "save-interval": 4,
