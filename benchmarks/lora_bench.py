@@ -13,7 +13,7 @@ r=16 on all four linear layers, with the same or lower peak memory.
   dense, dense_h_to_4h, dense_4h_to_h]) with the adapters in fp32, gradient checkpointing
   (non-reentrant), autocast bf16, torch.optim.AdamW(fused=True), its own `labels=` loss; clipping 1.0.
 - `ours`: the trainer's own path: a NeoX config with a `lora` section -> trainer.lora.apply_lora ->
-  trainer.engine.parallelize (DeepSpeed, bf16, ZeRO --zero, clipping 1.0) -> trainer.train.lm_loss;
+  trainer.engine.parallelize (DeepSpeed, bf16, ZeRO --zero, clipping 1.0) -> trainer.engine.lm_loss;
   random bf16 weights made on the GPU; activation checkpointing per layer as the baseline's (turn it
   off with --no-checkpoint-activations), the fused output loss unless --no-fused-loss, compiled blocks
   with --compile.
@@ -82,10 +82,9 @@ def neox_config(args):
 
 
 def build_ours(args):
-    from trainer.engine import init_distributed, parallelize
+    from trainer.engine import init_distributed, lm_loss, parallelize
     from trainer.lora import apply_lora
     from trainer.model import GPTNeoX, Rotary
-    from trainer.train import lm_loss
 
     cfg = neox_config(args)
     init_distributed()

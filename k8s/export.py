@@ -12,10 +12,10 @@ from urllib.parse import urlparse
 
 import botocore.exceptions
 
+from jobs import remote
 from jobs.cli import JobError, human_bytes
 from k8s.config import PipelineConfig
 from k8s.determined_api import Master
-from k8s.preflight import s3_client
 
 EXPORT_CMD = (sys.executable, "-m", "trainer.export")
 
@@ -35,7 +35,9 @@ def mirror_checkpoint(mirror: str, endpoint_url: str | None) -> str:
     bucket, prefix = parsed.netloc, parsed.path.strip("/")
     key = f"{prefix}/latest" if prefix else "latest"
     try:
-        tag = s3_client(endpoint_url).get_object(Bucket=bucket, Key=key)["Body"].read().decode().strip()
+        tag = (
+            remote.s3_client(endpoint_url).get_object(Bucket=bucket, Key=key)["Body"].read().decode().strip()
+        )
     except botocore.exceptions.ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "S3 error")
         raise JobError(

@@ -30,12 +30,9 @@ MANIFEST_TYPES = ", ".join(
 )
 
 
-def s3_client(endpoint_url: str | None):
-    return remote.s3_client(endpoint_url, retries={"max_attempts": 2}, connect_timeout=10, read_timeout=30)
-
-
 def check_bucket(bucket: str, endpoint_url: str | None, prefix: str = "", create: bool = False) -> str:
-    s3 = s3_client(endpoint_url)
+    # a check answers quickly or says why: few retries, short timeouts
+    s3 = remote.s3_client(endpoint_url, retries={"max_attempts": 2}, connect_timeout=10, read_timeout=30)
     try:
         s3.head_bucket(Bucket=bucket)
         note = "exists"

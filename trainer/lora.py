@@ -385,7 +385,7 @@ def _our_checkpoint(path: str | os.PathLike) -> str | None:
 
 
 def resume_point(cfg, log) -> tuple[str, str, bool] | None:
-    """As trainer.train.resume_point, but only LoRA checkpoints resume: a full checkpoint of ours in
+    """As trainer.start.resume_point, but only LoRA checkpoints resume: a full checkpoint of ours in
     `load` is the base; one in `save` is refused (its weights would be mistaken for adapters)."""
     t = cfg.train
     for where, tag, module_only in checkpoint.resume_candidates(t, log):

@@ -38,8 +38,8 @@ from jobs.cli import JobError, human_duration, run_main, write_json_atomic
 from trainer import checkpoint, lora, start
 from trainer.config import NeoXConfig, load_config
 from trainer.data import MicroBatches, PackedSamples, build_splits, check_token_ids, eval_batches
-from trainer.engine import eval_loss, lm_loss, train_step  # noqa: F401  (lm_loss: benchmarks, tests)
-from trainer.model import GPTNeoX, ModelConfig
+from trainer.engine import eval_loss, train_step
+from trainer.model import ModelConfig
 from trainer.state import TrainState
 
 PROG = "trainer.train"
@@ -51,15 +51,6 @@ def log(msg: str) -> None:
 
 
 # ---- setup helpers ---------------------------------------------------------------------------------
-
-
-def resume_point(cfg: NeoXConfig) -> tuple[str, str, bool] | None:
-    return start.resume_point(cfg, log)
-
-
-def build_model(cfg: NeoXConfig, resume: tuple[str, str, bool] | None) -> tuple[GPTNeoX, str]:
-    """trainer.start.build_model with this script's log."""
-    return start.build_model(cfg, resume, log)
 
 
 class Metrics:
@@ -187,8 +178,8 @@ def train(cfg: NeoXConfig, mirror_url: str | None = None, mirror_what: str = "--
     mirror = open_mirror(mirror_url, mirror_what, cfg)
     seq = cfg.model.seq_length
     splits = build_splits(cfg.data.data_path, cfg.data.split_weights(), seq, cfg.data.seed)
-    resume = resume_point(cfg)  # trainer.start decides where the run starts
-    model, source = build_model(cfg, resume)
+    resume = start.resume_point(cfg, log)  # trainer.start decides where the run starts
+    model, source = start.build_model(cfg, resume, log)
     mcfg = model.cfg
     start.check_model_fits(cfg, mcfg, log)
     check_token_ids(cfg.data.data_path, mcfg.vocab_size)

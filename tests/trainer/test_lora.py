@@ -101,8 +101,8 @@ import json, sys, torch
 from trainer.checkpoint import load_hf
 from trainer.config import load_config
 from trainer.data import MicroBatches, build_splits
-from trainer.engine import init_distributed, parallelize
-from trainer.train import build_model, lm_loss
+from trainer.engine import init_distributed, lm_loss, parallelize
+from trainer.start import build_model
 
 cfg = load_config([sys.argv[1]])
 model, _ = build_model(cfg, None)
