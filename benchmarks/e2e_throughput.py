@@ -26,7 +26,7 @@ With ZeRO-3 our model is built inside `deepspeed.zero.Init`, so no rank ever hol
 
 Pythia-1.4B shape by default (hidden 2048, 24 layers, 16 heads, rotary 0.25, parallel residual,
 vocab 50304); `--preset neox-20b` is GPT-NeoX-20B's (hidden 6144, 44 layers, 64 heads, vocab 50432). Our side goes through the trainer's own path: the NeoX config -> `trainer.engine.parallelize`
-(DeepSpeed config, parameter groups, LR schedule) and `trainer.train.lm_loss`; the baseline gets the
+(DeepSpeed config, parameter groups, LR schedule) and `trainer.engine.lm_loss`; the baseline gets the
 same DeepSpeed config and parameter groups, SDPA attention, and its own `labels=` loss.
 One engine per process; the micro-batch sizes run one after another on it (gradient accumulation 1,
 so every step is an optimizer step). Each size: `--warmup` steps, then `--steps` timed steps between
@@ -141,9 +141,8 @@ def build_ours(args, cfg):
     import deepspeed
     import torch.distributed as dist
 
-    from trainer.engine import ds_config, parallelize
+    from trainer.engine import ds_config, lm_loss, parallelize
     from trainer.model import GPTNeoX
-    from trainer.train import lm_loss
 
     # ZeRO-3 partitions each layer's weights as it is built, so a model larger than one GPU still builds.
     sharded = (
@@ -214,6 +213,11 @@ def build_hf(args, cfg):
             return engine(input_ids=x, labels=x).loss  # HF shifts the labels itself
 
     return engine, loss, None
+
+
+def hf_summary(model) -> str:
+    """What attention HF really runs: the config's `attn_implementation` is only a request."""
+    return f"HF attention {model.config._attn_implementation!r}, layers compiled"
 
 
 def wire_liger(model) -> None:
@@ -374,7 +378,10 @@ def main(argv=None) -> int:
         "GPT-NeoX-20B's full state is about 290 GB",
     )
     p.add_argument(
-        "--profile", type=Path, help="after timing, profile 2 steps of the last size; top ops here"
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="after timing, profile 2 steps of the last size: DIR/IMPL-mbN.txt",
     )
     p.add_argument("--peak", type=float, default=989.0, help="dense bf16 TFLOP/s of the device")
     p.add_argument("--out", type=Path)
@@ -428,7 +435,7 @@ def main(argv=None) -> int:
     )
     say(
         f"e2e: {label}: {n_params / 1e6:,.1f}M parameters, ZeRO-{args.zero} over {world} GPU(s), built in "
-        f"{time.perf_counter() - t0:.1f}s; {loader.summary() if ours else 'HF SDPA attention, layers compiled'}"
+        f"{time.perf_counter() - t0:.1f}s; {loader.summary() if ours else hf_summary(engine.module)}"
     )
     gen = torch.Generator(device=DEV).manual_seed(0)
     engine.train()
@@ -504,13 +511,21 @@ def main(argv=None) -> int:
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
+        sync()
+        t_prof = time.perf_counter()
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for i in range(2):
                 step(batches[i])
             sync()
-        table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25)
-        args.profile.write_text(table)
-        print("\n".join(table.splitlines()[:20]), flush=True)
+        wall_ms = (time.perf_counter() - t_prof) * 1e3
+        events = prof.key_averages()
+        busy_ms = sum(e.self_device_time_total for e in events) / 1e3  # kernels' time, microseconds -> ms
+        # one file per implementation, so several --impl values profile side by side
+        args.profile.mkdir(parents=True, exist_ok=True)
+        path = args.profile / f"{label}-mb{mb}.txt"
+        head = f"{label} mb {mb}: 2 steps, {wall_ms:.0f} ms wall, {busy_ms:.0f} ms of kernels ({100 * busy_ms / wall_ms:.0f}% busy)"
+        path.write_text(head + "\n" + events.table(sort_by="self_cuda_time_total", row_limit=45))
+        say("e2e profile: " + head)
     if world > 1:
         # no rank leaves while another still talks to it; memory first, since NCCL needs some for the barrier
         del engine, loss_fn
