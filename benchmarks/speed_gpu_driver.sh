@@ -50,8 +50,8 @@ if [ -n "${TESTS:-}" ]; then
   tar czf "$OUT/gpu-tests-logs.tgz" -C /tmp/gpu-tests --exclude='*.pt' --exclude='*.safetensors' . 2>/dev/null
 fi
 
-# BENCH, then BENCH2 (another shape, say): each one command, its implementations side by side
-for n in "" 2; do
+# BENCH, BENCH2, ... BENCH6 (other shapes, say): each one command, its implementations side by side
+for n in "" 2 3 4 5 6; do
   var=BENCH$n
   [ -n "${!var:-}" ] || continue
   # shellcheck disable=SC2086
