@@ -271,6 +271,37 @@ def save_checkpoint(engine, args) -> None:
             f.write(json.dumps(row) + "\n")
 
 
+def kernel_times(prof) -> dict[str, float]:
+    """Device time (microseconds) of each GPU kernel name in a torch.profiler run: the kernels only,
+    not the CPU-side ops that launched them (those carry the same time again)."""
+    from torch.autograd import DeviceType
+
+    out: dict[str, float] = {}
+    for e in prof.events():
+        if e.device_type == DeviceType.CUDA:
+            out[e.name] = out.get(e.name, 0.0) + e.device_time_total
+    return out
+
+
+# kernel-name patterns, first match wins: where a step's device time goes, by kind
+KERNEL_KINDS = (
+    ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "matmul", "cublas")),
+    ("attention", ("flash", "fmha", "cudnn", "attention", "sdpa")),
+    ("optimizer", ("multi_tensor", "adam", "l2norm", "unscale")),
+    ("copy", ("copy", "cat", "memcpy", "transpose", "elementwise_kernel_manual_unroll")),
+    ("triton (inductor)", ("triton",)),
+)
+
+
+def kernel_kinds(kernels: dict[str, float]) -> list[tuple[str, float]]:
+    totals: dict[str, float] = {}
+    for name, t in kernels.items():
+        low = name.lower()
+        kind = next((k for k, pats in KERNEL_KINDS if any(p in low for p in pats)), "other")
+        totals[kind] = totals.get(kind, 0.0) + t
+    return sorted(totals.items(), key=lambda kv: -kv[1])
+
+
 def palm_flops_per_token(n_params: int, args) -> float:
     return 6 * n_params + 12 * args.layers * args.hidden * args.seq
 
@@ -519,13 +550,22 @@ def main(argv=None) -> int:
             sync()
         wall_ms = (time.perf_counter() - t_prof) * 1e3
         events = prof.key_averages()
-        busy_ms = sum(e.self_device_time_total for e in events) / 1e3  # kernels' time, microseconds -> ms
+        kernels = kernel_times(prof)
+        busy_ms = sum(kernels.values()) / 1e3  # microseconds -> ms
         # one file per implementation, so several --impl values profile side by side
         args.profile.mkdir(parents=True, exist_ok=True)
-        path = args.profile / f"{label}-mb{mb}.txt"
+        path = args.profile / f"{label.replace('+', '_')}-mb{mb}.txt"  # a name the device tool returns
         head = f"{label} mb {mb}: 2 steps, {wall_ms:.0f} ms wall, {busy_ms:.0f} ms of kernels ({100 * busy_ms / wall_ms:.0f}% busy)"
-        path.write_text(head + "\n" + events.table(sort_by="self_cuda_time_total", row_limit=45))
-        say("e2e profile: " + head)
+        by_kind = kernel_kinds(kernels)
+        kinds = ", ".join(f"{k} {t / 1e3:.0f} ms ({100 * t / 1e3 / max(busy_ms, 1e-9):.0f}%)" for k, t in by_kind)
+        top = sorted(kernels.items(), key=lambda kv: -kv[1])[:40]
+        path.write_text(
+            f"{head}\nby kind: {kinds}\n\ntop kernels (ms, name):\n"
+            + "\n".join(f"{t / 1e3:9.2f}  {name[:160]}" for name, t in top)
+            + "\n\n"
+            + events.table(sort_by="self_cuda_time_total", row_limit=45)
+        )
+        say(f"e2e profile: {head}; by kind: {kinds}")
     if world > 1:
         # no rank leaves while another still talks to it; memory first, since NCCL needs some for the barrier
         del engine, loss_fn
