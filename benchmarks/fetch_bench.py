@@ -1,17 +1,23 @@
-"""Fetcher benchmark: one large file plus small ones on loopback behind nginx limited to 20 MB/s per
-connection; the fetcher vs `aria2c -x16 -s16` (alternating, repeated, medians) vs `wget -r` (one stream),
-then the fetcher killed (SIGKILL) at 50% and resumed, counting every byte nginx sent.
+"""Fetcher benchmark: one large file plus small ones on loopback from nginx, 20 MB/s per connection;
+the fetcher vs `aria2c -x16 -s16` (alternating, repeated, medians) vs `wget -r` (one stream), then the
+fetcher killed (SIGKILL) at 50% and resumed, counting every byte nginx sent.
 
     python benchmarks/fetch_bench.py --layout many-files   # 1536 MB + 200 x 2.5 MB (the first benchmark)
     python benchmarks/fetch_bench.py --layout one-large    # 1200 MB + 20 x 2 MB
     python benchmarks/fetch_bench.py --large-mb 1536 --small 200 --small-mb 2.5 [--skip-wget] [--skip-resume]
 
+The throttle (--throttle): `pacing` (default) has the kernel pace each of nginx's TCP connections at the
+rate (SO_MAX_PACING_RATE, benchmarks/fetch_throttle.py), the same for every request on it; `nginx` is
+nginx's `limit_rate`, which lets the last sendfile burst (up to 2 MiB) of every request through free, so
+a tool making more, smaller requests passes the cap (kept to compare with the earlier results). Before
+the runs one new connection fetches 2 MB, 4 MiB and 40 MB and the rates are printed: the check that
+the throttle holds and how much a new request gets free.
+
 Both tools get the same connections; the fetcher crawls the autoindex listing, aria2c is given the URL list
 (it cannot crawl). The fetcher verifies (sha256 of every file, fsync before rename); aria2c does neither.
-The share of the connection cap is total bytes / seconds / (connections x 20 MB/s). nginx's limit_rate
-lets each request run one second's worth ahead of the rate, so a tool making more requests can pass 100%.
-Needs nginx, wget and aria2c (Debian packages nginx-light or nginx, wget, aria2). Prints a markdown
-table and writes JSON to --out."""
+The share of the connection cap is total bytes / seconds / (connections x 20 MB/s).
+Needs nginx, wget, aria2c and (for pacing) a C compiler (Debian packages nginx-light or nginx, wget,
+aria2, gcc). Prints a markdown table and writes JSON to --out."""
 
 from __future__ import annotations
 
@@ -29,10 +35,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from a checkout
+from benchmarks.fetch_throttle import build_shim, preloaded, probe  # noqa: E402
 from tests.support.servers import Nginx  # noqa: E402
 
-RATE = "19532k"  # nginx k = 1024 bytes: 20.0 MB/s per connection
-RATE_BYTES = 19532 * 1024
+NGINX_RATE = "19532k"  # nginx k = 1024 bytes: 20.0 MB/s per connection
+RATE_BYTES = {"pacing": 20_000_000, "nginx": 19532 * 1024}
+PROBES = (2_000_000, 4 << 20, 40_000_000)  # one new connection each: what a request gets free
 LAYOUTS = {"many-files": (1536, 200, 2.5), "one-large": (1200, 20, 2.0)}
 
 
@@ -64,12 +72,12 @@ def digest_tree(root: Path) -> dict[str, str]:
 
 
 def timed(nginx: Nginx, cmd: list[str], **kw) -> tuple[float, int]:
-    before = nginx.bytes_sent("/slow/")
+    before = nginx.bytes_sent()
     t = time.monotonic()
     subprocess.run(cmd, check=True, **kw)
     secs = time.monotonic() - t
     time.sleep(0.2)  # let nginx write its access log
-    return secs, nginx.bytes_sent("/slow/") - before
+    return secs, nginx.bytes_sent() - before
 
 
 def staged(dest: Path, sizes: dict[str, int]) -> int:
@@ -95,10 +103,12 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/fetch_results.json")
     ap.add_argument("--skip-wget", action="store_true")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--throttle", choices=("pacing", "nginx"), default="pacing")
     args = ap.parse_args()
     if args.layout:
         args.large_mb, args.small, args.small_mb = LAYOUTS[args.layout]
-    cap = args.connections * RATE_BYTES
+    rate = RATE_BYTES[args.throttle]
+    cap = args.connections * rate
 
     work = Path(tempfile.mkdtemp(prefix="fetch-bench-", dir=args.workdir))
     nginx = None
@@ -108,8 +118,22 @@ def main() -> None:
         total = sum(sizes.values())
         want = digest_tree(data)
         os.sync()  # the data's own writeback must not land on the first timed run
-        nginx = Nginx(data, work / "nginx", rate=RATE).start()
-        base = f"{nginx.url}/slow/"
+        if args.throttle == "pacing":  # nginx's sockets paced by the kernel; served from / (no limit_rate)
+            with preloaded(build_shim(work), rate):
+                nginx = Nginx(data, work / "nginx", rate=NGINX_RATE).start()
+            base = f"{nginx.url}/"
+        else:
+            nginx = Nginx(data, work / "nginx", rate=NGINX_RATE).start()
+            base = f"{nginx.url}/slow/"
+        large = f"{base}{next(iter(sizes))}"
+        probes = {n: round(n / probe(large, n) / 1e6, 1) for n in PROBES}
+        print(
+            f"throttle {args.throttle}: one new connection fetching "
+            + ", ".join(f"{n / 1e6:.1f} MB at {r} MB/s" for n, r in probes.items())
+            + f" (rate {rate / 1e6:.1f} MB/s)",
+            flush=True,
+        )
+        loads = [os.getloadavg()[0]]
         rows: dict[str, list[tuple[float, int]]] = {}
 
         def med_rate(v: list[tuple[float, int]]) -> float:
@@ -153,6 +177,7 @@ def main() -> None:
                 secs, sent = timed(nginx, cmd(dest), stdout=subprocess.DEVNULL)
                 check(dest, name)
                 rows.setdefault(name, []).append((secs, sent))
+                loads.append(os.getloadavg()[0])
 
         if not args.skip_wget:
             dest = work / "wget"
@@ -181,7 +206,10 @@ def main() -> None:
             "layout": args.layout,
             "total_bytes": total,
             "files": len(sizes),
-            "rate_per_connection": "20 MB/s",
+            "throttle": args.throttle,
+            "rate_per_connection_bytes": rate,
+            "probe_MB_per_s": {str(n): r for n, r in probes.items()},
+            "load_1min_before_and_after_each_run": loads,
             "connections": args.connections,
             "runs": {
                 k: {
@@ -197,8 +225,9 @@ def main() -> None:
             result["resume"] = resume(nginx, base, work, sizes, total, args.connections, check)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
         print(
-            f"{result['date']}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
-            f"{len(sizes)} files, {total / 1e6:.0f} MB; cap {args.connections} x 20 MB/s = {cap / 1e6:.0f} MB/s"
+            f"{result['date']}, {os.cpu_count()} CPUs, 1-min load {min(loads):.1f}-{max(loads):.1f}; "
+            f"{len(sizes)} files, {total / 1e6:.0f} MB; throttle {args.throttle}, cap {args.connections} x "
+            f"{rate / 1e6:.1f} MB/s = {cap / 1e6:.0f} MB/s"
         )
         print(
             "| tool | seconds (each run) | median MB/s | share of cap | max bytes sent by nginx |\n"
@@ -229,7 +258,7 @@ def resume(
 ) -> dict:
     """SIGKILL at 50%, then re-run; nginx counts every byte it sent for both runs."""
     dest = work / "resume"
-    before = nginx.bytes_sent("/slow/")
+    before = nginx.bytes_sent()
     t = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "jobs.fetch", base, str(dest), "--connections", str(connections)],
@@ -246,7 +275,7 @@ def resume(
     )
     resume_secs = time.monotonic() - t
     time.sleep(0.2)
-    resume_sent = nginx.bytes_sent("/slow/") - before
+    resume_sent = nginx.bytes_sent() - before
     run2 = json.loads((dest / "fetch-stats.json").read_text())
     check(dest, "resume")
 
