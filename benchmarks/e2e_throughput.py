@@ -190,6 +190,12 @@ def build_hf(args, cfg):
         from trainer.engine import apply_fp8
 
         apply_fp8(model.gpt_neox.layers, args.fp8_recipe)
+    # HF's layers differ in guarded attributes (their layer_idx), so dynamo compiles one graph per layer;
+    # past its recompile limit (8) the rest would silently run eager, as they did in the 24-layer rows
+    # measured before 2026-12-02
+    from torch._dynamo import config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, args.layers + 1)
     for layer in model.gpt_neox.layers:
         if DEV == "cuda":  # a CPU smoke test skips inductor's C++ build
             layer.compile()
@@ -557,7 +563,9 @@ def main(argv=None) -> int:
         path = args.profile / f"{label.replace('+', '_')}-mb{mb}.txt"  # a name the device tool returns
         head = f"{label} mb {mb}: 2 steps, {wall_ms:.0f} ms wall, {busy_ms:.0f} ms of kernels ({100 * busy_ms / wall_ms:.0f}% busy)"
         by_kind = kernel_kinds(kernels)
-        kinds = ", ".join(f"{k} {t / 1e3:.0f} ms ({100 * t / 1e3 / max(busy_ms, 1e-9):.0f}%)" for k, t in by_kind)
+        kinds = ", ".join(
+            f"{k} {t / 1e3:.0f} ms ({100 * t / 1e3 / max(busy_ms, 1e-9):.0f}%)" for k, t in by_kind
+        )
         top = sorted(kernels.items(), key=lambda kv: -kv[1])[:40]
         path.write_text(
             f"{head}\nby kind: {kinds}\n\ntop kernels (ms, name):\n"
