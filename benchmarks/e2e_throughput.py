@@ -284,7 +284,8 @@ def kernel_times(prof) -> dict[str, float]:
 
     out: dict[str, float] = {}
     for e in prof.events():
-        if e.device_type == DeviceType.CUDA:
+        # a GPU-side user annotation (Optimizer.step#...) spans kernels that are counted on their own
+        if e.device_type == DeviceType.CUDA and not e.is_user_annotation:
             out[e.name] = out.get(e.name, 0.0) + e.device_time_total
     return out
 
