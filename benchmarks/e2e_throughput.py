@@ -190,12 +190,15 @@ def build_hf(args, cfg):
         from trainer.engine import apply_fp8
 
         apply_fp8(model.gpt_neox.layers, args.fp8_recipe)
-    # HF's layers differ in guarded attributes (their layer_idx), so dynamo compiles one graph per layer;
+    # HF's layers differ in guarded attributes (their layer_idx), so dynamo compiles one graph per layer (and
+    # per micro-batch size until it marks the batch dimension dynamic);
     # past its recompile limit (8) the rest would silently run eager, as they did in the 24-layer rows
     # measured before 2026-12-02
     from torch._dynamo import config as dynamo_config
 
-    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, args.layers + 1)
+    dynamo_config.recompile_limit = max(
+        dynamo_config.recompile_limit, (args.layers + 1) * (len(args.micro_batches) + 1)
+    )
     for layer in model.gpt_neox.layers:
         if DEV == "cuda":  # a CPU smoke test skips inductor's C++ build
             layer.compile()
