@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -71,13 +72,38 @@ def digest_tree(root: Path) -> dict[str, str]:
     return out
 
 
-def timed(nginx: Nginx, cmd: list[str], **kw) -> tuple[float, int]:
+def sending(port: int) -> int:
+    """nginx's connections with bytes queued to send right now (/proc/net/tcp: local port, ESTABLISHED,
+    tx_queue > 0): the connections a tool really keeps busy, whatever it was told."""
+    n = 0
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1].endswith(f":{port:04X}") and fields[3] == "01" and int(fields[4].split(":")[0], 16):
+                n += 1
+    return n
+
+
+def timed(nginx: Nginx, cmd: list[str], **kw) -> tuple[float, int, int]:
+    """Seconds, bytes nginx sent, and the most connections sending at once (sampled every 50 ms)."""
     before = nginx.bytes_sent()
+    most, stop = [0], threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.05):
+            most[0] = max(most[0], sending(nginx.port))
+
+    sampler = threading.Thread(target=sample, daemon=True)
     t = time.monotonic()
-    subprocess.run(cmd, check=True, **kw)
-    secs = time.monotonic() - t
+    sampler.start()
+    try:
+        subprocess.run(cmd, check=True, **kw)
+    finally:
+        secs = time.monotonic() - t
+        stop.set()
+        sampler.join()
     time.sleep(0.2)  # let nginx write its access log
-    return secs, nginx.bytes_sent() - before
+    return secs, nginx.bytes_sent() - before, most[0]
 
 
 def staged(dest: Path, sizes: dict[str, int]) -> int:
@@ -104,6 +130,14 @@ def main() -> None:
     ap.add_argument("--skip-wget", action="store_true")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--throttle", choices=("pacing", "nginx"), default="pacing")
+    ap.add_argument(
+        "--also-connections",
+        type=int,
+        action="append",
+        default=[],
+        metavar="N",
+        help="also time the fetcher with N connections (repeatable)",
+    )
     args = ap.parse_args()
     if args.layout:
         args.large_mb, args.small, args.small_mb = LAYOUTS[args.layout]
@@ -134,10 +168,10 @@ def main() -> None:
             flush=True,
         )
         loads = [os.getloadavg()[0]]
-        rows: dict[str, list[tuple[float, int]]] = {}
+        rows: dict[str, list[tuple[float, int, int]]] = {}
 
-        def med_rate(v: list[tuple[float, int]]) -> float:
-            return round(total / statistics.median(s for s, _ in v) / 1e6, 1)
+        def med_rate(v: list[tuple[float, int, int]]) -> float:
+            return round(total / statistics.median(s for s, _, _ in v) / 1e6, 1)
 
         def check(dest: Path, name: str) -> None:
             got = digest_tree(dest)
@@ -147,18 +181,15 @@ def main() -> None:
         # the fetcher and aria2c, alternating, `--repeat` times each (the machine is shared: medians)
         urls = work / "urls.txt"
         urls.write_text("".join(f"{base}{rel}\n  out={rel}\n" for rel in sizes))
+
+        def fetcher(n: int):
+            return lambda d: [sys.executable, "-m", "jobs.fetch", base, str(d), "--connections", str(n)]
+
+        aria2c_name = f"aria2c -x{args.connections} -s{args.connections} (URL list given)"
         tools = {
-            f"jobs.fetch --connections {args.connections}": lambda d: [
-                sys.executable,
-                "-m",
-                "jobs.fetch",
-                base,
-                str(d),
-                "--connections",
-                str(args.connections),
-            ],
+            f"jobs.fetch --connections {args.connections}": fetcher(args.connections),
             # aria2c is given the URL list: it cannot crawl a listing
-            f"aria2c -x{args.connections} -s{args.connections} (URL list given)": lambda d: [
+            aria2c_name: lambda d: [
                 "aria2c",
                 f"-x{args.connections}",
                 f"-s{args.connections}",
@@ -171,17 +202,19 @@ def main() -> None:
                 "--auto-file-renaming=false",
             ],
         }
+        for n in args.also_connections:  # e.g. as many as aria2c really opens (it adds -j's other downloads)
+            tools[f"jobs.fetch --connections {n}"] = fetcher(n)
         for r in range(args.repeat):
             for name, cmd in list(tools.items())[:: 1 if r % 2 == 0 else -1]:  # who goes first alternates
                 dest = work / "out"
-                secs, sent = timed(nginx, cmd(dest), stdout=subprocess.DEVNULL)
+                run = timed(nginx, cmd(dest), stdout=subprocess.DEVNULL)
                 check(dest, name)
-                rows.setdefault(name, []).append((secs, sent))
+                rows.setdefault(name, []).append(run)
                 loads.append(os.getloadavg()[0])
 
         if not args.skip_wget:
             dest = work / "wget"
-            secs, sent = timed(
+            run = timed(
                 nginx,
                 [
                     "wget",
@@ -198,7 +231,7 @@ def main() -> None:
                 ],
             )
             check(dest, "wget")
-            rows["wget -r -np (one stream)"] = [(secs, sent)]
+            rows["wget -r -np (one stream)"] = [run]
 
         result = {
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -206,6 +239,7 @@ def main() -> None:
             "layout": args.layout,
             "total_bytes": total,
             "files": len(sizes),
+            "workdir": str(work.parent),  # the data and every output: a disk, or tmpfs (/dev/shm)
             "throttle": args.throttle,
             "rate_per_connection_bytes": rate,
             "probe_MB_per_s": {str(n): r for n, r in probes.items()},
@@ -213,10 +247,11 @@ def main() -> None:
             "connections": args.connections,
             "runs": {
                 k: {
-                    "seconds": [round(s, 2) for s, _ in v],
+                    "seconds": [round(s, 2) for s, _, _ in v],
                     "median_MB_per_s": med_rate(v),
-                    "share_of_cap": round(total / statistics.median(s for s, _ in v) / cap, 3),
-                    "bytes_sent_by_nginx": [b for _, b in v],
+                    "share_of_cap": round(total / statistics.median(s for s, _, _ in v) / cap, 3),
+                    "bytes_sent_by_nginx": [b for _, b, _ in v],
+                    "most_connections_sending": [c for _, _, c in v],
                 }
                 for k, v in rows.items()
             },
@@ -230,17 +265,20 @@ def main() -> None:
             f"{rate / 1e6:.1f} MB/s = {cap / 1e6:.0f} MB/s"
         )
         print(
-            "| tool | seconds (each run) | median MB/s | share of cap | max bytes sent by nginx |\n"
-            "|---|---|---|---|---|"
+            "| tool | seconds (each run) | median MB/s | share of cap | most connections sending at once "
+            "| max bytes sent by nginx |\n|---|---|---|---|---|---|"
         )
         for k, v in rows.items():
             r = result["runs"][k]
             print(
-                f"| {k} | {', '.join(f'{s:.2f}' for s, _ in v)} | {r['median_MB_per_s']} | "
-                f"{r['share_of_cap']:.0%} | {max(b for _, b in v)} |"
+                f"| {k} | {', '.join(f'{s:.2f}' for s, _, _ in v)} | {r['median_MB_per_s']} | "
+                f"{r['share_of_cap']:.0%} | {max(c for _, _, c in v)} | {max(b for _, b, _ in v)} |"
             )
-        fetcher, aria2c = (statistics.median(s for s, _ in rows[k]) for k in list(tools))
-        print(f"fetcher throughput / aria2c's (median seconds): {aria2c / fetcher:.2f}x")
+        aria2c = statistics.median(s for s, _, _ in rows[aria2c_name])
+        for k in tools:
+            if k != aria2c_name:
+                mine = statistics.median(s for s, _, _ in rows[k])
+                print(f"{k}: throughput / aria2c's (median seconds): {aria2c / mine:.2f}x")
         if "resume" in result:
             r = result["resume"]
             print(
