@@ -159,6 +159,9 @@ class OptimizerArgs(_Section):
     optimizer: dict = field(default_factory=lambda: {"type": "Adam", "params": {"lr": 1e-4}})
     weight_decay: float = 0.01
     gradient_clipping: float = 1.0
+    fused_optimizer_step: bool = (
+        False  # ours: trainer.optim's AdamW on fp32 masters instead of DeepSpeed's ZeRO-1 step
+    )
 
     def __post_init__(self) -> None:
         kind = str(self.optimizer.get("type", "")).lower()
@@ -458,10 +461,24 @@ class NeoXConfig:
             )
         if self.schedule.lr_decay_iters is None:
             self.schedule.lr_decay_iters = self.train.train_iters
+        if self.optimizer.fused_optimizer_step:
+            self._check_fused_optimizer_step()
         if self.lora is not None:
             from trainer.lora import check_run
 
             check_run(self)
+
+    def _check_fused_optimizer_step(self) -> None:
+        """trainer.optim's step replaces DeepSpeed's bf16 ZeRO step; refuse what it does not do."""
+        why = None
+        if not self.precision.bf16_enabled:
+            why = f"it trains bf16 weights, and this config is {self.precision.name}"
+        elif self.zero_stage >= 2:
+            why = f"it keeps the whole optimizer state on every rank; ZeRO stage {self.zero_stage} shards it"
+        elif self.lora is not None:
+            why = "a LoRA run's adapters are few and already fp32"
+        if why:
+            raise JobError(f"config key 'fused-optimizer-step': {why}")
 
     @property
     def zero_stage(self) -> int:

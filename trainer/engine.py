@@ -17,7 +17,8 @@ Speed settings, applied to the model before DeepSpeed sees it (`apply_speedups`)
 the blocks' linear layers: their matmuls in fp8 with dynamic scales, the weights, gradients, optimizer
 and checkpoints as without it), `compile-blocks` (torch.compile of each block; always on with fp8,
 whose casts are only fast once inductor fuses them) and `checkpoint-activations` (each block recomputed
-in backward, `apply_activation_checkpointing`).
+in backward, `apply_activation_checkpointing`). `fused-optimizer-step` replaces DeepSpeed's bf16 ZeRO-1
+step with trainer.optim's (one rank or ZeRO-0: it keeps the whole optimizer state).
 """
 
 from __future__ import annotations
@@ -96,6 +97,40 @@ def ds_config(cfg: NeoXConfig, world_size: int) -> dict:
     elif p.bf16_enabled:
         out["bf16"] = {"enabled": True}
     return out
+
+
+def fused_step_config(config: dict) -> dict:
+    """The DeepSpeed config for trainer.optim's step: no optimizer, mixed precision, clipping or ZeRO of
+    DeepSpeed's own (the optimizer does them), so DeepSpeed calls it as it is."""
+    out = {k: v for k, v in config.items() if k not in ("optimizer", "bf16")}
+    out["gradient_clipping"] = 0.0
+    out["zero_optimization"] = {**config.get("zero_optimization", {}), "stage": 0}
+    return out
+
+
+def fused_step_optimizer(cfg: NeoXConfig, world_size: int):
+    """A callable DeepSpeed builds trainer.optim's optimizer with once the model is on its device."""
+    from jobs.cli import JobError
+    from trainer.optim import MasterWeightAdamW
+
+    if cfg.zero_stage == 1 and world_size > 1:
+        raise JobError(
+            f"config key 'fused-optimizer-step': it keeps the whole optimizer state on every rank, and ZeRO "
+            f"stage 1 over {world_size} ranks would shard it; use it on one GPU or with stage 0"
+        )
+    params = cfg.optimizer.optimizer.get("params", {})
+
+    def build(groups):
+        return MasterWeightAdamW(
+            groups,
+            lr=cfg.optimizer.lr,
+            betas=tuple(params.get("betas", (0.9, 0.999))),
+            eps=float(params.get("eps", 1e-8)),
+            weight_decay=cfg.optimizer.weight_decay,
+            max_grad_norm=cfg.optimizer.gradient_clipping,
+        )
+
+    return build
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -208,6 +243,10 @@ def parallelize(model: torch.nn.Module, cfg: NeoXConfig, fp8_recipe: str = FP8_R
     import torch.distributed as dist
 
     done = apply_speedups(model, cfg, fp8_recipe)
+    if cfg.optimizer.fused_optimizer_step:
+        done.append(
+            "optimizer step trainer.optim.MasterWeightAdamW (DeepSpeed without ZeRO or bf16 of its own)"
+        )
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"trainer.engine: {', '.join(done) or 'no speed settings'}", flush=True)
 
@@ -219,9 +258,16 @@ def parallelize(model: torch.nn.Module, cfg: NeoXConfig, fp8_recipe: str = FP8_R
     def schedule(optimizer):
         return LRSchedule(optimizer, cfg.optimizer.lr, s.min_lr, s.warmup, s.lr_decay_iters, s.lr_decay_style)
 
+    optimizer = None
+    if cfg.optimizer.fused_optimizer_step:
+        optimizer = fused_step_optimizer(cfg, dist.get_world_size())
+        config = fused_step_config(config)
+        for p in model.parameters():  # what DeepSpeed's bf16 mode would do: parameters only, not buffers
+            p.data = p.data.to(torch.bfloat16)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=param_groups(model, cfg.optimizer.weight_decay),
+        optimizer=optimizer,
         config=config,
         lr_scheduler=schedule,
     )

@@ -3,7 +3,7 @@
 DIR is a `save` folder of trainer.train (`latest` + TAG/), a tag folder itself, or a Determined
 checkpoint directory holding one (NeoXTrial saves a DeepSpeed checkpoint into it). Weights come
 from the fp32 master copy for ZeRO stages 1-3 (DeepSpeed's zero_to_fp32) and from the module state
-at stage 0. The output loads with `transformers.GPTNeoXForCausalLM.from_pretrained`.
+at stage 0 (bf16 for a `fused-optimizer-step` run, whose fp32 masters stay in its optimizer state). The output loads with `transformers.GPTNeoXForCausalLM.from_pretrained`.
 
 Only complete checkpoints are exported (trainer.checkpoint: `complete.json`, or a folder written before
 markers existed); for a `save` folder that is the one `latest` names if complete, else the newest
