@@ -8,7 +8,8 @@ with the same config (ZeRO-1 by default, bf16, FusedAdam, clipping), random weig
     torchrun --nproc-per-node 4 benchmarks/e2e_throughput.py --impl ours --preset neox-20b --zero 3 ...
 
 Implementations: `ours` is the trainer (its NeoX config keys `fused-output-loss`, `compile-blocks` from
---no-fused-loss / --compile, `fp8` from the `+fp8` suffix); `hf` is the strong baseline of
+--no-fused-loss / --compile, `fp8` from the `+fp8` suffix, `fused-optimizer-step` from `+fused-step`:
+trainer.optim's step instead of DeepSpeed's bf16 ZeRO-1 step, on one GPU); `hf` is the strong baseline of
 ../shared/FORMATS.md section 6: Hugging Face GPTNeoXForCausalLM with SDPA attention, every GPTNeoXLayer
 compiled (`layer.compile()`), its own `labels=` loss; `hf-liger` is the same with Liger-Kernel wired in by
 hand (LigerLayerNorm for its three kinds of LayerNorm, LigerFusedLinearCrossEntropyLoss on the final
@@ -93,6 +94,7 @@ def neox_config(args):
             "fp8": args.fp8,
             "fused-output-loss": args.fused_loss,
             "compile-blocks": args.compile,
+            "fused-optimizer-step": args.fused_step,
         }
     )
 
@@ -317,7 +319,7 @@ def palm_flops_per_token(n_params: int, args) -> float:
 
 
 BASES = ("ours", "hf", "hf-liger")
-OPTIONS = ("fp8", "rowwise", "compile", "unfused-loss")  # +rowwise means +fp8 with the rowwise recipe
+OPTIONS = ("fp8", "rowwise", "compile", "unfused-loss", "fused-step")  # +rowwise: +fp8, rowwise recipe
 
 
 def impl_spec(text: str) -> str:
@@ -436,6 +438,9 @@ def main(argv=None) -> int:
         args.fp8_recipe = "rowwise"
     args.compile = args.compile or "compile" in opts
     args.fused_loss = args.fused_loss and "unfused-loss" not in opts
+    args.fused_step = "fused-step" in opts
+    if args.fused_step and args.impl_base != "ours":
+        p.error(f"{args.impl}: +fused-step is a setting of ours (the baselines keep DeepSpeed's ZeRO-1 step)")
     for name, value in zip(("hidden", "layers", "heads", "vocab"), PRESETS[args.preset], strict=True):
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -472,6 +477,7 @@ def main(argv=None) -> int:
         + [f"fp8-{args.fp8_recipe}"] * args.fp8
         + ["compile"] * (ours and args.compile)
         + ["unfused-loss"] * (ours and not args.fused_loss)
+        + ["fused-step"] * args.fused_step
         + ["ckpt"] * args.checkpoint_activations
     )
     say(
@@ -533,6 +539,7 @@ def main(argv=None) -> int:
             "loss": loss.item(),
             "fp8": args.fp8_recipe if args.fp8 else None,
             "fused_loss": ours and args.fused_loss,
+            "fused_step": args.fused_step,
             "compiled": args.compile or not ours or args.fp8,
             "kernels": os.environ.get("NEOX_KERNELS", "1"),
             "device": torch.cuda.get_device_name() if DEV == "cuda" else "cpu",

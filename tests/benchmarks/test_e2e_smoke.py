@@ -4,7 +4,8 @@ A stand-in for the GPU machines, which CI does not have: real DeepSpeed (its CPU
 real torchrun and the real Hugging Face baseline, on a model of 0.2M parameters. What it cannot check is
 speed or GPU memory (those numbers are zero here); what it checks is that a device call will not fail
 on the script itself: the ZeRO-3 build inside `deepspeed.zero.Init` over two ranks and the gathered
-16-bit save (issue 18's driver), ours and the baseline side by side, and one profile file each."""
+16-bit save (issue 18's driver), ours (also with trainer.optim's step) and the baseline side by side,
+and one profile file each."""
 
 import json
 import math
@@ -67,13 +68,13 @@ def test_zero3_over_two_ranks_trains_and_saves_the_gathered_weights(tmp_path):
 
 def test_ours_and_the_baseline_side_by_side_with_one_profile_each(tmp_path):
     out, prof = tmp_path / "rows.jsonl", tmp_path / "prof"
+    impls = ["ours", "ours+fused-step", "hf"]
     proc = run(
         [
             sys.executable,
             str(SCRIPT),
             "--impl",
-            "ours",
-            "hf",
+            *impls,
             *TINY,
             "--out",
             str(out),
@@ -81,8 +82,8 @@ def test_ours_and_the_baseline_side_by_side_with_one_profile_each(tmp_path):
             str(prof),
         ]
     )
-    assert [r["impl"] for r in rows(out)] == ["ours", "hf"]
+    assert [r["impl"] for r in rows(out)] == impls
     table = proc.stdout[proc.stdout.index("vs best bf16 HF") :]
     assert "ours" in table and "hf" in table and "1.00x" in table  # the baseline against itself
-    assert sorted(p.name for p in prof.iterdir()) == ["hf-mb2.txt", "ours-mb2.txt"]
+    assert sorted(p.name for p in prof.iterdir()) == ["hf-mb2.txt", "ours-mb2.txt", "ours_fused-step-mb2.txt"]
     assert "2 steps" in (prof / "ours-mb2.txt").read_text()
