@@ -110,6 +110,13 @@ class MasterWeightAdamW(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         # torch's loader casts floating-point state to each parameter's dtype, which would round the
         # fp32 masters and moments to bf16: load the groups through it, the state here in fp32
+        if not isinstance(state_dict, dict) or "state" not in state_dict:
+            from jobs.cli import JobError
+
+            raise JobError(
+                "config key 'fused-optimizer-step': the checkpoint holds no state of this optimizer (it was saved "
+                "with DeepSpeed's own step); resume it with the setting it was saved with"
+            )
         saved = state_dict["state"]
         super().load_state_dict({**state_dict, "state": {}})
         params = [p for g in self.param_groups for p in g["params"]]

@@ -196,7 +196,7 @@ def train(cfg: NeoXConfig, mirror_url: str | None = None, mirror_what: str = "--
     rank, world = dist.get_rank(), dist.get_world_size()
     engine = parallelize(model, cfg)
     log(
-        f"DeepSpeed: ZeRO stage {cfg.zero_stage}, {cfg.precision.name}, {world} data-parallel ranks, "
+        f"DeepSpeed: ZeRO stage {engine.zero_optimization_stage()}, {cfg.precision.name}, {world} data-parallel ranks, "
         f"device {engine.device}, optimizer {type(engine.basic_optimizer).__name__}"
     )
     from trainer.kernels import loader as kernel_loader

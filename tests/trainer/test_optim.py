@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from jobs.cli import JobError
-from tests.support.trainer import env, losses, run, trainer_cmd, write_config
+from tests.support.trainer import complete_steps, env, losses, run, trainer_cmd, write_config
 from trainer import optim
 from trainer.config import load_config
 from trainer.optim import MasterWeightAdamW
@@ -146,3 +146,14 @@ def test_zero1_over_two_ranks_is_refused_with_one_line(corpus, tmp_path):
         "config key 'fused-optimizer-step': it keeps the whole optimizer state on every rank"
         in proc.stdout + proc.stderr
     )
+
+
+def test_resuming_a_deepspeed_step_checkpoint_with_it_is_refused_with_one_line(corpus, tmp_path):
+    save = tmp_path / "ckpt"
+    keys = {**KEYS, "train-iters": 4, "bf16": {"enabled": True}}
+    run(write_config(tmp_path / "ds.yml", corpus, save=str(save), **keys))
+    cfg = write_config(tmp_path / "fused.yml", corpus, save=str(save), **{**KEYS, **BF16})
+    proc = subprocess.run(trainer_cmd(cfg), env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert "the checkpoint holds no state of this optimizer" in proc.stdout + proc.stderr
+    assert complete_steps(save) == [4]  # nothing of the refused run written
