@@ -4,13 +4,20 @@ run in bf16 over 300 iterations, and a checkpoint saved by the fp8 run resumed b
 from __future__ import annotations
 
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
 import torch
 
-from tests.support.gpu import BF16, losses, needs_cuda, needs_deepspeed, start_trainer, write_config
+from tests.support.gpu import (
+    BF16,
+    finish_trainer,
+    losses,
+    needs_cuda,
+    needs_deepspeed,
+    start_trainer,
+    write_config,
+)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -27,15 +34,6 @@ ITERS = 300
 KEYS = {"train-iters": ITERS, "eval-interval": ITERS, "zero_optimization": {"stage": 1}, "log-interval": 1}
 
 
-def finish(d, proc, timeout=480):
-    try:
-        rc = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        rc = proc.wait()
-    return rc, (d / "console.log").read_text()
-
-
 @pytest.fixture(scope="module")
 def runs(corpus, tmp_path_factory):
     root = tmp_path_factory.mktemp("fp8-runs")
@@ -46,7 +44,7 @@ def runs(corpus, tmp_path_factory):
         d.mkdir()
         cfg = write_config(d / "run.yml", corpus, save=str(d / "ckpt"), fp8=fp8, **BF16, **KEYS)
         procs[name] = (d, start_trainer(cfg, d / "console.log"))
-    out = {name: (d, *finish(d, p)) for name, (d, p) in procs.items()}
+    out = {name: (d, *finish_trainer(p, d / "console.log")) for name, (d, p) in procs.items()}
     # the fp8 run's checkpoint, continued for 10 iterations with fp8 off
     d = root / "resume-bf16"
     d.mkdir()
@@ -58,7 +56,7 @@ def runs(corpus, tmp_path_factory):
         **BF16,
         **{**KEYS, "train-iters": ITERS + 10, "log-dir": str(d)},
     )
-    out["resume-bf16"] = (d, *finish(d, start_trainer(cfg, d / "console.log")))
+    out["resume-bf16"] = (d, *finish_trainer(start_trainer(cfg, d / "console.log"), d / "console.log"))
     return out
 
 

@@ -4,12 +4,19 @@ folded in) against the same run with DeepSpeed's bf16 ZeRO-1 step, 300 iteration
 from __future__ import annotations
 
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
 
-from tests.support.gpu import BF16, losses, needs_cuda, needs_deepspeed, start_trainer, write_config
+from tests.support.gpu import (
+    BF16,
+    finish_trainer,
+    losses,
+    needs_cuda,
+    needs_deepspeed,
+    start_trainer,
+    write_config,
+)
 
 pytestmark = [pytest.mark.gpu, needs_cuda(), needs_deepspeed()]
 
@@ -30,12 +37,7 @@ def curves(corpus, tmp_path_factory):
         procs[name] = (d, start_trainer(cfg, d / "console.log"))
     out = {}
     for name, (d, proc) in procs.items():
-        try:
-            rc = proc.wait(timeout=480)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait()
-        log = (d / "console.log").read_text()
+        rc, log = finish_trainer(proc, d / "console.log")
         assert rc == 0, log[-4000:]
         got = losses(d / "ckpt")
         out[name] = (np.array([got[i] for i in sorted(got)]), log)

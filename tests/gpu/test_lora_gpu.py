@@ -6,13 +6,21 @@ within bf16 tolerance, both fall, and the base stays frozen (the checkpoints hol
 from __future__ import annotations
 
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
 import torch
 
-from tests.support.gpu import BF16, VOCAB, losses, needs_cuda, needs_deepspeed, start_trainer, write_config
+from tests.support.gpu import (
+    BF16,
+    VOCAB,
+    finish_trainer,
+    losses,
+    needs_cuda,
+    needs_deepspeed,
+    start_trainer,
+    write_config,
+)
 
 pytestmark = [pytest.mark.gpu, needs_cuda(), needs_deepspeed()]
 
@@ -54,12 +62,7 @@ def runs(corpus, base, tmp_path_factory):
         procs[name] = (d, start_trainer(cfg, d / "console.log", **env))
     out = {}
     for name, (d, proc) in procs.items():
-        try:
-            rc = proc.wait(timeout=600)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait()
-        out[name] = (d, rc, (d / "console.log").read_text())
+        out[name] = (d, *finish_trainer(proc, d / "console.log", timeout=600))
     return out
 
 

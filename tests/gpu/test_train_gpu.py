@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ import pytest
 from tests.support.gpu import (
     BF16,
     FP16,
+    finish_trainer,
     losses,
     metrics,
     needs_cuda,
@@ -60,12 +60,8 @@ def runs(corpus, tmp_path_factory):
         return d, start_trainer(cfg, d / "console.log", **env)
 
     def finish(d, proc):
-        try:
-            rc = proc.wait(timeout=480)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait()
-        return d / "ckpt", (d / "console.log").read_text(), rc
+        rc, log = finish_trainer(proc, d / "console.log")
+        return d / "ckpt", log, rc
 
     procs = {name: start(name) for name in RUNS}
     out = {name: finish(*procs[name]) for name in RUNS}

@@ -95,6 +95,16 @@ def start_trainer(config: Path, log: Path, **env: str) -> subprocess.Popen:
     )
 
 
+def finish_trainer(proc: subprocess.Popen, log: Path, timeout: float = 480) -> tuple[int, str]:
+    """Wait for a start_trainer run (killed past `timeout` seconds); its exit code and console log."""
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rc = proc.wait()
+    return rc, log.read_text()
+
+
 def losses(log_dir: Path, kind: str = "train") -> dict[int, float]:
     lines = [json.loads(x) for x in (log_dir / "metrics.jsonl").read_text().splitlines()]
     return {m["iteration"]: m["lm_loss"] for m in lines if m["kind"] == kind}
