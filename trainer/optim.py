@@ -25,6 +25,19 @@ from torch.optim.adamw import adamw
 SLICE_ELEMENTS = 1 << 28  # gradients cast to fp32 a slice at a time: at most 1 GiB of them at once
 
 
+def _slices(params: list[torch.Tensor]):
+    """Consecutive runs of `params` of at most SLICE_ELEMENTS elements (a larger tensor goes alone)."""
+    chunk, size = [], 0
+    for p in params:
+        if chunk and size + p.numel() > SLICE_ELEMENTS:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(p)
+        size += p.numel()
+    if chunk:
+        yield chunk
+
+
 class MasterWeightAdamW(torch.optim.Optimizer):
     """AdamW (decoupled weight decay) over fp32 copies of low-precision parameters, with global-norm
     clipping at `max_grad_norm` (0 turns it off). `grad_norm` holds the last step's norm (a tensor)."""
@@ -72,14 +85,7 @@ class MasterWeightAdamW(torch.optim.Optimizer):
             return loss
         scale = self._clip_scale([p.grad for p in live])
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            start = 0
-            while start < len(params):
-                chunk, size = [], 0
-                while start < len(params) and (not chunk or size + params[start].numel() <= SLICE_ELEMENTS):
-                    chunk.append(params[start])
-                    size += params[start].numel()
-                    start += 1
+            for chunk in _slices([p for p in group["params"] if p.grad is not None]):
                 self._update(chunk, group, scale)
         return loss
 
