@@ -296,12 +296,12 @@ def kernel_times(prof) -> dict[str, float]:
 
 
 # kernel-name patterns, first match wins: where a step's device time goes, by kind
-KERNEL_KINDS = (
-    ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "matmul", "cublas")),
+KERNEL_KINDS = (  # attention and inductor first: cuDNN's names hold "sm90_", inductor's "_to_copy" or "cat"
     ("attention", ("flash", "fmha", "cudnn", "attention", "sdpa")),
+    ("triton (inductor)", ("triton",)),
+    ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "matmul", "cublas")),
     ("optimizer", ("multi_tensor", "adam", "l2norm", "unscale")),
     ("copy", ("copy", "cat", "memcpy", "transpose", "elementwise_kernel_manual_unroll")),
-    ("triton (inductor)", ("triton",)),
 )
 
 
