@@ -114,32 +114,31 @@ def test_rotary_on_strided_query_from_fused_qkv(dtype):
     assert torch.all(qkv.grad[..., d:] == 0) and qkv.grad[..., :d].abs().sum() > 0
 
 
+def layer_norm_errors(x, w, b):
+    """The fused LayerNorm against the reference, forward and all three gradients."""
+    return run_both(
+        lambda x, w, b: K.layer_norm(x, w, b, 1e-5),
+        lambda x, w, b: reference.layer_norm(x, w, b, 1e-5),
+        [x, w, b],
+        [True, True, True],
+        "LayerNorm",
+    )
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows,hidden", [(64, 2048), (16, 6144), (7, 100), (3, 8192)])
 def test_layer_norm(dtype, rows, hidden):
     x = torch.randn(rows, hidden, device="cuda", dtype=dtype) * 2 + 0.5
     w = 1 + 0.1 * torch.randn(hidden, device="cuda", dtype=dtype)
     b = 0.1 * torch.randn(hidden, device="cuda", dtype=dtype)
-    errs = run_both(
-        lambda x, w, b: K.layer_norm(x, w, b, 1e-5),
-        lambda x, w, b: reference.layer_norm(x, w, b, 1e-5),
-        [x, w, b],
-        [True, True, True],
-        "LayerNorm",
-    )
+    errs = layer_norm_errors(x, w, b)
     assert_close(errs, dtype)
 
 
 def test_layer_norm_many_rows_exercises_persistent_backward():
     x = torch.randn(20000, 256, device="cuda")
     w, b = torch.randn(256, device="cuda"), torch.randn(256, device="cuda")
-    errs = run_both(
-        lambda x, w, b: K.layer_norm(x, w, b, 1e-5),
-        lambda x, w, b: reference.layer_norm(x, w, b, 1e-5),
-        [x, w, b],
-        [True, True, True],
-        "LayerNorm",
-    )
+    errs = layer_norm_errors(x, w, b)
     assert_close(errs, torch.float32)
 
 
