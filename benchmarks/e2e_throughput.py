@@ -590,6 +590,9 @@ def main(argv=None) -> int:
         del engine, loss_fn
         torch.cuda.empty_cache()
         dist.barrier()
+    from trainer.engine import leave_distributed
+
+    leave_distributed()
     return 0
 
 

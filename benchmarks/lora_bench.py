@@ -258,6 +258,9 @@ def main() -> int:
     args.layers = args.layers or layers
     if args.child:
         print("lora_bench_result " + json.dumps(child(args)), flush=True)
+        from trainer.engine import leave_distributed
+
+        leave_distributed()
         return 0
     return parent(args, argv)
 

@@ -62,6 +62,17 @@ def init_distributed() -> None:
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu() else "gloo")
 
 
+def leave_distributed() -> None:
+    """Tear the process group down while the interpreter is still whole: Gloo's worker threads, left
+    to interpreter finalization, can abort a finished run with SIGABRT ("terminate called without an
+    active exception", pytorch/pytorch#179291). Called after a run that succeeded; a failed one just
+    exits, so a rank never waits here on peers that are gone."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def ds_config(cfg: NeoXConfig, world_size: int) -> dict:
     """The DeepSpeed config, built from the NeoX config's sections."""
     b = cfg.batch

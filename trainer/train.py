@@ -331,4 +331,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    rc = main()
+    if rc == 0:
+        from trainer.engine import leave_distributed
+
+        leave_distributed()
+    sys.exit(rc)

@@ -100,6 +100,9 @@ def main(conf_dir: str, out: str) -> None:
     fit("resumed", TOTAL, latest)
     fit("straight", TOTAL)
     Path(out).write_text(json.dumps(result, indent=1))
+    from trainer.engine import leave_distributed
+
+    leave_distributed()
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ import json, sys, torch
 from trainer.checkpoint import load_hf
 from trainer.config import load_config
 from trainer.data import MicroBatches, build_splits
-from trainer.engine import init_distributed, lm_loss, parallelize
+from trainer.engine import init_distributed, leave_distributed, lm_loss, parallelize
 from trainer.start import build_model
 
 cfg = load_config([sys.argv[1]])
@@ -132,6 +132,7 @@ print(json.dumps({
     "optimizer_dtypes": sorted({str(p.dtype) for p in masters}),
     "losses": seen,
 }))
+leave_distributed()
 """
 
 
