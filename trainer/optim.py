@@ -4,9 +4,12 @@ Why: on one H200, DeepSpeed's ZeRO-1 bf16 step is about 20% of a GPT-NeoX-20B-sh
 and 7% of a Pythia-1.4B step (BENCHMARKS.md, profiles of 2026-12-02): it flattens the bf16 gradients,
 converts them to an fp32 partition, checks them for overflow, takes their norm in fp64, scales them,
 runs FusedAdam, and copies the masters back. This step does the same maths in fewer passes: one norm
-over the bf16 gradients (fp32 accumulation), then, a slice of parameters at a time, a cast of their
-gradients to fp32, torch's fused AdamW with the clip applied through its `grad_scale` (as
-torch.amp.GradScaler does), and a cast copy of the masters into the bf16 parameters.
+over the bf16 gradients (fp32 accumulation), then one pass per parameter of the fused kernels'
+`adamw_step` (trainer/csrc/adamw.cu: bf16 gradient in, fp32 master and moments updated, bf16
+parameter written, the clip scale read on the device). Without that kernel (CPU, NEOX_KERNELS=0), a slice
+of parameters at a time: a cast of their gradients to fp32, torch's fused AdamW with the clip applied
+through its `grad_scale` (as torch.amp.GradScaler does), and a cast copy of the masters into the bf16
+parameters; the same maths in two passes more.
 
 DeepSpeed then runs without its own mixed precision (no `bf16` section, ZeRO stage 0, no clipping of
 its own) and calls this optimizer as it is; the model is cast to bf16 before. Each rank keeps the whole
@@ -21,6 +24,8 @@ from __future__ import annotations
 
 import torch
 from torch.optim.adamw import adamw
+
+from trainer import kernels
 
 SLICE_ELEMENTS = 1 << 28  # gradients cast to fp32 a slice at a time: at most 1 GiB of them at once
 
@@ -54,6 +59,7 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         self.max_grad_norm = max_grad_norm
         self.grad_norm: torch.Tensor | None = None
+        self._step: int | None = None  # the step count on the host, for the kernel's bias corrections
         for group in self.param_groups:
             for p in group["params"]:
                 self.state[p] = self._fresh_state(p)
@@ -84,10 +90,37 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         if not live:
             return loss
         scale = self._clip_scale([p.grad for p in live])
+        if self._step is None:  # once after construction or a load: where the saved count stands
+            self._step = int(self.state[live[0]]["step"].item())
+        self._step += 1
         for group in self.param_groups:
-            for chunk in _slices([p for p in group["params"] if p.grad is not None]):
+            params = [p for p in group["params"] if p.grad is not None]
+            ext = kernels.adamw_kernel(params) if params else None
+            if ext is not None:
+                self._update_in_one_pass(ext, params, group, scale)
+                continue
+            for chunk in _slices(params):
                 self._update(chunk, group, scale)
         return loss
+
+    def _update_in_one_pass(self, ext, params: list[torch.Tensor], group: dict, scale) -> None:
+        states = [self.state[p] for p in params]
+        beta1, beta2 = group["betas"]
+        ext.adamw_step(
+            params,
+            [p.grad for p in params],
+            [s["master"] for s in states],
+            [s["exp_avg"] for s in states],
+            [s["exp_avg_sq"] for s in states],
+            float(group["lr"]),
+            beta1,
+            beta2,
+            group["eps"],
+            group["weight_decay"],
+            self._step,
+            scale,
+        )
+        torch._foreach_add_([s["step"] for s in states], 1.0)  # the saved count, as torch's AdamW keeps it
 
     def _update(self, params: list[torch.Tensor], group: dict, scale: torch.Tensor | None) -> None:
         states = [self.state[p] for p in params]
@@ -125,6 +158,7 @@ class MasterWeightAdamW(torch.optim.Optimizer):
             )
         saved = state_dict["state"]
         super().load_state_dict({**state_dict, "state": {}})
+        self._step = None
         params = [p for g in self.param_groups for p in g["params"]]
         if sorted(saved) != list(range(len(params))):
             raise ValueError(

@@ -17,6 +17,10 @@ at::Tensor cross_entropy_bwd(const at::Tensor& logits, const at::Tensor& targets
 at::Tensor causal_softmax_fwd(const at::Tensor& x, double scale);
 at::Tensor causal_softmax_bwd(const at::Tensor& dy, const at::Tensor& y, double scale);
 int64_t causal_softmax_max_len(int64_t elem_size, bool vectorized);
+void adamw_step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
+                const std::vector<at::Tensor>& masters, const std::vector<at::Tensor>& exp_avgs,
+                const std::vector<at::Tensor>& exp_avg_sqs, double lr, double beta1, double beta2, double eps,
+                double weight_decay, int64_t step, const c10::optional<at::Tensor>& grad_scale);
 std::vector<int64_t> kernel_image(int64_t device);
 }  // namespace neox
 
@@ -32,5 +36,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("causal_softmax_fwd", &neox::causal_softmax_fwd);
   m.def("causal_softmax_bwd", &neox::causal_softmax_bwd);
   m.def("causal_softmax_max_len", &neox::causal_softmax_max_len);
+  m.def("adamw_step", &neox::adamw_step, "AdamW over fp32 masters of bf16 parameters, in place");
   m.def("kernel_image", &neox::kernel_image, "(sass version, ptx version, __CUDA_ARCH__ seen) on a device");
 }

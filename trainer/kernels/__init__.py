@@ -11,7 +11,16 @@ import torch
 
 from trainer.kernels import reference
 
-__all__ = ["bias_gelu", "rotary", "layer_norm", "cross_entropy", "causal_softmax", "status", "summary"]
+__all__ = [
+    "bias_gelu",
+    "rotary",
+    "layer_norm",
+    "cross_entropy",
+    "causal_softmax",
+    "adamw_kernel",
+    "status",
+    "summary",
+]
 
 
 def _fused():
@@ -69,6 +78,18 @@ def causal_softmax(x: torch.Tensor, scale: float) -> torch.Tensor:
     if f is not None and f.supports_causal_softmax(x):
         return f.CausalSoftmax.apply(x, scale)
     return reference.causal_softmax(x, scale)
+
+
+def adamw_kernel(params: list[torch.Tensor]):
+    """The extension, when its one-pass AdamW (`adamw_step`: bf16 parameters and gradients, fp32 masters and
+    moments, in place) takes these parameters; else None, and trainer.optim runs torch's fused AdamW."""
+    grads = [p.grad for p in params]
+    if any(g is None for g in grads):
+        return None
+    f = _use_fused(*params)
+    if f is not None and f.supports_adamw(params + grads):
+        return f.ext()
+    return None
 
 
 def status() -> dict:

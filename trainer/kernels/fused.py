@@ -81,6 +81,11 @@ def supports_causal_softmax(x) -> bool:
     return 0 < s <= ext().causal_softmax_max_len(x.element_size(), s % (16 // x.element_size()) == 0)
 
 
+def supports_adamw(params) -> bool:
+    """The master-weight AdamW kernel: bf16 parameters (and gradients), contiguous, on the GPU."""
+    return all(p.dtype == torch.bfloat16 and p.is_contiguous() for p in params)
+
+
 class BiasGelu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, bias):

@@ -21,7 +21,7 @@ import torch
 
 EXT_NAME = "neox_fused_kernels"
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
-SOURCES = ["bindings.cpp", "arch.cu", "bias_gelu.cu", "rotary.cu", "layer_norm.cu", "softmax.cu"]
+SOURCES = ["bindings.cpp", "arch.cu", "bias_gelu.cu", "rotary.cu", "layer_norm.cu", "softmax.cu", "adamw.cu"]
 HEADERS = ["common.h"]
 DEFAULT_PREBUILT = "/opt/neox/kernels"
 BUILD_INFO = "build-info.json"
