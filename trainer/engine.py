@@ -282,4 +282,8 @@ def parallelize(model: torch.nn.Module, cfg: NeoXConfig, fp8_recipe: str = FP8_R
         config=config,
         lr_scheduler=schedule,
     )
+    if cfg.optimizer.fused_optimizer_step and dist.get_world_size() == 1:
+        # one rank: DeepSpeed's ZeRO-0 all-reduce would flatten the gradients, divide them by 1 and copy them
+        # back, three passes over them for nothing
+        engine.enable_backward_allreduce = False
     return engine
