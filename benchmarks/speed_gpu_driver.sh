@@ -12,7 +12,10 @@ START=$(date +%s)
 DEADLINE_S=${DEADLINE_S:-570}
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 DS_ACCELERATOR=cuda
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-export NEOX_KERNELS_DIR=/tmp/neox-kernels TOKENIZERS_PARALLELISM=false
+# build outputs under the checkout's ignored build/: a warm machine keeps them between calls, so the
+# kernels (objects kept, ninja rebuilds only what changed) and FusedAdam are not compiled again
+export NEOX_KERNELS_DIR=${NEOX_KERNELS_DIR:-$PWD/build/neox-kernels} TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/build/torch-extensions}
+export TOKENIZERS_PARALLELISM=false
 
 left() { echo $((DEADLINE_S - ($(date +%s) - START))); }
 step() {  # step NAME MAX_SECONDS CMD...: CMD under a timeout of min(MAX, time left - 5)
@@ -35,7 +38,7 @@ python3 -c "import torch, deepspeed, transformers, torchao, liger_kernel, triton
 'deepspeed', deepspeed.__version__, 'transformers', transformers.__version__, 'torchao', torchao.__version__,
 'triton', triton.__version__)" 2>&1 | grep -v Warning | tail -1 | tee -a "$OUT/env.txt"
 
-step kernels-build 200 python3 -m trainer.kernels.build --out "$NEOX_KERNELS_DIR" --arch-list 9.0 --jobs 12 \
+step kernels-build 200 python3 -m trainer.kernels.build --out "$NEOX_KERNELS_DIR" --arch-list 9.0 --jobs 12 --keep-objects \
   >"$OUT/build.log" 2>&1 &
 KPID=$!
 step fused-adam-build 200 python3 -c "from deepspeed.ops.op_builder import FusedAdamBuilder; FusedAdamBuilder().load()" \
