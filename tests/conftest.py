@@ -65,3 +65,15 @@ def _remove_scratch_tags(client, before: set[str]) -> None:
                 client.images.remove(tag, noprune=False)
             except APIError:
                 pass  # still used by a container, or already gone with its image
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Tests that train in this process (LoRA's, the optimizer's) leave DeepSpeed's Gloo process group
+    up; destroy it before interpreter finalization, which can abort with SIGABRT (trainer.engine's
+    leave_distributed says why). Only where torch.distributed was imported at all."""
+    import sys
+
+    if "torch.distributed" in sys.modules:
+        from trainer.engine import leave_distributed
+
+        leave_distributed()
