@@ -3,21 +3,11 @@ run in bf16 over 300 iterations, and a checkpoint saved by the fp8 run resumed b
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 import torch
 
-from tests.support.gpu import (
-    BF16,
-    finish_trainer,
-    losses,
-    needs_cuda,
-    needs_deepspeed,
-    start_trainer,
-    write_config,
-)
+from tests.support.gpu import BF16, losses, needs_cuda, needs_deepspeed, run_trainers
 
 pytestmark = [
     pytest.mark.gpu,
@@ -37,27 +27,13 @@ KEYS = {"train-iters": ITERS, "eval-interval": ITERS, "zero_optimization": {"sta
 @pytest.fixture(scope="module")
 def runs(corpus, tmp_path_factory):
     root = tmp_path_factory.mktemp("fp8-runs")
-    procs = {}
-    for name, fp8 in (("bf16", False), ("fp8", True)):
-        d = root / name
-        shutil.rmtree(d, ignore_errors=True)
-        d.mkdir()
-        cfg = write_config(d / "run.yml", corpus, save=str(d / "ckpt"), fp8=fp8, **BF16, **KEYS)
-        procs[name] = (d, start_trainer(cfg, d / "console.log"))
-    out = {name: (d, *finish_trainer(p, d / "console.log")) for name, (d, p) in procs.items()}
-    # the fp8 run's checkpoint, continued for 10 iterations with fp8 off
-    d = root / "resume-bf16"
-    d.mkdir()
-    cfg = write_config(
-        d / "run.yml",
-        corpus,
-        save=str(root / "fp8" / "ckpt"),
-        fp8=False,
-        **BF16,
-        **{**KEYS, "train-iters": ITERS + 10, "log-dir": str(d)},
+    out = run_trainers(
+        root, corpus, {name: {"fp8": fp8, **BF16, **KEYS} for name, fp8 in (("bf16", False), ("fp8", True))}
     )
-    out["resume-bf16"] = (d, *finish_trainer(start_trainer(cfg, d / "console.log"), d / "console.log"))
-    return out
+    # the fp8 run's checkpoint, continued for 10 iterations with fp8 off
+    resume = {**BF16, **KEYS, "save": str(root / "fp8" / "ckpt"), "fp8": False, "train-iters": ITERS + 10,
+              "log-dir": str(root / "resume-bf16")}  # fmt: skip
+    return out | run_trainers(root, corpus, {"resume-bf16": resume})
 
 
 def curve(run) -> np.ndarray:

@@ -3,20 +3,10 @@ folded in) against the same run with DeepSpeed's bf16 ZeRO-1 step, 300 iteration
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 
-from tests.support.gpu import (
-    BF16,
-    finish_trainer,
-    losses,
-    needs_cuda,
-    needs_deepspeed,
-    start_trainer,
-    write_config,
-)
+from tests.support.gpu import BF16, losses, needs_cuda, needs_deepspeed, run_trainers
 
 pytestmark = [pytest.mark.gpu, needs_cuda(), needs_deepspeed()]
 
@@ -26,18 +16,12 @@ KEYS = {"train-iters": ITERS, "eval-interval": ITERS, "zero_optimization": {"sta
 
 @pytest.fixture(scope="module")
 def curves(corpus, tmp_path_factory):
-    root = tmp_path_factory.mktemp("fused-step-runs")
-    procs = {}
-    for name, fused in (("deepspeed", False), ("fused", True)):
-        d = root / name
-        shutil.rmtree(d, ignore_errors=True)
-        d.mkdir()
-        keys = {**BF16, **KEYS, "fused-optimizer-step": fused}
-        cfg = write_config(d / "run.yml", corpus, save=str(d / "ckpt"), **keys)
-        procs[name] = (d, start_trainer(cfg, d / "console.log"))
+    runs = {
+        name: {**BF16, **KEYS, "fused-optimizer-step": fused}
+        for name, fused in (("deepspeed", False), ("fused", True))
+    }
     out = {}
-    for name, (d, proc) in procs.items():
-        rc, log = finish_trainer(proc, d / "console.log")
+    for name, (d, rc, log) in run_trainers(tmp_path_factory.mktemp("fused-step-runs"), corpus, runs).items():
         assert rc == 0, log[-4000:]
         got = losses(d / "ckpt")
         out[name] = (np.array([got[i] for i in sorted(got)]), log)

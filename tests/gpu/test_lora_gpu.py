@@ -5,8 +5,6 @@ within bf16 tolerance, both fall, and the base stays frozen (the checkpoints hol
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 import torch
@@ -14,12 +12,10 @@ import torch
 from tests.support.gpu import (
     BF16,
     VOCAB,
-    finish_trainer,
     losses,
     needs_cuda,
     needs_deepspeed,
-    start_trainer,
-    write_config,
+    run_trainers,
 )
 
 pytestmark = [pytest.mark.gpu, needs_cuda(), needs_deepspeed()]
@@ -50,20 +46,11 @@ def base(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runs(corpus, base, tmp_path_factory):
-    root = tmp_path_factory.mktemp("lora-runs")
     settings = {"fused": ({}, True), "reference": ({"NEOX_KERNELS": "0"}, False)}
-    procs = {}
-    for name, (env, fused_loss) in settings.items():
-        d = root / name
-        shutil.rmtree(d, ignore_errors=True)
-        d.mkdir()
-        cfg = write_config(d / "run.yml", corpus, load=str(base), save=str(d / "ckpt"),
-                           **{"fused-output-loss": fused_loss}, **BF16, **KEYS)  # fmt: skip
-        procs[name] = (d, start_trainer(cfg, d / "console.log", **env))
-    out = {}
-    for name, (d, proc) in procs.items():
-        out[name] = (d, *finish_trainer(proc, d / "console.log", timeout=600))
-    return out
+    runs = {name: {"load": str(base), "fused-output-loss": fused_loss, **BF16, **KEYS}
+            for name, (_, fused_loss) in settings.items()}  # fmt: skip
+    env = {name: e for name, (e, _) in settings.items()}
+    return run_trainers(tmp_path_factory.mktemp("lora-runs"), corpus, runs, env=env, timeout=600)
 
 
 def test_lora_runs_with_and_without_the_fused_kernels_finish(runs):

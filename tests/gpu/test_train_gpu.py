@@ -9,7 +9,6 @@ half-precision tolerance, ZeRO 3 gives the losses of ZeRO 1.
 from __future__ import annotations
 
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -17,13 +16,11 @@ import pytest
 from tests.support.gpu import (
     BF16,
     FP16,
-    finish_trainer,
     losses,
     metrics,
     needs_cuda,
     needs_deepspeed,
-    start_trainer,
-    write_config,
+    run_trainers,
 )
 
 pytestmark = [pytest.mark.gpu, needs_cuda(), needs_deepspeed()]
@@ -42,33 +39,18 @@ RUNS = {  # name: (precision section, ZeRO stage, fused kernels)
 @pytest.fixture(scope="module")
 def runs(corpus, tmp_path_factory):
     """name -> (log dir, console log text, exit code), the runs made concurrently."""
-    root = tmp_path_factory.mktemp("gpu-runs")
-
-    def start(name):
-        precision, stage, fused = RUNS[name]
-        d = root / name
-        shutil.rmtree(d, ignore_errors=True)
-        d.mkdir()
-        cfg = write_config(
-            d / "run.yml",
-            corpus,
-            save=str(d / "ckpt"),
+    runs = {
+        name: {
             **precision,
-            **{"train-iters": ITERS, "eval-interval": ITERS, "zero_optimization": {"stage": stage}},
-        )
-        env = {} if fused else {"NEOX_KERNELS": "0"}
-        return d, start_trainer(cfg, d / "console.log", **env)
-
-    def finish(d, proc):
-        rc, log = finish_trainer(proc, d / "console.log")
-        return d / "ckpt", log, rc
-
-    procs = {name: start(name) for name in RUNS}
-    out = {name: finish(*procs[name]) for name in RUNS}
-    for name, (_, log, rc) in out.items():
-        if rc != 0 and "EADDRINUSE" in log:  # another process took the rendezvous port: once more
-            out[name] = finish(*start(name))
-    return out
+            "train-iters": ITERS,
+            "eval-interval": ITERS,
+            "zero_optimization": {"stage": stage},
+        }
+        for name, (precision, stage, _) in RUNS.items()
+    }
+    env = {name: {} if fused else {"NEOX_KERNELS": "0"} for name, (_, _, fused) in RUNS.items()}
+    out = run_trainers(tmp_path_factory.mktemp("gpu-runs"), corpus, runs, env=env)
+    return {name: (d / "ckpt", log, rc) for name, (d, rc, log) in out.items()}
 
 
 def curve(run) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +104,33 @@ def finish_trainer(proc: subprocess.Popen, log: Path, timeout: float = 480) -> t
         proc.kill()
         rc = proc.wait()
     return rc, log.read_text()
+
+
+def run_trainers(
+    root: Path, corpus: str, runs: dict[str, dict], env: dict[str, dict] | None = None, timeout: float = 480
+) -> dict[str, tuple[Path, int, str]]:
+    """One trainer per entry of `runs` (name -> config keys over BASE; `env`: name -> extra environment),
+    all at once, each in root/NAME with its checkpoints and metrics in root/NAME/ckpt unless its keys say
+    `save`; waits for all. A run that lost its rendezvous port to another process runs once more.
+    Returns name -> (folder, exit code, console log)."""
+    env = env or {}
+
+    def start(name):
+        d = root / name
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        cfg = write_config(d / "run.yml", corpus, **{"save": str(d / "ckpt"), **runs[name]})
+        return d, start_trainer(cfg, d / "console.log", **env.get(name, {}))
+
+    def finish(d, proc):
+        return (d, *finish_trainer(proc, d / "console.log", timeout))
+
+    procs = {name: start(name) for name in runs}
+    out = {name: finish(*procs[name]) for name in runs}
+    for name, (_, rc, log) in out.items():
+        if rc != 0 and "EADDRINUSE" in log:
+            out[name] = finish(*start(name))
+    return out
 
 
 def losses(log_dir: Path, kind: str = "train") -> dict[int, float]:
