@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from tests.support.gpu import BF16, losses, needs_cuda, needs_deepspeed, run_trainers
 
@@ -45,8 +46,6 @@ def test_the_fused_step_trains_as_deepspeeds_step(curves):
 def test_the_one_pass_kernel_updates_as_torchs_fused_adamw(clip, monkeypatch):
     """trainer/csrc/adamw.cu against the path without it (a cast to fp32, torch's fused AdamW, a copy
     back), over sizes that take its vector and scalar loops, for a few steps with weight decay."""
-    import torch
-
     from trainer import kernels, optim
 
     gen = torch.Generator(device="cuda").manual_seed(0)

@@ -94,18 +94,14 @@ void adamw_step(const std::vector<at::Tensor>& params, const std::vector<at::Ten
     // 4 elements a thread (16 bytes of each fp32 tensor) where every pointer allows it
     const bool vec = numel % 4 == 0 && aligned(pp, 8) && aligned(gp, 8) && aligned(mp, 16) && aligned(ap, 16) &&
                      aligned(sp, 16);
-    auto launch = [&](auto vc) {
+    with_vec<float>(vec, [&](auto vc) {
       constexpr int V = decltype(vc)::value;
       const int64_t nvec = numel / V;
       const int threads = 256;
       const int blocks = (int)std::min<int64_t>((nvec + threads - 1) / threads, max_blocks);
       adamw_kernel<V><<<blocks, threads, 0, stream>>>(pp, gp, mp, ap, sp, scale, a, nvec);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-    };
-    if (vec)
-      launch(std::integral_constant<int, 4>{});
-    else
-      launch(std::integral_constant<int, 1>{});
+    });
   }
 }
 
