@@ -297,10 +297,10 @@ def _conflict_line(what: str, status: dict) -> str:
     return f"{what}: conflict: {owners}; rerun with --force-conflicts to take them over"
 
 
-def missing_namespace_line(namespace: str) -> str:
+def missing_namespace_line(namespace: str, config: str = "the config") -> str:
     return (
         f"namespace {namespace}: does not exist in the cluster; create it (`kubectl create namespace "
-        f"{namespace}`) or set `namespace` in the config (or --namespace) to one that exists"
+        f"{namespace}`) or set `namespace` in {config} (or --namespace) to one that exists"
     )
 
 

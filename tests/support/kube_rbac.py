@@ -85,7 +85,7 @@ class Rbac:
         self.deny = set()
         self.user = user
 
-    def allowed(self, verb: str, group: str, resource: str, subresource: str = "") -> bool:
+    def rbac_allowed(self, verb: str, group: str, resource: str, subresource: str = "") -> bool:
         full = f"{resource}/{subresource}" if subresource else resource
         if _matches(self.deny, verb, group, full):
             return False
@@ -93,7 +93,7 @@ class Rbac:
             return True
         return self.allow is None or _matches(self.allow, verb, group, full)
 
-    def forbidden(self, info: RequestInfo, verb: str | None = None, from_handler: bool = False):
+    def rbac_forbidden(self, info: RequestInfo, verb: str | None = None, from_handler: bool = False):
         """The 403 the server sends: from the authorization filter (the reason names user, verb and
         resource), or from a handler's own check such as apply's create (RBAC gives no reason)."""
         verb = verb or info.verb
@@ -113,14 +113,14 @@ class Rbac:
             {"name": info.name, "group": info.group, "kind": info.resource},
         )
 
-    def access_review(self, review: dict):
+    def rbac_review(self, review: dict):
         """POST selfsubjectaccessreviews: the same table's answer, as the server fills `status`."""
         spec = review.get("spec") or {}
         attrs = spec.get("resourceAttributes")
         if attrs is None:  # nonResourceAttributes: discovery and the like are open
             allowed = True
         else:
-            allowed = self.allowed(
+            allowed = self.rbac_allowed(
                 attrs.get("verb", ""),
                 attrs.get("group", ""),
                 attrs.get("resource", ""),
@@ -143,13 +143,13 @@ class Rbac:
             "application/json",
         )
 
-    def authorize(self, info: RequestInfo, creates: bool):
+    def rbac_authorize(self, info: RequestInfo, creates: bool):
         """None when the request may go on; else the 403. `creates`: an apply of an object that does not
         exist yet, which also needs `create`."""
         if not info.is_resource:
             return None
-        if not self.allowed(info.verb, info.group, info.resource, info.subresource):
-            return self.forbidden(info)
-        if creates and not self.allowed("create", info.group, info.resource):
-            return self.forbidden(info, "create", from_handler=True)
+        if not self.rbac_allowed(info.verb, info.group, info.resource, info.subresource):
+            return self.rbac_forbidden(info)
+        if creates and not self.rbac_allowed("create", info.group, info.resource):
+            return self.rbac_forbidden(info, "create", from_handler=True)
         return None

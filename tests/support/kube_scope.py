@@ -96,20 +96,20 @@ class ClusterScope(Rbac):
 
     def remove_crds(self, group: str) -> None:
         """Uninstall the CRDs of `group` (e.g. "trainer.kubeflow.org")."""
-        self.crds -= {kind for (g, _, _), kind in self._all_routes().items() if g == group}
+        self.crds -= {kind for (g, _, _), kind in self._scope_routes().items() if g == group}
 
     # -- the front
-    def _all_routes(self) -> dict[tuple[str, str, str], str]:
+    def _scope_routes(self) -> dict[tuple[str, str, str], str]:
         return {**self.routes, **CLUSTER_SCOPED}
 
-    def _served(self, kind: str) -> bool:
+    def _scope_served(self, kind: str) -> bool:
         return kind not in self.crd_kinds or kind in self.crds
 
     def front(self, method: str, url, body: bytes):
         """The answer of what runs before the namespaced handlers, or None to go on to them."""
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         info = request_info(method, url.path, query)
-        routes = self._all_routes()
+        routes = self._scope_routes()
         kind = routes.get((info.group, info.version, info.resource))
         creates = (
             method == "PATCH"
@@ -117,23 +117,23 @@ class ClusterScope(Rbac):
             and not info.subresource
             and (kind, info.name) not in self.objects
         )
-        if (denied := self.authorize(info, creates)) is not None:
+        if (denied := self.rbac_authorize(info, creates)) is not None:
             return denied
         if not info.is_resource:
-            return self._discovery(url.path)
+            return self._scope_discovery(url.path)
         if (info.group, info.resource) == ACCESS_REVIEW and method == "POST":
-            return self.access_review(json.loads(body or b"{}"))
-        if kind is None or not self._served(kind):
+            return self.rbac_review(json.loads(body or b"{}"))
+        if kind is None or not self._scope_served(kind):
             return self.status(404, f"the server could not find the requested resource ({url.path})")
         if kind == "Namespace":
-            return self._namespace(info)
+            return self._scope_namespace(info)
         if (info.group, info.version, info.resource) in CLUSTER_ROUTES:
-            return self._cluster_scoped(kind, info, method)
+            return self._scope_get(kind, info, method)
         if info.namespace and info.namespace not in self.namespaces:
-            return self._in_missing_namespace(info, method, query)
+            return self._scope_missing_namespace(info, method, query)
         return None
 
-    def _missing(self, info, name: str):
+    def _scope_missing(self, info, name: str):
         return self.status(
             404,
             f'{info.qualified} "{name}" not found',
@@ -141,22 +141,23 @@ class ClusterScope(Rbac):
             {"name": name, "group": info.group, "kind": info.resource},
         )
 
-    def _list(self, kind: str, api_version: str, items: list[dict]):
+    @staticmethod
+    def _scope_list(kind: str, api_version: str, items: list[dict]):
         return (
             200,
             {"kind": f"{kind}List", "apiVersion": api_version, "metadata": {}, "items": items},
             "application/json",
         )
 
-    def _namespace(self, info):
+    def _scope_namespace(self, info):
         if not info.name:
             items = [
                 {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}
                 for n in sorted(self.namespaces)
             ]
-            return self._list("Namespace", "v1", items)
+            return self._scope_list("Namespace", "v1", items)
         if info.name not in self.namespaces:
-            return self._missing(info, info.name)
+            return self._scope_missing(info, info.name)
         ns = {
             "apiVersion": "v1",
             "kind": "Namespace",
@@ -165,17 +166,17 @@ class ClusterScope(Rbac):
         }
         return 200, ns, "application/json"
 
-    def _cluster_scoped(self, kind: str, info, method: str):
+    def _scope_get(self, kind: str, info, method: str):
         if method != "GET":
             return self.status(405, f"method {method} not allowed")
         api_version = f"{info.group}/{info.version}" if info.group else info.version
         if not info.name:
             items = [o for (k, _), o in sorted(self.cluster_objects.items()) if k == kind]
-            return self._list(kind, api_version, items)
+            return self._scope_list(kind, api_version, items)
         obj = self.cluster_objects.get((kind, info.name))
-        return (200, obj, "application/json") if obj is not None else self._missing(info, info.name)
+        return (200, obj, "application/json") if obj is not None else self._scope_missing(info, info.name)
 
-    def _in_missing_namespace(self, info, method: str, query: dict):
+    def _scope_missing_namespace(self, info, method: str, query: dict):
         if method in ("POST", "PUT", "PATCH"):  # NamespaceLifecycle refuses writes
             return self.status(
                 404,
@@ -184,13 +185,13 @@ class ClusterScope(Rbac):
                 {"name": info.namespace, "kind": "namespaces"},
             )
         if info.name:
-            return self._missing(info, info.name)
+            return self._scope_missing(info, info.name)
         if query.get("watch") in ("true", "1"):
             return None  # a watch of nothing: the handler's own watch finds no objects of its own
         kind = self.routes[(info.group, info.version, info.resource)]
-        return self._list(kind, f"{info.group}/{info.version}" if info.group else info.version, [])
+        return self._scope_list(kind, f"{info.group}/{info.version}" if info.group else info.version, [])
 
-    def _discovery(self, path: str):
+    def _scope_discovery(self, path: str):
         parts = [p for p in path.strip("/").split("/") if p]
         if parts[:1] == ["api"] and len(parts) == 2:
             group, version = "", parts[1]
@@ -206,8 +207,8 @@ class ClusterScope(Rbac):
                 "kind": kind,
                 "verbs": _VERBS,
             }
-            for (g, v, plural), kind in sorted(self._all_routes().items())
-            if (g, v) == (group, version) and self._served(kind)
+            for (g, v, plural), kind in sorted(self._scope_routes().items())
+            if (g, v) == (group, version) and self._scope_served(kind)
         ]
         if group == ACCESS_REVIEW[0] and version == "v1":
             resources.append(
