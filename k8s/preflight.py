@@ -46,7 +46,7 @@ MANIFEST_TYPES = ", ".join(
 )
 
 
-LOCAL_CREDENTIALS = "the local AWS credentials (environment or ~/.aws)"
+LOCAL_CREDENTIALS = "the local AWS credentials"  # boto3's chain: the environment, ~/.aws, a role
 
 
 def check_bucket(
@@ -81,10 +81,10 @@ def check_bucket(
                 f"bucket {bucket}: could not create it with {creds} ({exc2.response['Error'].get('Code')})"
             ) from exc2
         note = "created"
-    except botocore.exceptions.NoCredentialsError as exc:
+    except botocore.exceptions.NoCredentialsError as exc:  # only the local chain can have none
         raise JobError(
-            f"bucket {bucket}: no credentials to check it with ({creds}: none set); run `invoke secrets` "
-            "or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            f"bucket {bucket}: no credentials to check it with ({creds}: none are set); set "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run `invoke secrets` so the pods' are read"
         ) from exc
     except botocore.exceptions.EndpointConnectionError as exc:
         raise JobError(f"bucket {bucket}: {type(exc).__name__} at {endpoint_url or 'AWS'}") from exc
@@ -397,7 +397,7 @@ def check_storage(cluster: Cluster, volume: Volume, report: Report) -> None:
             report.fail(f"no default StorageClass in the cluster{known}; set volume.storage_class")
             return
         sc = defaults[-1]  # the newest default wins, as the admission plugin picks it
-        label = f"StorageClass/{sc['metadata']['name']} (the default)"
+        label = f"default StorageClass {sc['metadata']['name']}"
     provisioner = sc.get("provisioner", "")
     if mode not in SHARED_MODES:
         report.ok(label, f"{provisioner}, {mode}")
@@ -507,22 +507,27 @@ def check_access(cluster: Cluster, plan: Plan, report: Report, workers: int = 8)
 
 
 def bucket_keys(
-    cluster: Cluster | None, cfg: PipelineConfig, report: Report, namespace_missing: bool
+    cluster: Cluster | None, cfg: PipelineConfig, report: Report
 ) -> tuple[dict[str, str] | None, str]:
-    """The keys the pods will use (Secret `checkpoints.secret`) as boto3 arguments, and what to call
-    them; (None, how the local ones came to be used) when the Secret cannot be read. No key is printed."""
+    """The keys the pods will use (Secret `checkpoints.secret`) as boto3's arguments, and what to call
+    them in the lines; (None, the local ones) when the Secret cannot be read, with a line saying why.
+    No key is printed. `cluster` None: not reachable, or no namespace to read from."""
     name = cfg.checkpoints.secret
-    if cluster is None or namespace_missing:
-        return None, LOCAL_CREDENTIALS
+    local = f"{LOCAL_CREDENTIALS}, not the pods' Secret/{name}"
+    if cluster is None:
+        return None, local
     try:
         secret = cluster.get("Secret", name)
     except ApiError as exc:
-        return None, f"{LOCAL_CREDENTIALS}: Secret/{name} could not be read ({exc.status})"
+        report.warn(
+            f"Secret/{name}: could not be read ({exc}); the bucket is checked with {LOCAL_CREDENTIALS}"
+        )
+        return None, local
     if secret is None:
         report.fail(
             f"Secret/{name}: not in namespace {cfg.namespace} (checkpoints.secret); run `invoke secrets` first"
         )
-        return None, f"{LOCAL_CREDENTIALS}: Secret/{name} does not exist yet"
+        return None, local
     data = secret.get("data") or {}
     try:
         keys = {
@@ -536,7 +541,7 @@ def bucket_keys(
             f"Secret/{name}: lacks AWS_ACCESS_KEY_ID or AWS_SECRET_ACCESS_KEY, which the pods read "
             "(checkpoints.secret); run `invoke secrets` again"
         )
-        return None, f"{LOCAL_CREDENTIALS}: Secret/{name} holds no usable keys"
+        return None, local
     return keys, f"the keys of Secret/{name}, as the pods will use them"
 
 
@@ -556,22 +561,18 @@ def run_preflight(
     """Run every check, print each failure as one line, then fail once if any did. `plan` (what deploy
     will apply; built here when not given) decides which permissions are reviewed."""
     report = Report(out or sys.stderr)
-    namespace_missing = False
-    if cluster is not None and report.attempt(
+    usable = cluster is not None and report.attempt(
         f"cluster {cluster.creds.server}", lambda: f"Kubernetes {cluster.version()}"
-    ):
-        namespace_missing = check_namespace(cluster, cfg, report) is False
-        if not namespace_missing:  # in a namespace that does not exist, nothing more can be told
-            if (
-                check_crds(cluster, cfg, report)
-                and cfg.train.engine == "trainjob"
-                and not cfg.train.own_runtime
-            ):
-                check_runtime(cluster, cfg, report)
-            check_storage(cluster, cfg.volume, report)
-            check_access(cluster, plan if plan is not None else build_plan(cfg, images), report)
+    )
+    # Unreachable, or a namespace that does not exist: one line says so; nothing more can be told.
+    usable = usable and check_namespace(cluster, cfg, report) is not False
+    if usable:
+        if check_crds(cluster, cfg, report) and cfg.train.engine == "trainjob" and not cfg.train.own_runtime:
+            check_runtime(cluster, cfg, report)
+        check_storage(cluster, cfg.volume, report)
+        check_access(cluster, plan if plan is not None else build_plan(cfg, images), report)
     ck = cfg.checkpoints
-    keys, creds = bucket_keys(cluster, cfg, report, namespace_missing)
+    keys, creds = bucket_keys(cluster if usable else None, cfg, report)
     report.attempt(
         f"bucket {ck.bucket}",
         lambda: (
