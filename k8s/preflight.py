@@ -336,11 +336,19 @@ def _class_list(classes: list[dict]) -> str:
     )
 
 
+def _classes(cluster: Cluster) -> list[dict] | None:
+    """The cluster's StorageClasses; None when we may not list them."""
+    try:
+        return cluster.list("StorageClass")
+    except ApiError as exc:
+        if not _forbidden(exc):
+            raise
+        return None
+
+
 def check_storage(cluster: Cluster, volume: Volume, report: Report) -> None:
     """The claim deploy applies can be provisioned with its access mode. `volume.storage_class` empty
     means the cluster's default class, as a claim without storageClassName gets."""
-    mode, wanted = volume.access_mode, volume.storage_class or None
-    claim = f"PersistentVolumeClaim/{volume.name}"
     try:
         pvc = cluster.get("PersistentVolumeClaim", volume.name)
     except ApiError as exc:
@@ -348,57 +356,72 @@ def check_storage(cluster: Cluster, volume: Volume, report: Report) -> None:
             raise
         pvc = None  # the access review names the missing permission
     if pvc is not None and (pvc.get("status") or {}).get("phase") == "Bound":
-        spec = pvc.get("spec") or {}
-        live = spec.get("storageClassName")
-        if wanted and live != wanted:
-            report.fail(
-                f"{claim}: exists with storage class {live!r}, volume.storage_class says {wanted!r}; a "
-                f"claim's class cannot change: set volume.storage_class: {live} (or `invoke teardown "
-                "--volume` deletes the claim and its data)"
-            )
-        elif mode not in (spec.get("accessModes") or []):
-            report.fail(
-                f"{claim}: exists with access modes {', '.join(spec.get('accessModes') or [])}, "
-                f"volume.access_mode says {mode}; set volume.access_mode to one of them"
-            )
-        else:
-            report.ok(f"volume {volume.name}", f"{claim} bound, storage class {live}")
+        _check_bound_claim(pvc, volume, report)  # provisioned already: its class matters no more
         return
-    label = f"StorageClass/{wanted}" if wanted else "default StorageClass"
-    try:
-        classes = cluster.list("StorageClass")
-    except ApiError as exc:
-        if not _forbidden(exc):
-            raise
-        classes = None
+    found = _storage_class(cluster, volume, report)
+    if found is not None:
+        _check_access_mode(cluster, *found, volume, report)
+
+
+def _check_bound_claim(pvc: dict, volume: Volume, report: Report) -> None:
+    """A claim's class and access modes cannot change: the config must say what it has."""
+    claim, spec = f"PersistentVolumeClaim/{volume.name}", pvc.get("spec") or {}
+    live, modes = spec.get("storageClassName"), spec.get("accessModes") or []
+    if volume.storage_class and live != volume.storage_class:
+        report.fail(
+            f"{claim}: exists with storage class {live!r}, volume.storage_class says "
+            f"{volume.storage_class!r}; a claim's class cannot change: set volume.storage_class: {live} "
+            "(or `invoke teardown --volume` deletes the claim and its data)"
+        )
+    elif volume.access_mode not in modes:
+        report.fail(
+            f"{claim}: exists with access modes {', '.join(modes)}, volume.access_mode says "
+            f"{volume.access_mode}; set volume.access_mode to one of them"
+        )
+    else:
+        report.ok(f"volume {volume.name}", f"{claim} bound, storage class {live}")
+
+
+def _storage_class(cluster: Cluster, volume: Volume, report: Report) -> tuple[dict, str] | None:
+    """The class the claim would get, and how lines name it; None when it is missing (a failure) or
+    cannot be read (a warning)."""
+    wanted = volume.storage_class
     if wanted:
+        label = f"StorageClass/{wanted}"
         try:
             sc = cluster.get("StorageClass", wanted)
         except ApiError as exc:
             if not _forbidden(exc):
                 raise
             report.warn(f"{label}: could not be checked (not allowed to get storageclasses)")
-            return
+            return None
         if sc is None:
+            classes = _classes(cluster)
             known = f" (classes: {_class_list(classes)})" if classes else ""
             report.fail(
-                f"{label}: not in the cluster{known}; set volume.storage_class to one that gives {mode}"
+                f"{label}: not in the cluster{known}; set volume.storage_class to one that gives "
+                f"{volume.access_mode}"
             )
-            return
-    else:
-        if classes is None:
-            report.warn(f"{label}: could not be checked (not allowed to list storageclasses)")
-            return
-        defaults = sorted(
-            (c for c in classes if _is_default(c)), key=lambda c: c["metadata"].get("creationTimestamp", "")
-        )
-        if not defaults:
-            known = f" (classes: {_class_list(classes)})" if classes else ""
-            report.fail(f"no default StorageClass in the cluster{known}; set volume.storage_class")
-            return
-        sc = defaults[-1]  # the newest default wins, as the admission plugin picks it
-        label = f"default StorageClass {sc['metadata']['name']}"
-    provisioner = sc.get("provisioner", "")
+            return None
+        return sc, label
+    classes = _classes(cluster)
+    if classes is None:
+        report.warn("default StorageClass: could not be checked (not allowed to list storageclasses)")
+        return None
+    defaults = sorted(
+        (c for c in classes if _is_default(c)), key=lambda c: c["metadata"].get("creationTimestamp", "")
+    )
+    if not defaults:
+        known = f" (classes: {_class_list(classes)})" if classes else ""
+        report.fail(f"no default StorageClass in the cluster{known}; set volume.storage_class")
+        return None
+    sc = defaults[-1]  # the newest default wins, as the admission plugin picks it
+    return sc, f"default StorageClass {sc['metadata']['name']}"
+
+
+def _check_access_mode(cluster: Cluster, sc: dict, label: str, volume: Volume, report: Report) -> None:
+    """Whether the class gives the access mode, judged from its provisioner."""
+    mode, provisioner = volume.access_mode, sc.get("provisioner", "")
     if mode not in SHARED_MODES:
         report.ok(label, f"{provisioner}, {mode}")
     elif provisioner == NO_PROVISIONER:
@@ -414,7 +437,8 @@ def check_storage(cluster: Cluster, volume: Volume, report: Report) -> None:
     else:
         report.warn(
             f"{label}: provisioner {provisioner}: not known whether it gives {mode} volumes; if "
-            f"{claim} stays Pending, set volume.storage_class to a shared-filesystem class"
+            f"PersistentVolumeClaim/{volume.name} stays Pending, set volume.storage_class to a "
+            "shared-filesystem class"
         )
 
 

@@ -344,6 +344,16 @@ def test_every_missing_verb_is_a_line(ready, kube, cluster):
     assert all(f.endswith(RBAC_FIX) for f in fails)
 
 
+def test_access_reviews_that_cannot_be_made_are_a_warning(ready, kube, cluster):
+    kube.deny = {("create", "authorization.k8s.io", "selfsubjectaccessreviews")}
+    lines = passes(ready(), cluster)
+    assert any(
+        line.startswith("preflight: warn  permissions: could not be checked (access review (get ")
+        and "selfsubjectaccessreviews.authorization.k8s.io is forbidden" in line
+        for line in lines
+    )
+
+
 def test_the_stand_ins_rbac_answers_requests_and_reviews_alike(kube, cluster):
     """The rule table answers a real request with the server's 403 and a review with the same verdict."""
     kube.deny = {("patch", "", "configmaps")}
