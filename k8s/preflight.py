@@ -162,6 +162,15 @@ class Report:
         self.failures.append(line)
         print(f"preflight: FAIL  {line}", file=self.out)
 
+    def run(self, check: Callable, *args):
+        """Run a check that prints its own lines; an answer it did not expect (a 500, a timeout) is
+        one more failure, so the other checks still run."""
+        try:
+            return check(*args)
+        except JobError as exc:
+            self.fail(str(exc))
+            return None
+
     def attempt(self, label: str, fn: Callable[[], str | None]) -> bool:
         """Run one check that returns a note or raises JobError; whether it passed."""
         try:
@@ -589,14 +598,16 @@ def run_preflight(
         f"cluster {cluster.creds.server}", lambda: f"Kubernetes {cluster.version()}"
     )
     # Unreachable, or a namespace that does not exist: one line says so; nothing more can be told.
-    usable = usable and check_namespace(cluster, cfg, report) is not False
+    usable = usable and report.run(check_namespace, cluster, cfg, report) is not False
     if usable:
-        if check_crds(cluster, cfg, report) and cfg.train.engine == "trainjob" and not cfg.train.own_runtime:
-            check_runtime(cluster, cfg, report)
-        check_storage(cluster, cfg.volume, report)
-        check_access(cluster, plan if plan is not None else build_plan(cfg, images), report)
+        served = report.run(check_crds, cluster, cfg, report)
+        if served and cfg.train.engine == "trainjob" and not cfg.train.own_runtime:
+            report.run(check_runtime, cluster, cfg, report)
+        report.run(check_storage, cluster, cfg.volume, report)
+        report.run(check_access, cluster, plan if plan is not None else build_plan(cfg, images), report)
     ck = cfg.checkpoints
-    keys, creds = bucket_keys(cluster if usable else None, cfg, report)
+    found = report.run(bucket_keys, cluster if usable else None, cfg, report)
+    keys, creds = found or (None, LOCAL_CREDENTIALS)
     report.attempt(
         f"bucket {ck.bucket}",
         lambda: (
