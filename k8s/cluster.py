@@ -4,8 +4,9 @@ auth-provider, paths relative to the file that names them; or the in-cluster ser
 kubeconfig's CA as the only one trusted for the cluster, server-side apply with our field manager,
 get/list/delete of the kinds in KINDS, waiting on an object with a watch, and pod logs (tail or
 followed). Everything goes through `ApiClient.call_api` on the kind table below, so custom resources
-(TrainJob, JobSet) need no discovery; answers stay plain dicts. Tests run it over TLS against the
-stand-in in tests/deploy/standins.py."""
+(TrainJob, JobSet) need no discovery (preflight asks it only whether they are served, and
+SelfSubjectAccessReviews whether we may touch them); answers stay plain dicts. Tests run it over TLS
+against the stand-in in tests/deploy/standins.py."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ class Kind:
     group: str  # "" for the core group
     version: str
     plural: str
+    namespaced: bool = True  # False: cluster-scoped (no /namespaces/NS/ in its path)
 
     @property
     def prefix(self) -> str:
@@ -52,7 +54,7 @@ class Kind:
         return f"{self.group}/{self.version}" if self.group else self.version
 
 
-# Every kind deploy touches, in one place. All are namespaced.
+# Every kind deploy touches, in one place; the cluster-scoped ones only preflight reads.
 KINDS = {
     "PersistentVolumeClaim": Kind("", "v1", "persistentvolumeclaims"),
     "ConfigMap": Kind("", "v1", "configmaps"),
@@ -63,7 +65,14 @@ KINDS = {
     "TrainJob": Kind("trainer.kubeflow.org", "v1alpha1", "trainjobs"),
     "TrainingRuntime": Kind("trainer.kubeflow.org", "v1alpha1", "trainingruntimes"),
     "JobSet": Kind("jobset.x-k8s.io", "v1alpha2", "jobsets"),
+    "Namespace": Kind("", "v1", "namespaces", namespaced=False),
+    "StorageClass": Kind("storage.k8s.io", "v1", "storageclasses", namespaced=False),
+    "PersistentVolume": Kind("", "v1", "persistentvolumes", namespaced=False),
+    "ClusterTrainingRuntime": Kind(
+        "trainer.kubeflow.org", "v1alpha1", "clustertrainingruntimes", namespaced=False
+    ),
 }
+ACCESS_REVIEW = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 # kind -> (condition that means done, condition that means failed)
 TERMINAL = {
     "Job": ("Complete", "Failed"),
@@ -288,6 +297,19 @@ def _conflict_line(what: str, status: dict) -> str:
     return f"{what}: conflict: {owners}; rerun with --force-conflicts to take them over"
 
 
+def missing_namespace_line(namespace: str, config: str = "the config") -> str:
+    return (
+        f"namespace {namespace}: does not exist in the cluster; create it (`kubectl create namespace "
+        f"{namespace}`) or set `namespace` in {config} (or --namespace) to one that exists"
+    )
+
+
+def _is_missing_namespace(status: dict, namespace: str) -> bool:
+    """The API server's answer to a create in a namespace that does not exist (NamespaceLifecycle)."""
+    details = status.get("details") or {}
+    return details.get("kind") == "namespaces" and details.get("name") == namespace
+
+
 def _unreachable(exc: Exception) -> str:
     reason = getattr(exc, "reason", None) or exc
     if isinstance(reason, urllib3.exceptions.SSLError) or "SSL" in type(reason).__name__:
@@ -325,7 +347,9 @@ class Cluster:
         k = KINDS.get(kind)
         if k is None:
             raise JobError(f"kind {kind!r}: not one deploy knows ({', '.join(KINDS)})")
-        path = f"{k.prefix}/namespaces/{self.namespace}/{k.plural}"
+        path = (
+            f"{k.prefix}/namespaces/{self.namespace}/{k.plural}" if k.namespaced else f"{k.prefix}/{k.plural}"
+        )
         return path + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
 
     def _call(
@@ -361,6 +385,8 @@ class Cluster:
             status = _status_body(exc.body)
             if exc.status == 409 and status.get("reason") == "Conflict" and method == "PATCH":
                 raise ApiError(_conflict_line(what, status), 409) from exc
+            if exc.status == 404 and _is_missing_namespace(status, self.namespace):
+                raise ApiError(missing_namespace_line(self.namespace), 404) from exc
             reason = status.get("message") or status.get("reason") or exc.reason or ""
             raise ApiError(f"{what}: Kubernetes API answered {exc.status} {reason}", exc.status) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -385,6 +411,52 @@ class Cluster:
             if exc.status == 404:
                 return None
             raise
+
+    # -- what preflight asks (cluster-scoped reads, discovery, access reviews)
+    def namespace_exists(self) -> bool | None:
+        """Whether our namespace exists; None when we may not read namespaces (many tenants may not)."""
+        try:
+            return self.get("Namespace", self.namespace) is not None
+        except ApiError as exc:
+            if exc.status == 403:
+                return None
+            raise
+
+    def served(self, kind: str) -> bool:
+        """Whether the API server serves `kind`, by API discovery of its group/version (a CRD that is
+        not installed is not served: its group answers 404)."""
+        k = KINDS[kind]
+        try:
+            listing = self._json("GET", k.prefix, f"API discovery of {k.api_version}")
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return any(r.get("name") == k.plural for r in listing.get("resources") or [])
+
+    def access_review(self, verb: str, kind: str, subresource: str = "") -> tuple[bool, str]:
+        """May we `verb` `kind` (in our namespace, for a namespaced kind)? A SelfSubjectAccessReview,
+        which every authenticated user may create; (allowed, the authorizer's reason)."""
+        k = KINDS[kind]
+        attrs = {"verb": verb, "group": k.group, "resource": k.plural}
+        if k.namespaced:
+            attrs["namespace"] = self.namespace
+        if subresource:
+            attrs["subresource"] = subresource
+        review = self._json(
+            "POST",
+            ACCESS_REVIEW,
+            f"access review ({verb} {k.plural})",
+            body={
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SelfSubjectAccessReview",
+                "spec": {"resourceAttributes": attrs},
+            },
+            content_type="application/json",
+        )
+        status = review.get("status") or {}
+        allowed = bool(status.get("allowed")) and not status.get("denied")
+        return allowed, status.get("reason") or status.get("evaluationError") or ""
 
     def apply(self, obj: dict, force: bool = False) -> tuple[str, dict]:
         """Server-side apply as FIELD_MANAGER; returns ("created" | "configured" | "unchanged", the live

@@ -22,7 +22,7 @@ from typing import TextIO
 
 from jobs.cli import JobError
 from k8s import render, stages
-from k8s.cluster import Cluster, default_credentials, failed_reason, job_state
+from k8s.cluster import Cluster, default_credentials, failed_reason, job_state, missing_namespace_line
 from k8s.config import IMAGES, NAME_PATTERN, PipelineConfig, load_config, load_lock
 from k8s.determined_api import Master, read_context
 from k8s.engines import kubernetes_engine
@@ -121,7 +121,7 @@ def deploy(
     if plan.experiment is None:
         master = None  # the Kubernetes-native engines need no Determined master
     if not opts.skip_preflight:
-        run_preflight(cfg, images, cluster, master, create_bucket=opts.create_bucket, out=out)
+        run_preflight(cfg, images, cluster, master, create_bucket=opts.create_bucket, out=out, plan=plan)
     secret = cfg.checkpoints.secret
     if cluster.get("Secret", secret) is None:
         raise JobError(f"Secret/{secret}: not in namespace {cfg.namespace}; run `invoke secrets` first")
@@ -306,9 +306,12 @@ def secret_manifest(cfg: PipelineConfig, env: dict[str, str] | None = None) -> l
 def secrets(opts: Options, cluster: Cluster | None = None, out: TextIO | None = None) -> dict[str, str]:
     out = out or sys.stderr
     cfg = config(opts)
+    manifests = secret_manifest(cfg)  # the environment's keys first: no cluster call for a local mistake
     cluster = cluster or connect(cfg, opts)[0]
+    if cluster.namespace_exists() is False:  # None: we may not read namespaces; the apply would tell
+        raise JobError(missing_namespace_line(cfg.namespace, str(cfg.path)))
     done = {}
-    for secret in secret_manifest(cfg):
+    for secret in manifests:
         what, _ = cluster.apply(secret)
         name = secret["metadata"]["name"]
         done[name] = what

@@ -357,9 +357,13 @@ def test_api_errors_name_the_object_and_the_servers_reason(cluster):
 
 def test_the_kind_table_matches_the_crds_and_every_kind_round_trips(kube, cluster):
     from tests.support.kube import CORE_ROUTES, crd_routes
+    from tests.support.kube_scope import CLUSTER_SCOPED
 
-    served = {kind: (g, v, p) for (g, v, p), kind in {**CORE_ROUTES, **crd_routes()}.items()}
+    served = {
+        kind: (g, v, p) for (g, v, p), kind in {**CORE_ROUTES, **crd_routes(), **CLUSTER_SCOPED}.items()
+    }
     assert {k: (x.group, x.version, x.plural) for k, x in KINDS.items()} == {k: served[k] for k in KINDS}
+    assert {k for k, x in KINDS.items() if not x.namespaced} == set(CLUSTER_SCOPED.values())
     objs = [
         _cm(),
         _job("j", "probe"),

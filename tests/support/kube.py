@@ -17,9 +17,11 @@ manager unless force=true, which takes it over; a Job's pod template is immutabl
 (metadata.name/namespace), `watch=true` as newline-delimited JSON events (ADDED/MODIFIED/DELETED,
 BOOKMARK-free) from a resourceVersion for timeoutSeconds, with `expire_watches` answering the next
 watches with 410 Gone as after an etcd compaction; pod logs with tailLines, and follow=true
-streaming lines as they are appended to `logs[pod]` until the pod has ended. Namespaces are
-accepted and not kept apart. Errors are Status objects with the server's message, as the API
-server sends them.
+streaming lines as they are appended to `logs[pod]` until the pod has ended. Objects are not kept
+apart by namespace. Errors are Status objects with the server's message, as the API server sends them.
+Before these handlers runs the front in tests/support/kube_scope.py: RBAC (403s and
+SelfSubjectAccessReviews from one rule table, tests/support/kube_rbac.py), namespaces that must exist,
+cluster-scoped StorageClasses and ClusterTrainingRuntimes, and API discovery of the installed CRDs.
 
 Workloads run by script: a Job gets one pod (`job-name` label); a JobSet gets, per replicated job,
 `replicas` child Jobs of `parallelism` indexed pods; a TrainJob runs as a JobSet of its own name with
@@ -56,6 +58,7 @@ from urllib.parse import parse_qs, urlparse
 import yaml
 
 from k8s.determined_api import salt_and_hash
+from tests.support.kube_scope import ClusterScope
 
 # The CRDs deploy renders for, as vendored in k8s/crds/ from the upstream manifests (tests/deploy/
 # test_engines.py holds them equal to the copies in ../shared/schemas where those are present).
@@ -347,7 +350,9 @@ def _set(obj: dict, path: str, value) -> None:
     obj[last] = value
 
 
-class FakeKube(_Server):
+class FakeKube(ClusterScope, _Server):
+    status = staticmethod(_status)  # how the front (kube_scope, kube_rbac) answers an error
+
     def __init__(
         self, token: str = "test-token", job_polls: int = 1, tls: Pki | None = None, tick: float = 0.02
     ) -> None:
@@ -369,6 +374,7 @@ class FakeKube(_Server):
         self._last_rv = 99
         self._born: dict[tuple[str, str], int] = {}
         self._polls: dict[tuple[str, str], int] = {}
+        self.init_cluster_scope(set(crd_routes().values()))  # namespaces, RBAC, CRDs installed
 
     # -- helpers tests use
     def edit(self, kind: str, name: str, path: str, value, manager: str = "kubectl-edit") -> None:
@@ -404,6 +410,8 @@ class FakeKube(_Server):
             return _status(401, "Unauthorized")
         if url.path == "/version":
             return 200, {"major": "1", "minor": "30", "gitVersion": "v1.30.4"}, "application/json"
+        if (answer := self.front(method, url, body)) is not None:  # RBAC, namespaces, cluster scope
+            return answer
         parts = url.path.strip("/").split("/")
         # api/v1/namespaces/NS/PLURAL[/NAME[/SUB]] or apis/GROUP/VERSION/namespaces/NS/PLURAL[/NAME[/SUB]]
         if parts[0] == "api" and len(parts) >= 2:
