@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TextIO
 
 from jobs.cli import JobError
-from k8s import render, stages
+from k8s import admission, render, stages
 from k8s.cluster import Cluster, default_credentials, failed_reason, job_state
 from k8s.config import IMAGES, NAME_PATTERN, PipelineConfig, load_config, load_lock
 from k8s.determined_api import Master, read_context
@@ -125,6 +125,7 @@ def deploy(
     secret = cfg.checkpoints.secret
     if cluster.get("Secret", secret) is None:
         raise JobError(f"Secret/{secret}: not in namespace {cfg.namespace}; run `invoke secrets` first")
+    admission.server_dry_run(plan, cluster, out, force=opts.force_conflicts)  # the server's word first
 
     def apply(obj: dict) -> None:
         what, live = cluster.apply(obj, force=opts.force_conflicts)

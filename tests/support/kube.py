@@ -56,6 +56,7 @@ from urllib.parse import parse_qs, urlparse
 import yaml
 
 from k8s.determined_api import salt_and_hash
+from tests.support import kube_admission
 
 # The CRDs deploy renders for, as vendored in k8s/crds/ from the upstream manifests (tests/deploy/
 # test_engines.py holds them equal to the copies in ../shared/schemas where those are present).
@@ -69,6 +70,8 @@ CORE_ROUTES = {
     ("", "v1", "services"): "Service",
     ("batch", "v1", "jobs"): "Job",
 }
+# Cluster-scoped kinds: served under /apis/GROUP/VERSION/PLURAL, without a namespace.
+CLUSTER_ROUTES = {("trainer.kubeflow.org", "v1alpha1", "clustertrainingruntimes"): "ClusterTrainingRuntime"}
 WORKLOADS = ("Job", "JobSet", "TrainJob")
 JOBSET_NAME = "jobset.sigs.k8s.io/jobset-name"
 COMPONENT = "app.kubernetes.io/component"
@@ -349,7 +352,12 @@ def _set(obj: dict, path: str, value) -> None:
 
 class FakeKube(_Server):
     def __init__(
-        self, token: str = "test-token", job_polls: int = 1, tls: Pki | None = None, tick: float = 0.02
+        self,
+        token: str = "test-token",
+        job_polls: int = 1,
+        tls: Pki | None = None,
+        tick: float = 0.02,
+        trainer_runtimes: bool = True,
     ) -> None:
         super().__init__(tls)
         self.token = token
@@ -369,6 +377,8 @@ class FakeKube(_Server):
         self._last_rv = 99
         self._born: dict[tuple[str, str], int] = {}
         self._polls: dict[tuple[str, str], int] = {}
+        if trainer_runtimes:  # Kubeflow Trainer installed: its default torch runtime is there
+            self.objects[("ClusterTrainingRuntime", "torch-distributed")] = kube_admission.torch_distributed()
 
     # -- helpers tests use
     def edit(self, kind: str, name: str, path: str, value, manager: str = "kubectl-edit") -> None:
@@ -415,6 +425,8 @@ class FakeKube(_Server):
         kind = (
             self.routes.get((group, version, rest[2])) if len(rest) >= 3 and rest[0] == "namespaces" else None
         )
+        if kind is None and rest and (kind := CLUSTER_ROUTES.get((group, version, rest[0]))):
+            rest = ["", "", *rest]  # cluster-scoped: the same shape without the namespace
         if kind is None:
             return _status(404, f"the server could not find the requested resource ({url.path})")
         name = rest[3] if len(rest) > 3 else None
@@ -597,15 +609,24 @@ class FakeKube(_Server):
                 "Conflict",
                 {"name": name, "group": api_version.rpartition("/")[0], "kind": plural, "causes": causes},
             )
-        for f, _ in clashes:  # forced: the fields are ours now
-            del self.conflicts[key][f]
+        dry_run = query.get("dryRun")
+        if dry_run not in (None, "All"):
+            return _status(400, f'dryRun: Unsupported value: "{dry_run}": supported values: "All"')
         prev = self.applied.get(key)
-        if prev == obj and not clashes:  # same intent from the same manager: nothing changes
-            return 200, live_before, "application/json"
         if prev is not None and kind == "Job" and prev["spec"]["template"] != obj["spec"]["template"]:
             return _status(
                 422, f'Job.batch "{name}" is invalid: spec.template: Invalid value: field is immutable'
             )
+        # Admission (webhooks, the API server's own pod rules) sees every create and update, a no-op
+        # apply and a dry run included.
+        if (denial := kube_admission.review(self.objects, kind, obj, live_before)) is not None:
+            return _status(denial.code, denial.message, denial.reason)
+        if dry_run:  # validated and admitted; nothing stored, no resourceVersion moves, no write
+            return self._dry_run_answer(obj, live_before, api_version, query)
+        for f, _ in clashes:  # forced: the fields are ours now
+            del self.conflicts[key][f]
+        if prev == obj and not clashes:  # same intent from the same manager: nothing changes
+            return 200, live_before, "application/json"
         live = json.loads(json.dumps(obj))
         meta = live["metadata"]
         self._bump(live)
@@ -637,6 +658,21 @@ class FakeKube(_Server):
             self._born[key] = int(meta["resourceVersion"])
             if kind in WORKLOADS:
                 self._start(kind, live)
+        return (201 if live_before is None else 200), live, "application/json"
+
+    @staticmethod
+    def _dry_run_answer(obj, live_before, api_version, query):
+        """What a dry-run apply answers: the object as it would be, the live one's resourceVersion."""
+        live = json.loads(json.dumps(obj))
+        before = (live_before or {}).get("metadata", {})
+        for k in ("uid", "creationTimestamp", "resourceVersion"):
+            if k in before:
+                live["metadata"][k] = before[k]
+        live["metadata"]["managedFields"] = [
+            {"manager": query["fieldManager"], "operation": "Apply", "apiVersion": api_version}
+        ]
+        if live_before is not None and "status" in live_before:
+            live["status"] = live_before["status"]
         return (201 if live_before is None else 200), live, "application/json"
 
     # -- the controllers
