@@ -1,5 +1,6 @@
-"""The server's word on the whole plan before the first stage starts: every object deploy would apply
-goes to the API server as a server-side apply with `dryRun=All`, so its schema checks, admission
+"""The cluster's word on the whole plan before the first stage starts. First the objects are held to
+the OpenAPI schema of the cluster's own Kubernetes version (the plan was rendered against the newest
+shipped). Then every object deploy would apply goes to the API server as a server-side apply with `dryRun=All`, so its schema checks, admission
 webhooks (Kubeflow Trainer's, a policy engine's) and quotas answer now, not after hours of fetching.
 Nothing is stored. Each refusal is one line; any refusal stops the deploy with nothing applied.
 
@@ -12,7 +13,7 @@ from typing import TextIO
 
 from jobs.cli import JobError
 from k8s.cluster import ApiError, Cluster
-from k8s.plan import Plan
+from k8s.plan import Plan, validate_objects
 
 
 def dry_run_objects(plan: Plan, cluster: Cluster) -> list[dict]:
@@ -24,8 +25,22 @@ def dry_run_objects(plan: Plan, cluster: Cluster) -> list[dict]:
     return objects
 
 
+def check_schema(plan: Plan, cluster: Cluster, out: TextIO) -> None:
+    """Validate the plan against the schema of the cluster's version (its /version)."""
+    try:
+        version = cluster.version()
+    except ApiError:  # /version is public on every cluster we know; a locked one keeps the newest
+        version = None
+    before = plan.kubernetes_version
+    validate_objects(plan, version)
+    if plan.kubernetes_version != before:
+        print(f"deploy: objects valid against the {plan.schema}", file=out)
+
+
 def server_dry_run(plan: Plan, cluster: Cluster, out: TextIO, force: bool = False) -> int:
-    """Dry-run apply every object; returns how many were checked, or raises after one line per refusal."""
+    """Check the schema of the cluster's version, then dry-run apply every object; returns how many
+    were checked, or raises after one line per refusal."""
+    check_schema(plan, cluster, out)
     objects = dry_run_objects(plan, cluster)
     refused = []
     for obj in objects:

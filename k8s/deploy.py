@@ -110,6 +110,7 @@ def deploy(
         print(f"deploy: NeoX path rewritten: {note}", file=out)
     for warning in plan.warnings:
         print(f"deploy: warning: {warning}", file=out)
+    print(f"deploy: objects valid against the {plan.schema}", file=out)
     if opts.out:
         result.summary = write_plan(plan, opts.out, images)
         what = "and the experiment config " if plan.experiment is not None else ""

@@ -373,6 +373,7 @@ class FakeKube(_Server):
         self.logs: dict[str, str] = {}
         self.conflicts: dict[tuple[str, str], dict[str, str]] = {}  # (kind, name) -> {field: other manager}
         self.expire_watches = 0  # answer this many watches from a resourceVersion with 410 Gone
+        self.git_version = "v1.30.4"  # what GET /version reports
         self._rv = itertools.count(100)
         self._last_rv = 99
         self._born: dict[tuple[str, str], int] = {}
@@ -413,7 +414,8 @@ class FakeKube(_Server):
         if scheme.lower() != "bearer" or token not in self.tokens:  # auth schemes are case-insensitive
             return _status(401, "Unauthorized")
         if url.path == "/version":
-            return 200, {"major": "1", "minor": "30", "gitVersion": "v1.30.4"}, "application/json"
+            major, minor = self.git_version.lstrip("v").split(".")[:2]
+            return 200, {"major": major, "minor": minor, "gitVersion": self.git_version}, "application/json"
         parts = url.path.strip("/").split("/")
         # api/v1/namespaces/NS/PLURAL[/NAME[/SUB]] or apis/GROUP/VERSION/namespaces/NS/PLURAL[/NAME[/SUB]]
         if parts[0] == "api" and len(parts) >= 2:
