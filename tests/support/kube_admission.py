@@ -356,3 +356,26 @@ def review(objects: dict, kind: str, obj: dict, old: dict | None) -> Denial | No
             403, f'admission webhook "{webhook}" denied the request: {aggregate(errors)}', "Forbidden"
         )
     return None
+
+
+def qos_class(pod: dict) -> str:
+    """The pod's QoS class as the kubelet computes it (pkg/apis/core/helper/qos): from CPU and memory
+    only; BestEffort when no container requests or limits either, Guaranteed when every container has
+    both limited with requests (defaulted to the limits) equal to them, else Burstable."""
+    containers = [*(pod.get("initContainers") or []), *(pod.get("containers") or [])]
+    seen, guaranteed = False, True
+    for c in containers:
+        res = c.get("resources") or {}
+        limits = {k: v for k, v in (res.get("limits") or {}).items() if k in ("cpu", "memory")}
+        requests = {
+            **limits,
+            **{k: v for k, v in (res.get("requests") or {}).items() if k in ("cpu", "memory")},
+        }
+        seen = seen or bool(requests or limits)
+        if set(limits) != {"cpu", "memory"} or any(
+            _quantity(requests[k]) != _quantity(limits[k]) for k in limits
+        ):
+            guaranteed = False
+    if not seen:
+        return "BestEffort"
+    return "Guaranteed" if guaranteed else "Burstable"
