@@ -110,12 +110,12 @@ def deploy(
         print(f"deploy: NeoX path rewritten: {note}", file=out)
     for warning in plan.warnings:
         print(f"deploy: warning: {warning}", file=out)
-    print(f"deploy: objects valid against the {plan.schema}", file=out)
     if opts.out:
         result.summary = write_plan(plan, opts.out, images)
         what = "and the experiment config " if plan.experiment is not None else ""
         print(f"deploy: wrote {len(plan.objects)} manifests {what}to {opts.out}", file=out)
     if opts.dry_run:
+        print(f"deploy: objects valid against the {plan.schema}", file=out)
         return result
     if cluster is None or (master is None and plan.experiment is not None):
         cluster, master = connect(cfg, opts)
