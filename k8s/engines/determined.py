@@ -8,8 +8,8 @@ from __future__ import annotations
 import copy
 
 from jobs.spec import JobSpec
-from k8s.config import PipelineConfig
 from k8s import render
+from k8s.config import PipelineConfig
 from k8s.render import VOLUME, labels
 
 TRIAL = "trainer.determined:NeoXTrial"
