@@ -19,7 +19,12 @@ BOOKMARK-free) from a resourceVersion for timeoutSeconds, with `expire_watches` 
 watches with 410 Gone as after an etcd compaction; pod logs with tailLines, and follow=true
 streaming lines as they are appended to `logs[pod]` until the pod has ended. Namespaces are
 accepted and not kept apart. Errors are Status objects with the server's message, as the API
-server sends them.
+server sends them. Cluster-scoped: ClusterTrainingRuntimes under /apis/trainer.kubeflow.org/v1alpha1/
+clustertrainingruntimes (Trainer's `torch-distributed` is installed unless `trainer_runtimes=False`).
+Every apply passes admission first (tests/support/kube_admission.py: Kubeflow Trainer v2.3's TrainJob
+and TrainingRuntime webhooks, the API server's Job resource rules), a no-op apply included; `dryRun=All`
+validates and admits as a real apply does but stores nothing, moves no resourceVersion and records no
+write. GET /version reports `git_version`.
 
 Workloads run by script: a Job gets one pod (`job-name` label); a JobSet gets, per replicated job,
 `replicas` child Jobs of `parallelism` indexed pods; a TrainJob runs as a JobSet of its own name with
