@@ -16,13 +16,28 @@ from k8s.cluster import ApiError, Cluster
 from k8s.plan import Plan, validate_objects
 
 
-def dry_run_objects(plan: Plan, cluster: Cluster) -> list[dict]:
-    """What the dry run sends: the plan in apply order, less a training object already running."""
+def dry_run_objects(plan: Plan, cluster: Cluster) -> tuple[list[dict], list[str]]:
+    """What the dry run sends (the plan in apply order) and why anything is left out: a training object
+    already running (deploy reports it, or refuses a different spec), or a TrainJob naming a runtime
+    of ours that does not exist yet (a dry run stores nothing, so its webhook could not find it)."""
     train = plan.train_object
-    objects = plan.objects
-    if train is not None and cluster.get(train["kind"], train["metadata"]["name"]) is not None:
-        objects = [o for o in objects if o is not train]
-    return objects
+    if train is None:
+        return plan.objects, []
+    key = f"{train['kind']}/{train['metadata']['name']}"
+    left_out = None
+    if cluster.get(train["kind"], train["metadata"]["name"]) is not None:
+        left_out = f"{key} not sent: it exists, deploy follows it"
+    else:
+        ref = (train.get("spec") or {}).get("runtimeRef") or {}
+        ours = {(o["kind"], o["metadata"]["name"]) for o in plan.train[:-1]}
+        if (ref.get("kind"), ref.get("name")) in ours and cluster.get(ref["kind"], ref["name"]) is None:
+            left_out = (
+                f"{key} not sent: its {ref['kind']}/{ref['name']} is new, and a dry run stores nothing "
+                "for its webhook to find; the runtime itself is checked"
+            )
+    if left_out is None:
+        return plan.objects, []
+    return [o for o in plan.objects if o is not train], [left_out]
 
 
 def check_schema(plan: Plan, cluster: Cluster, out: TextIO) -> None:
@@ -39,7 +54,9 @@ def server_dry_run(plan: Plan, cluster: Cluster, out: TextIO, force: bool = Fals
     """Check the schema of the cluster's version, then dry-run apply every object; returns how many
     were checked, or raises after one line per refusal."""
     check_schema(plan, cluster, out)
-    objects = dry_run_objects(plan, cluster)
+    objects, left_out = dry_run_objects(plan, cluster)
+    for line in left_out:
+        print(f"deploy: server dry run: {line}", file=out)
     refused = []
     for obj in objects:
         try:

@@ -253,11 +253,30 @@ def test_a_running_trainjob_is_left_to_deploy_and_the_rest_is_still_checked(
     d.deploy(_opts(config, wait_train=False), cluster=cluster, master=None, out=io.StringIO())
     cfg = load_config(config)
     plan = build_plan(cfg, load_lock(cfg.path.parent / cfg.raw["lock_file"]))
-    sent = admission.dry_run_objects(plan, cluster)
+    sent, left_out = admission.dry_run_objects(plan, cluster)
     assert plan.train_object not in sent and len(sent) == len(plan.objects) - 1
+    assert left_out == [f"{TRAINJOB} not sent: it exists, deploy follows it"]
     log = io.StringIO()
     assert admission.server_dry_run(plan, cluster, log) == len(plan.objects) - 1
     assert "deploy: server dry run: 7 objects admitted" in log.getvalue()
+
+
+def test_own_runtime_first_deploy_checks_the_runtime_and_leaves_the_trainjob_for_after_it(
+    make_config, kube, cluster, secret_env
+):
+    """A dry run stores nothing, so a TrainJob naming a TrainingRuntime the same deploy creates would be
+    refused by Trainer's webhook (runtime not found) on a real server too: it is left out, and says so."""
+    config = make_config(_engine("trainjob", own_runtime=True))
+    _secrets(config, cluster)
+    kube.outcomes["probe-weights"] = ("Complete", _verdict())
+    log = io.StringIO()
+    res = d.deploy(_opts(config), cluster=cluster, master=None, out=log)
+    assert res.train_state == "Complete"
+    assert (
+        f"deploy: server dry run: {TRAINJOB} not sent: its TrainingRuntime/gpt-neox-20b-finetune-torch is new"
+        in log.getvalue()
+    )
+    assert "deploy: server dry run: 8 objects admitted" in log.getvalue()  # the runtime among them
 
 
 # -- the schema of the cluster's version
