@@ -458,17 +458,20 @@ class Cluster:
         allowed = bool(status.get("allowed")) and not status.get("denied")
         return allowed, status.get("reason") or status.get("evaluationError") or ""
 
-    def apply(self, obj: dict, force: bool = False) -> tuple[str, dict]:
+    def apply(self, obj: dict, force: bool = False, dry_run: bool = False) -> tuple[str, dict]:
         """Server-side apply as FIELD_MANAGER; returns ("created" | "configured" | "unchanged", the live
         object). Unchanged means the API server kept the resourceVersion: the apply changed nothing.
-        Fields another manager owns are a conflict unless `force` (kubectl's --force-conflicts)."""
+        Fields another manager owns are a conflict unless `force` (kubectl's --force-conflicts).
+        `dry_run`: the server validates and admits it (webhooks, quotas) but stores nothing
+        (`dryRun=All`); the answer is the object as it would be."""
         kind, name = obj["kind"], obj["metadata"]["name"]
         before = self.get(kind, name)
         query = [("fieldManager", FIELD_MANAGER)] + ([("force", "true")] if force else [])
+        query += [("dryRun", "All")] if dry_run else []
         live = self._json(
             "PATCH",
             self._path(kind, name),
-            f"apply {kind}/{name}",
+            f"apply {kind}/{name}" + (" (server dry run)" if dry_run else ""),
             query=query,
             body=obj,
             content_type="application/apply-patch+yaml",

@@ -24,6 +24,18 @@ __all__ = ["IMAGES", "ENGINES", "NAME_PATTERN", "PipelineConfig", "load_config",
 ENGINES = ("determined", "trainjob", "jobset")
 # Kubeflow Trainer's runtimes that launch through the MPI plugin: no PET_* variables, so not torchrun.
 MPI_RUNTIMES = ("deepspeed-distributed", "mlx-distributed")
+# Who owns our `runtimePatches` entry on a TrainJob. Trainer's webhook wants a domain-prefixed path
+# (DOMAIN/NAME, as Kubernetes' managedBy fields); the SDK uses trainer.kubeflow.org/kubeflow-sdk.
+PATCH_MANAGER = "neox-pipeline.io/deploy"
+_DOMAIN_PATH = re.compile(
+    r"^(?=[^/]{1,253}/)"  # the domain: an RFC 1123 subdomain
+    r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+    r"/[A-Za-z0-9/\-._~%!$&'()*+,;=:]+$"  # the path: what a URL path may carry
+)
+# A training node's share when train.cpu / train.memory are not given: per GPU (per process on a
+# CPU-only node). Sized for 8-GPU nodes with 64+ cores and 512 GiB+; /dev/shm comes on top of memory.
+CPU_PER_GPU, MEMORY_PER_GPU = 6, "48Gi"
+CPU_PER_PROCESS, MEMORY_PER_PROCESS = 1, "4Gi"
 
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"  # an RFC 1123 label: namespaces, Secrets, claims
 _NAME = {"type": "string", "pattern": NAME_PATTERN, "maxLength": 63}
@@ -124,6 +136,7 @@ SCHEMA: dict[str, Any] = {
                 "cpu": _QUANTITY,
                 "memory": _QUANTITY,
                 "shm_size": _QUANTITY,
+                "patch_manager": {"type": "string", "minLength": 1, "maxLength": 253},
                 "runtime": _NAME,
                 "runtime_kind": {"enum": ["ClusterTrainingRuntime", "TrainingRuntime"]},
                 "own_runtime": {"type": "boolean"},
@@ -246,9 +259,10 @@ class TrainSettings:
     nodes: int = 1
     gpus_per_node: int = 8
     processes_per_node: int = 8
-    cpu: str | None = None
-    memory: str | None = None
+    cpu: str | None = None  # per node, resolved: train.cpu or the share of its GPUs
+    memory: str | None = None  # per node, resolved: train.memory (or the share) plus shm_size
     shm_size: str = "16Gi"
+    patch_manager: str = PATCH_MANAGER
     runtime: str = "torch-distributed"
     runtime_kind: str = "ClusterTrainingRuntime"
     own_runtime: bool = False  # trainjob: render a namespaced TrainingRuntime of ours and use it
@@ -287,8 +301,44 @@ def train_settings(raw: dict, where: str) -> TrainSettings:
             f"config {where}: train.runtime {runtime!r} launches through MPI; the trainer starts "
             f"with torchrun, so name a runtime with the torch policy (default torch-distributed)"
         )
-    fields = {k: v for k, v in t.items() if k not in ("nodes", "gpus_per_node", "processes_per_node")}
-    return TrainSettings(nodes=nodes, gpus_per_node=gpus, processes_per_node=procs, **fields)
+    manager = t.get("patch_manager", PATCH_MANAGER)
+    if not _DOMAIN_PATH.match(manager):
+        raise JobError(
+            f"config {where}: train.patch_manager {manager!r}: must be a domain-prefixed path "
+            f"DOMAIN/NAME such as example.com/neox (Kubeflow Trainer refuses anything else)"
+        )
+    cpu, memory = node_requests(gpus, procs, t.get("cpu"), t.get("memory"), t.get("shm_size", "16Gi"))
+    fields = {
+        k: v
+        for k, v in t.items()
+        if k not in ("nodes", "gpus_per_node", "processes_per_node", "cpu", "memory")
+    }
+    return TrainSettings(
+        nodes=nodes, gpus_per_node=gpus, processes_per_node=procs, cpu=cpu, memory=memory, **fields
+    )
+
+
+def node_requests(gpus: int, procs: int, cpu: str | None, memory: str | None, shm: str) -> tuple[str, str]:
+    """A training node's CPU and memory request: as given, else its share (per GPU, or per process on
+    CPU-only nodes). The memory-backed /dev/shm counts against the pod's memory, so it is added."""
+    from kubernetes.utils.quantity import parse_quantity
+
+    if cpu is None:
+        cpu = str(gpus * CPU_PER_GPU if gpus else procs * CPU_PER_PROCESS)
+    if memory is None:
+        memory = _bytes_quantity(
+            parse_quantity(MEMORY_PER_GPU) * gpus if gpus else parse_quantity(MEMORY_PER_PROCESS) * procs
+        )
+    return cpu, _bytes_quantity(parse_quantity(memory) + parse_quantity(shm))
+
+
+def _bytes_quantity(n) -> str:
+    """A byte count as Kubernetes writes it: the largest binary suffix that divides it."""
+    n = int(n)
+    for suffix, size in (("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)):
+        if n and n % size == 0:
+            return f"{n // size}{suffix}"
+    return str(n)
 
 
 @dataclass(frozen=True)

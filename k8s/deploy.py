@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TextIO
 
 from jobs.cli import JobError
-from k8s import render, stages
+from k8s import admission, render, stages
 from k8s.cluster import Cluster, default_credentials, failed_reason, job_state, missing_namespace_line
 from k8s.config import IMAGES, NAME_PATTERN, PipelineConfig, load_config, load_lock
 from k8s.determined_api import Master, read_context
@@ -115,6 +115,7 @@ def deploy(
         what = "and the experiment config " if plan.experiment is not None else ""
         print(f"deploy: wrote {len(plan.objects)} manifests {what}to {opts.out}", file=out)
     if opts.dry_run:
+        print(f"deploy: objects valid against the {plan.schema}", file=out)
         return result
     if cluster is None or (master is None and plan.experiment is not None):
         cluster, master = connect(cfg, opts)
@@ -125,6 +126,7 @@ def deploy(
     secret = cfg.checkpoints.secret
     if cluster.get("Secret", secret) is None:
         raise JobError(f"Secret/{secret}: not in namespace {cfg.namespace}; run `invoke secrets` first")
+    admission.server_dry_run(plan, cluster, out, force=opts.force_conflicts)  # the server's word first
 
     def apply(obj: dict) -> None:
         what, live = cluster.apply(obj, force=opts.force_conflicts)

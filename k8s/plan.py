@@ -18,7 +18,7 @@ from k8s.config import PipelineConfig
 from k8s.engines import kubernetes_engine
 from k8s.engines.determined import CONF_DIR, experiment_config
 from k8s.secret_scan import SECRET_HELP, find_secret, secret_values_in_env
-from k8s.validate import KUBERNETES_VERSION, validate_experiment, validate_k8s
+from k8s.validate import schema_version, validate_experiment, validate_k8s
 from trainer.neox_yaml import read_yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +37,8 @@ class Plan:
     neox: dict[str, dict]
     notes: list[str] = field(default_factory=list)  # NeoX paths rewritten
     warnings: list[str] = field(default_factory=list)  # checks that could not run, images not pinned
+    kubernetes_version: str = ""  # the schema the objects were validated against
+    schema: str = ""  # which one and why, for the user
 
     @property
     def objects(self) -> list[dict]:
@@ -58,8 +60,18 @@ def _experiment_base(cfg: PipelineConfig) -> dict | None:
     return base
 
 
+def validate_objects(plan: Plan, cluster_version: str | None) -> None:
+    """Hold every object to the schema of `cluster_version` (None: not known, the newest shipped)."""
+    plan.kubernetes_version, plan.schema = schema_version(cluster_version)
+    for obj in plan.objects:
+        validate_k8s(obj, plan.kubernetes_version)
+
+
 def build_plan(
-    cfg: PipelineConfig, images: dict[str, str], schema_dir: str | os.PathLike | None = None
+    cfg: PipelineConfig,
+    images: dict[str, str],
+    schema_dir: str | os.PathLike | None = None,
+    cluster_version: str | None = None,
 ) -> Plan:
     neox, notes = stages.neox_configs(cfg)
     train_spec = stages.train(cfg, neox)
@@ -87,8 +99,7 @@ def build_plan(
         neox=neox,
         notes=notes,
     )
-    for obj in plan.objects:
-        validate_k8s(obj)
+    validate_objects(plan, cluster_version)
     if experiment is not None and (note := validate_experiment(experiment, schema_dir)):
         plan.warnings.append(note)
     # Last guard: nothing rendered may carry a credential, whatever path it came in by.
@@ -138,7 +149,8 @@ def write_plan(plan: Plan, out: str | os.PathLike, images: dict[str, str]) -> di
             (exp_dir / "experiment.yaml").write_text(render.dump_yaml(plan.experiment))
         summary = {
             "engine": plan.engine,
-            "kubernetes_version": KUBERNETES_VERSION,
+            "kubernetes_version": plan.kubernetes_version,
+            "schema": plan.schema,
             "objects": [f"{o['kind']}/{o['metadata']['name']}" for o in plan.objects],
             "images": images,
             "warnings": plan.warnings,

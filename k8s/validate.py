@@ -1,6 +1,7 @@
-"""Validation before anything is applied: every Kubernetes object against the OpenAPI schema of a
-stated Kubernetes version (kubernetes-validate, strict: unknown fields are errors, schemas ship inside
-the package so this works offline); TrainJob and JobSet objects against the `openAPIV3Schema` of the
+"""Validation before anything is applied: every Kubernetes object against the OpenAPI schema of the
+cluster's Kubernetes version, or the newest kubernetes-validate ships when the cluster's is newer or
+not known (a dry run asks no cluster) (strict: unknown fields are errors; the schemas ship inside the
+package, so this works offline); TrainJob and JobSet objects against the `openAPIV3Schema` of the
 CRD they target (Kubeflow Trainer v2.3.0, JobSet v0.12.0, vendored in k8s/crds/ without their
 descriptions, held strict the same way); and the experiment config against Determined's own JSON
 schemas with their custom keywords implemented as jsonschema validators (FORMATS.md section 5).
@@ -22,7 +23,33 @@ import referencing
 
 from jobs.cli import JobError
 
-KUBERNETES_VERSION = "1.30"
+
+def shipped_versions() -> list[str]:
+    """The Kubernetes minor versions whose schemas kubernetes-validate ships, oldest first."""
+    seen = {".".join(v.split(".")[:2]) for v in kubernetes_validate.utils.all_versions()}
+    return sorted(seen, key=lambda v: tuple(int(p) for p in v.split(".")))
+
+
+def schema_version(cluster_version: str | None) -> tuple[str, str]:
+    """(the schema version to validate against, why): the cluster's minor version when shipped, else
+    the newest shipped (the cluster is newer, or not known) or the oldest (the cluster is older)."""
+    shipped = shipped_versions()
+    newest = shipped[-1]
+    m = re.match(r"^v?(\d+)\.(\d+)", cluster_version or "")
+    if m is None:
+        return newest, f"Kubernetes {newest} schema, the newest shipped (cluster version not known)"
+    want = f"{int(m.group(1))}.{int(m.group(2))}"
+    if want in shipped:
+        return want, f"Kubernetes {want} schema, the cluster's ({cluster_version})"
+    key = tuple(int(p) for p in want.split("."))
+    if key > tuple(int(p) for p in newest.split(".")):
+        return newest, f"Kubernetes {newest} schema, the newest shipped (the cluster runs {cluster_version})"
+    return shipped[
+        0
+    ], f"Kubernetes {shipped[0]} schema, the oldest shipped (the cluster runs {cluster_version})"
+
+
+KUBERNETES_VERSION = shipped_versions()[-1]  # what a dry run, asking no cluster, validates against
 EXPCONF_URL = "http://determined.ai/schemas/expconf/v0/experiment.json"
 # Determined's expconf schemas are not shipped here: `--schemas DIR` or this variable names them.
 SCHEMAS_ENV = "NEOX_DETERMINED_SCHEMAS"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 
 from jobs.spec import JobSpec
+from k8s import render
 from k8s.config import PipelineConfig
 from k8s.render import VOLUME, labels
 
@@ -40,6 +41,11 @@ def pod_spec(cfg: PipelineConfig, spec: JobSpec) -> dict:
                 "name": CONTAINER,
                 "env": env,
                 "volumeMounts": [{"name": VOLUME, "mountPath": str(cfg.mount)}],
+                # the node's CPU and memory share (train.cpu / train.memory); Determined sets the GPUs
+                "resources": {
+                    part: {k: v for k, v in values.items() if k in ("cpu", "memory")}
+                    for part, values in render.resources(spec).items()
+                },
             }
         ],
         "volumes": [{"name": VOLUME, "persistentVolumeClaim": {"claimName": cfg.volume.name}}],

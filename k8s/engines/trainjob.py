@@ -7,7 +7,8 @@ Two ways to get the runtime:
 - the cluster's (default `torch-distributed`, a ClusterTrainingRuntime): what `spec.trainer` cannot
   carry (the shared volume, the configs, /dev/shm, the security context, node selection) goes in as a
   `runtimePatches` entry for the runtime's `node` job and container (v2.3's field; v2.2 replaced
-  podTemplateOverrides with it). Patches cannot set the pod's service-account token or the JobSet's
+  podTemplateOverrides with it), owned by `train.patch_manager` (a DOMAIN/NAME path, as Trainer's
+  webhook requires). Patches cannot set the pod's service-account token or the JobSet's
   failure policy: those stay the runtime's;
 - `train.own_runtime`: a namespaced TrainingRuntime `<run>-torch` rendered here with the torch policy
   and our whole pod (no service-account token, the restricted security context) and a JobSet failure
@@ -108,7 +109,7 @@ def render_objects(cfg: PipelineConfig, spec: JobSpec, images: dict[str, str]) -
             "trainer": trainer,
             "runtimePatches": [
                 {
-                    "manager": render.FIELD_MANAGER,
+                    "manager": t.patch_manager,
                     "trainingRuntimeSpec": {
                         "template": {
                             "spec": {

@@ -26,6 +26,7 @@ from k8s.cluster import (
     default_credentials,
     state,
 )
+from k8s.config import PATCH_MANAGER
 from k8s.determined_api import Master
 from tests.support.kube import write_kubeconfig
 
@@ -101,7 +102,7 @@ def _jobset(name, component, nodes=2):
 
 def _trainjob(name, component, nodes=2):
     patch = {
-        "manager": FIELD_MANAGER,
+        "manager": PATCH_MANAGER,  # a domain-prefixed path, as Trainer's webhook requires
         "trainingRuntimeSpec": {
             "template": {
                 "spec": {

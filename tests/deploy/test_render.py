@@ -112,6 +112,11 @@ def test_guide_files_accepted_as_they_are(plan):
     container = exp["environment"]["pod_spec"]["spec"]["containers"][0]
     assert container["name"] == "determined-container"
     assert {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]} == {"checkpoint-s3-credentials"}
+    # a node's share (8 GPUs x 6 CPUs, 48Gi), /dev/shm on top; Determined itself sets the GPUs
+    assert container["resources"] == {
+        "requests": {"cpu": "48", "memory": "400Gi"},
+        "limits": {"cpu": "48", "memory": "400Gi"},
+    }
     assert exp["profiling"]["end_after_batch"] == 100  # carried over from the guide's base
 
 

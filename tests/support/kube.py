@@ -22,6 +22,11 @@ apart by namespace. Errors are Status objects with the server's message, as the 
 Before these handlers runs the front in tests/support/kube_scope.py: RBAC (403s and
 SelfSubjectAccessReviews from one rule table, tests/support/kube_rbac.py), namespaces that must exist,
 cluster-scoped StorageClasses and ClusterTrainingRuntimes, and API discovery of the installed CRDs.
+Trainer's real `torch-distributed` runtime is installed unless `trainer_runtimes=False`.
+Every apply passes admission first (tests/support/kube_admission.py: Kubeflow Trainer v2.3's TrainJob
+and TrainingRuntime webhooks, the API server's Job resource rules), a no-op apply included; `dryRun=All`
+validates and admits as a real apply does but stores nothing, moves no resourceVersion and records no
+write. GET /version reports `git_version`.
 
 Workloads run by script: a Job gets one pod (`job-name` label); a JobSet gets, per replicated job,
 `replicas` child Jobs of `parallelism` indexed pods; a TrainJob runs as a JobSet of its own name with
@@ -58,6 +63,7 @@ from urllib.parse import parse_qs, urlparse
 import yaml
 
 from k8s.determined_api import salt_and_hash
+from tests.support import kube_admission
 from tests.support.kube_scope import ClusterScope
 
 # The CRDs deploy renders for, as vendored in k8s/crds/ from the upstream manifests (tests/deploy/
@@ -354,7 +360,12 @@ class FakeKube(ClusterScope, _Server):
     status = staticmethod(_status)  # how the front (kube_scope, kube_rbac) answers an error
 
     def __init__(
-        self, token: str = "test-token", job_polls: int = 1, tls: Pki | None = None, tick: float = 0.02
+        self,
+        token: str = "test-token",
+        job_polls: int = 1,
+        tls: Pki | None = None,
+        tick: float = 0.02,
+        trainer_runtimes: bool = True,
     ) -> None:
         super().__init__(tls)
         self.token = token
@@ -370,11 +381,16 @@ class FakeKube(ClusterScope, _Server):
         self.logs: dict[str, str] = {}
         self.conflicts: dict[tuple[str, str], dict[str, str]] = {}  # (kind, name) -> {field: other manager}
         self.expire_watches = 0  # answer this many watches from a resourceVersion with 410 Gone
+        self.git_version = "v1.30.4"  # what GET /version reports
         self._rv = itertools.count(100)
         self._last_rv = 99
         self._born: dict[tuple[str, str], int] = {}
         self._polls: dict[tuple[str, str], int] = {}
         self.init_cluster_scope(set(crd_routes().values()))  # namespaces, RBAC, CRDs installed
+        if trainer_runtimes:  # Kubeflow Trainer installed: its default torch runtime, as shipped
+            self.put_cluster_object(kube_admission.torch_distributed())
+        else:
+            self.remove_cluster_object("ClusterTrainingRuntime", "torch-distributed")
 
     # -- helpers tests use
     def edit(self, kind: str, name: str, path: str, value, manager: str = "kubectl-edit") -> None:
@@ -383,6 +399,10 @@ class FakeKube(ClusterScope, _Server):
             _set(self.objects[(kind, name)], path, value)
             self.conflicts.setdefault((kind, name), {})[path] = manager
             self._bump(self.objects[(kind, name)])
+
+    def admission_view(self) -> dict[tuple[str, str], dict]:
+        """What the webhooks look objects up in: namespaced and cluster-scoped (a TrainJob's runtime is either)."""
+        return {**self.objects, **self.cluster_objects}
 
     def secret_values(self) -> list[str]:
         return [
@@ -409,7 +429,8 @@ class FakeKube(ClusterScope, _Server):
         if scheme.lower() != "bearer" or token not in self.tokens:  # auth schemes are case-insensitive
             return _status(401, "Unauthorized")
         if url.path == "/version":
-            return 200, {"major": "1", "minor": "30", "gitVersion": "v1.30.4"}, "application/json"
+            major, minor = self.git_version.lstrip("v").split(".")[:2]
+            return 200, {"major": major, "minor": minor, "gitVersion": self.git_version}, "application/json"
         if (answer := self.front(method, url, body)) is not None:  # RBAC, namespaces, cluster scope
             return answer
         parts = url.path.strip("/").split("/")
@@ -605,15 +626,24 @@ class FakeKube(ClusterScope, _Server):
                 "Conflict",
                 {"name": name, "group": api_version.rpartition("/")[0], "kind": plural, "causes": causes},
             )
-        for f, _ in clashes:  # forced: the fields are ours now
-            del self.conflicts[key][f]
+        dry_run = query.get("dryRun")
+        if dry_run not in (None, "All"):
+            return _status(400, f'dryRun: Unsupported value: "{dry_run}": supported values: "All"')
         prev = self.applied.get(key)
-        if prev == obj and not clashes:  # same intent from the same manager: nothing changes
-            return 200, live_before, "application/json"
         if prev is not None and kind == "Job" and prev["spec"]["template"] != obj["spec"]["template"]:
             return _status(
                 422, f'Job.batch "{name}" is invalid: spec.template: Invalid value: field is immutable'
             )
+        # Admission (webhooks, the API server's own pod rules) sees every create and update, a no-op
+        # apply and a dry run included.
+        if (denial := kube_admission.review(self.admission_view(), kind, obj, live_before)) is not None:
+            return _status(denial.code, denial.message, denial.reason)
+        if dry_run:  # validated and admitted; nothing stored, no resourceVersion moves, no write
+            return self._dry_run_answer(obj, live_before, api_version, query)
+        for f, _ in clashes:  # forced: the fields are ours now
+            del self.conflicts[key][f]
+        if prev == obj and not clashes:  # same intent from the same manager: nothing changes
+            return 200, live_before, "application/json"
         live = json.loads(json.dumps(obj))
         meta = live["metadata"]
         self._bump(live)
@@ -645,6 +675,21 @@ class FakeKube(ClusterScope, _Server):
             self._born[key] = int(meta["resourceVersion"])
             if kind in WORKLOADS:
                 self._start(kind, live)
+        return (201 if live_before is None else 200), live, "application/json"
+
+    @staticmethod
+    def _dry_run_answer(obj, live_before, api_version, query):
+        """What a dry-run apply answers: the object as it would be, the live one's resourceVersion."""
+        live = json.loads(json.dumps(obj))
+        before = (live_before or {}).get("metadata", {})
+        for k in ("uid", "creationTimestamp", "resourceVersion"):
+            if k in before:
+                live["metadata"][k] = before[k]
+        live["metadata"]["managedFields"] = [
+            {"manager": query["fieldManager"], "operation": "Apply", "apiVersion": api_version}
+        ]
+        if live_before is not None and "status" in live_before:
+            live["status"] = live_before["status"]
         return (201 if live_before is None else 200), live, "application/json"
 
     # -- the controllers
