@@ -461,12 +461,13 @@ def load_pretrained(path: str | os.PathLike, yaml_cfg: ModelConfig | None) -> tu
 #
 # A checkpoint of trainer.train is complete once TAG/complete.json exists: it is written by rank 0
 # after every rank has saved and the files are fsynced, and lists every file with its size and sha256
-# (each rank hashes the files it wrote). DeepSpeed
-# writes `latest` before that, so `latest` alone proves nothing. Checkpoints written before markers
-# existed ("legacy": model_config.json, written last then, without the `complete_marker` flag, plus
-# DeepSpeed model states) count as complete. Folders that are neither (a run killed while saving)
-# are reported and left alone; a later save that needs the name first moves such a folder aside.
-# Folders that are not ours (the slim 20B layout, which may share the `save` folder) are never touched.
+# (each rank hashes the files it wrote). DeepSpeed writes `latest` before that, so `latest` alone
+# proves nothing. Checkpoints written before markers existed ("legacy": model_config.json, written
+# last then, without the `complete_marker` flag, plus DeepSpeed model states) count as complete.
+# Folders that are neither (a run killed while saving) are reported and left alone; a later save that
+# needs the name first moves such a folder aside. Folders that are not ours (the slim 20B layout,
+# which may share the `save` folder) are never touched. Sizes say a checkpoint is complete; the
+# hashes say it is intact, checked by `intact_resume` (trainer.train), trainer.export and the mirror.
 
 COMPLETE_STATES = ("complete", "legacy")
 

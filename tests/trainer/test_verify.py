@@ -259,3 +259,26 @@ def test_a_copy_from_the_bucket_is_checked_against_what_the_trainer_wrote(s3, tm
         download("s3://ckpt/run/global_step4", tmp_path / "bad", None)
     assert f"checksum mismatch for {MODEL} (sha256 expected {sums[MODEL]}" in str(err.value)
     assert not (tmp_path / "bad" / MODEL).exists()
+
+
+def test_two_ranks_hash_their_own_shards_and_share_the_check(corpus, tmp_path):
+    """Rank 1's optimizer shard is hashed by rank 1 when saved; on resume the ranks split the files, and
+    damage only rank 1 hashes is seen by both (they fall back together, one line from rank 0)."""
+    save = tmp_path / "ckpt"
+    cfg = write_config(
+        tmp_path / "run.yml",
+        corpus,
+        **{"train-iters": 4, "save-interval": 2, "eval-interval": 1000, "save": str(save)},
+    )
+    proc = subprocess.run(trainer_cmd(cfg, nproc=2), env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    shard = "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    assert shard in json.loads((save / "global_step4" / ck.COMPLETE).read_text())["sha256"]
+    flip(save / "global_step4" / shard)
+    proc = subprocess.run(trainer_cmd(cfg, nproc=2), env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert lines_of(proc, "warning", "sha256") == [
+        f"trainer.train: warning: checkpoint {save / 'global_step4'}: {shard} does not match its sha256 in "
+        f"complete.json (damaged since it was saved); falling back to global_step2"
+    ]
+    assert f"resumed from {save}/global_step2 at iteration 2" in proc.stdout
