@@ -1,4 +1,5 @@
-"""A folder the job cannot write, even when the tests run as root (root ignores mode bits)."""
+"""A folder the job cannot write, even when the tests run as root (root ignores mode bits): the writer runs as
+a subprocess without root's capabilities (`unprivileged_cmd`), never the pytest process under another uid."""
 
 from __future__ import annotations
 
@@ -7,9 +8,6 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-
-NOBODY = 65534
-
 
 @contextlib.contextmanager
 def world_readable_tmp():
@@ -20,19 +18,6 @@ def world_readable_tmp():
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def unprivileged():
-    """Run the body as uid nobody when the tests run as root; a no-op otherwise."""
-    if os.geteuid() != 0:
-        yield
-        return
-    os.seteuid(NOBODY)
-    try:
-        yield
-    finally:
-        os.seteuid(0)
 
 
 def unprivileged_cmd(cmd: list[str]) -> list[str]:
