@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+
 @contextlib.contextmanager
 def world_readable_tmp():
     """A temporary folder outside pytest's private (0700) tmp, so an unprivileged uid can reach it."""
