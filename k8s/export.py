@@ -46,17 +46,55 @@ def mirror_checkpoint(mirror: str, endpoint_url: str | None) -> str:
     return f"{mirror.rstrip('/')}/{tag}"
 
 
+def recorded_sha256(url: str, endpoint_url: str | None) -> dict[str, str]:
+    """{relative path: sha256} from the checkpoint's complete.json in the bucket (trainer.train's mirror
+    writes it last); empty for a checkpoint without one (Determined's) or one written before hashes."""
+    import json
+
+    parsed = urlparse(url)
+    prefix = parsed.path.strip("/")
+    key = f"{prefix}/complete.json" if prefix else "complete.json"
+    try:
+        body = remote.s3_client(endpoint_url).get_object(Bucket=parsed.netloc, Key=key)["Body"].read()
+    except botocore.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            return {}
+        code = exc.response.get("Error", {}).get("Code")
+        raise JobError(f"checkpoint {url}: cannot read complete.json ({code})") from None
+    try:
+        return dict(json.loads(body).get("sha256") or {})
+    except (ValueError, AttributeError, TypeError):
+        raise JobError(f"checkpoint {url}: its complete.json is unreadable") from None
+
+
 def download(url: str, dest: Path, endpoint_url: str | None, stream: TextIO | None = None) -> tuple[int, int]:
     """Every object under the s3:// prefix into `dest` with the fetcher (parallel ranged reads, resumable
-    after an interruption, sizes and ETags verified, progress on `stream`); returns (files, bytes)."""
+    after an interruption, sizes and ETags verified, progress on `stream`); returns (files, bytes). The
+    files of a checkpoint of trainer.train are checked against the sha256 its complete.json records (the
+    fetcher hashes as it downloads, so this costs nothing): a copy in the bucket that differs from what
+    the trainer wrote is refused, naming the file."""
+    import tempfile
+
     from jobs.fetch.fetch import Options, fetch
 
     parsed = urlparse(url)
     if parsed.scheme != "s3" or not parsed.netloc:
         raise JobError(f"checkpoint {url}: expected s3://BUCKET/PREFIX")
-    summary = fetch(
-        url.rstrip("/") + "/", dest, Options(endpoint_url=endpoint_url, stream=stream or sys.stderr)
-    )
+    sums = recorded_sha256(url, endpoint_url)
+    with tempfile.TemporaryDirectory(prefix="neox-export-") as tmp:
+        checksums = None
+        if sums:  # the fetcher's --checksums list, sha256sum style
+            checksums = Path(tmp) / "complete.json.sha256"
+            checksums.write_text("".join(f"{h}  {rel}\n" for rel, h in sorted(sums.items())))
+        summary = fetch(
+            url.rstrip("/") + "/",
+            dest,
+            Options(
+                endpoint_url=endpoint_url,
+                stream=stream or sys.stderr,
+                checksums=str(checksums) if checksums else None,
+            ),
+        )
     return summary["files_total"], summary["bytes_total"]
 
 

@@ -15,11 +15,14 @@ an HF folder, or a checkpoint of ours).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -195,6 +198,7 @@ def save_hf(
 
     out = Path(out)
     with atomic_dir(out, replace=replace) as tmp:
+        write_owner(tmp)  # first: a run killed from here on leaves a folder that proves it is ours
         state = {}
         for name, tensor in model.state_dict().items():
             hf_name = "embed_out.weight" if name == "embed_out.weight" else f"gpt_neox.{name}"
@@ -226,7 +230,47 @@ def save_hf(
             shutil.copyfile(tokenizer, tmp / "tokenizer.json")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
+        (tmp / OWNER).unlink()
     return out
+
+
+OWNER = ".trainer-export-owner.json"  # in save_hf's temporary folder while it is being written
+
+
+def write_owner(tmp: Path) -> None:
+    import socket
+
+    (tmp / OWNER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n")
+
+
+def stale_temporaries(out: str | os.PathLike) -> list[tuple[Path, int]]:
+    """save_hf's temporary folders beside `out` left by runs that were killed: (folder, pid) of those whose
+    owner file names this host and a pid that is not running. Anything else (another host's, a live run's,
+    a folder without the file) is not provably ours and stays."""
+    import socket
+
+    from jobs.procs import pid_alive
+
+    out = Path(out)
+    found = []
+    for d in out.parent.glob(f".{out.name}.*") if out.parent.is_dir() else []:
+        try:
+            owner = json.loads((d / OWNER).read_text())
+            pid = int(owner["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if owner.get("host") == socket.gethostname() and pid != os.getpid() and not pid_alive(pid):
+            found.append((d, pid))
+    return found
+
+
+def remove_temporary(tmp: Path) -> None:
+    """The owner file goes last, so a removal cut short is finished by the next run."""
+    for p in tmp.iterdir():
+        if p.name != OWNER:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    (tmp / OWNER).unlink(missing_ok=True)
+    tmp.rmdir()
 
 
 # ---- GPT-NeoX slim layout ----------------------------------------------------------------------
@@ -416,12 +460,14 @@ def load_pretrained(path: str | os.PathLike, yaml_cfg: ModelConfig | None) -> tu
 # ---- which of our checkpoints count: completeness markers, resume choice, pruning -----------------
 #
 # A checkpoint of trainer.train is complete once TAG/complete.json exists: it is written by rank 0
-# after every rank has saved and the files are fsynced, and lists every file with its size. DeepSpeed
-# writes `latest` before that, so `latest` alone proves nothing. Checkpoints written before markers
-# existed ("legacy": model_config.json, written last then, without the `complete_marker` flag, plus
-# DeepSpeed model states) count as complete. Folders that are neither (a run killed while saving)
-# are reported and left alone; a later save that needs the name first moves such a folder aside.
-# Folders that are not ours (the slim 20B layout, which may share the `save` folder) are never touched.
+# after every rank has saved and the files are fsynced, and lists every file with its size and sha256
+# (each rank hashes the files it wrote). DeepSpeed writes `latest` before that, so `latest` alone
+# proves nothing. Checkpoints written before markers existed ("legacy": model_config.json, written
+# last then, without the `complete_marker` flag, plus DeepSpeed model states) count as complete.
+# Folders that are neither (a run killed while saving) are reported and left alone; a later save that
+# needs the name first moves such a folder aside. Folders that are not ours (the slim 20B layout,
+# which may share the `save` folder) are never touched. Sizes say a checkpoint is complete; the
+# hashes say it is intact, checked by `intact_resume` (trainer.train), trainer.export and the mirror.
 
 COMPLETE_STATES = ("complete", "legacy")
 
@@ -450,16 +496,49 @@ def _files(tag_dir: Path) -> list[Path]:
     )
 
 
-def sync_rank_files(tag_dir: str | os.PathLike, rank: int) -> None:
-    """fsync the shards DeepSpeed names after this data-parallel rank (zero_pp_rank_R_...)."""
-    for p in _files(Path(tag_dir)):
-        if p.name.startswith(f"zero_pp_rank_{rank}_"):
-            _fsync(p)
+HASH = "sha256"  # the fetcher's hash too, so a download is checked against the trainer's record for free
+_BLOCK = 8 << 20
 
 
-def mark_complete(tag_dir: str | os.PathLike, iteration: int, world_size: int) -> dict:
+def file_sha256(path: Path, on_bytes: Callable[[int], None] | None = None) -> str:
+    """hashlib releases the GIL on large blocks, so threads hash several files at once."""
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(_BLOCK)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            h.update(view[:n])
+            if on_bytes:
+                on_bytes(n)
+    return h.hexdigest()
+
+
+def hash_files(
+    paths: list[Path], on_bytes: Callable[[int], None] | None = None, workers: int = 4
+) -> dict[Path, str]:
+    """sha256 of each file, several at a time."""
+    if not paths:
+        return {}
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(paths)))) as pool:
+        return dict(zip(paths, pool.map(lambda p: file_sha256(p, on_bytes), paths), strict=True))
+
+
+def sync_rank_files(tag_dir: str | os.PathLike, rank: int) -> dict[str, str]:
+    """fsync the shards DeepSpeed names after this data-parallel rank (zero_pp_rank_R_...) and hash them
+    here, on the rank that wrote them; returns {relative path: sha256} for rank 0's complete.json."""
+    tag_dir = Path(tag_dir)
+    mine = [p for p in _files(tag_dir) if p.name.startswith(f"zero_pp_rank_{rank}_")]
+    for p in mine:
+        _fsync(p)
+    return {p.relative_to(tag_dir).as_posix(): h for p, h in hash_files(mine).items()}
+
+
+def mark_complete(
+    tag_dir: str | os.PathLike, iteration: int, world_size: int, hashes: dict[str, str] | None = None
+) -> dict:
     """Rank 0, after a barrier that every rank passed once its files were written: make what rank 0 sees
-    durable, then write COMPLETE atomically (temp name, fsync, rename, fsync of the folder)."""
+    durable, then write COMPLETE atomically (temp name, fsync, rename, fsync of the folder). `hashes`: the
+    other ranks' files, hashed where they were written; rank 0 hashes the rest."""
     import datetime
     import uuid
 
@@ -469,6 +548,9 @@ def mark_complete(tag_dir: str | os.PathLike, iteration: int, world_size: int) -
         _fsync(p)
     for d in {p.parent for p in files} | {tag_dir}:
         _fsync(d)
+    hashes = dict(hashes or {})
+    todo = [p for p in files if p.relative_to(tag_dir).as_posix() not in hashes]
+    hashes.update({p.relative_to(tag_dir).as_posix(): h for p, h in hash_files(todo).items()})
     marker = {
         "id": uuid.uuid4().hex,  # tells this save from an older one under the same tag (the mirror)
         "tag": tag_dir.name,
@@ -476,6 +558,7 @@ def mark_complete(tag_dir: str | os.PathLike, iteration: int, world_size: int) -
         "world_size": world_size,
         "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "files": {p.relative_to(tag_dir).as_posix(): p.stat().st_size for p in files},
+        HASH: {p.relative_to(tag_dir).as_posix(): hashes[p.relative_to(tag_dir).as_posix()] for p in files},
     }
     tmp = tag_dir / f".{COMPLETE}.tmp"
     with open(tmp, "w") as f:
@@ -486,6 +569,15 @@ def mark_complete(tag_dir: str | os.PathLike, iteration: int, world_size: int) -
     os.replace(tmp, tag_dir / COMPLETE)
     _fsync(tag_dir)
     return marker
+
+
+def recorded_hashes(tag_dir: str | os.PathLike) -> dict[str, str] | None:
+    """{relative path: sha256} from complete.json; None for a checkpoint written before content hashes
+    (or before markers)."""
+    try:
+        return json.loads((Path(tag_dir) / COMPLETE).read_text()).get(HASH)
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def checkpoint_state(tag_dir: str | os.PathLike) -> tuple[str, str]:
@@ -584,6 +676,93 @@ def resume_candidates(train, log: Callable[[str], None]) -> Iterator[tuple[str, 
             log(f"note: {note}")
         if tag:
             yield where, tag, module_only
+
+
+def older_complete(save_dir: str | os.PathLike, tag: str) -> list[str]:
+    """The complete checkpoints older than `tag` in `save_dir`, newest first: where a resume falls back."""
+    found = scan(save_dir)
+    return sorted(
+        (t for t, (state, _) in found.items() if state in COMPLETE_STATES and _order(t) < _order(tag)),
+        key=_order,
+        reverse=True,
+    )
+
+
+PROGRESS_FROM_BYTES = 1 << 30  # smaller checkpoints verify in seconds, without a progress line
+
+
+def verify_checkpoint(tag_dir: str | os.PathLike, rank: int = 0, world: int = 1) -> str | None:
+    """One phrase naming the first file whose content differs from its sha256 in complete.json, or None
+    when all match. In a process group the files are shared out over the ranks (each hashes its share,
+    several files at a time) and every rank gets the same answer."""
+    tag_dir = Path(tag_dir)
+    recorded = recorded_hashes(tag_dir) or {}
+    mine = [tag_dir / rel for rel in sorted(recorded)[rank::world]]
+    total = sum(p.stat().st_size for p in mine if p.is_file())
+    progress = None
+    if rank == 0 and total * world >= PROGRESS_FROM_BYTES:
+        from jobs.cli import Progress, human_bytes
+
+        progress = Progress(
+            "trainer.checkpoint",
+            lambda done, tot, rate, eta: (
+                f"verifying {tag_dir.name}: {human_bytes(done)} / {human_bytes(tot)} at {human_bytes(rate)}/s"
+            ),
+            total=total,
+        )
+    lock = threading.Lock()
+
+    def advance(n: int) -> None:
+        with lock:
+            progress.advance(n)
+
+    bad = None
+    try:
+        got = hash_files([p for p in mine if p.is_file()], advance if progress else None)
+    finally:
+        if progress:
+            progress.close()
+    for p in mine:
+        rel = p.relative_to(tag_dir).as_posix()
+        if p not in got:
+            bad = (rel, f"{rel} is missing")
+        elif got[p] != recorded[rel]:
+            bad = (rel, f"{rel} does not match its {HASH} in {COMPLETE} (damaged since it was saved)")
+        if bad:
+            break
+    if world > 1:
+        import torch.distributed as dist
+
+        every: list = [None] * world
+        dist.all_gather_object(every, bad)
+        bad = min((b for b in every if b), default=None)
+    return bad[1] if bad else None
+
+
+def intact_resume(
+    resume: tuple[str, str, bool], log: Callable[[str], None], rank: int = 0, world: int = 1
+) -> tuple[str, str, bool]:
+    """The chosen checkpoint if its content matches complete.json, else the newest older complete one that
+    does (one line per damaged one); refuses when none does. Checkpoints written before content hashes
+    resume with a note that they were not content-verified."""
+    where, tag, module_only = resume
+    chain = [tag, *older_complete(where, tag)]
+    for i, t in enumerate(chain):
+        tag_dir = Path(where) / t
+        if recorded_hashes(tag_dir) is None:
+            log(f"note: checkpoint {tag_dir} predates content hashes in {COMPLETE}; not content-verified")
+            return where, t, module_only
+        damage = verify_checkpoint(tag_dir, rank, world)
+        if damage is None:
+            return where, t, module_only
+        if i + 1 == len(chain):
+            raise JobError(
+                f"checkpoint {tag_dir}: {damage}; no older complete checkpoint in {where} to fall back to "
+                f"(restore the file, or resume unchecked with trainer.train --no-verify / config key "
+                f"'verify-checkpoints: false')"
+            )
+        log(f"warning: checkpoint {tag_dir}: {damage}; falling back to {chain[i + 1]}")
+    raise AssertionError("unreachable")
 
 
 def ds_checkpoint_tag(path: str | os.PathLike | None) -> str | None:

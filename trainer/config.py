@@ -214,6 +214,12 @@ class PrecisionArgs(_Section):
         return bool(self.bf16 and self.bf16.get("enabled", True)) or self.precision == "bfloat16"
 
     @property
+    def fp16_dynamic(self) -> bool:
+        """fp16 with DeepSpeed's dynamic loss scaling (loss_scale 0, the default): overflow steps are its own
+        to skip."""
+        return self.fp16_enabled and not (self.fp16 or {}).get("loss_scale", 0)
+
+    @property
     def name(self) -> str:
         return "fp16" if self.fp16_enabled else "bf16" if self.bf16_enabled else "fp32"
 
@@ -269,6 +275,8 @@ class TrainArgs(_Section):
     peak_tflops: float = 989.0  # per-device peak for MFU (H100/H200 dense bf16); ours, not gpt-neox's
     steps_per_print: int = 10
     wall_clock_breakdown: bool = False
+    verify_checkpoints: bool = True  # ours: resume checks the sha256 of every file complete.json lists
+    skip_non_finite_steps: int = 0  # ours: micro-batches with a NaN/Inf loss skipped before the run stops
 
 
 def range_errors(sec: dict[str, Any]) -> list[str]:
@@ -339,6 +347,12 @@ def range_errors(sec: dict[str, Any]) -> list[str]:
     need(o.gradient_clipping >= 0, "gradient-clipping", o.gradient_clipping, ">= 0 (0: off)")
     need(sec["data"].seed >= 0, "seed", sec["data"].seed, ">= 0")
     need(t.peak_tflops > 0, "peak-tflops", t.peak_tflops, "> 0")
+    need(
+        t.skip_non_finite_steps >= 0,
+        "skip-non-finite-steps",
+        t.skip_non_finite_steps,
+        ">= 0 (0: stop at the first)",
+    )
     return errors
 
 

@@ -100,7 +100,7 @@ def _build_trial_class():
 
     from trainer import checkpoint
     from trainer.data import MicroBatches, build_splits, eval_batches
-    from trainer.engine import eval_loss, parallelize, train_step
+    from trainer.engine import NonFinitePolicy, eval_loss, parallelize, train_step
     from trainer.start import build_model, check_model_fits
     from trainer.state import TrainState
 
@@ -126,12 +126,17 @@ def _build_trial_class():
             self.train_batches = MicroBatches(
                 self.splits["train"], cfg.batch.train_micro_batch_size_per_gpu, self.rank, self.world
             )
+            # as trainer.train's: a NaN/Inf loss fails the trial (Determined keeps its last checkpoint)
+            self.policy = NonFinitePolicy(cfg.train.skip_non_finite_steps, cfg.precision.fp16_dynamic, note)
 
         def train_batch(self, dataloader_iter, epoch_idx: int, batch_idx: int) -> dict[str, Any]:
             # Determined calls this once per micro-batch (automatic gradient accumulation)
-            loss = train_step(
-                self.engine, self.context.to_device(next(dataloader_iter))
-            )  # as trainer.train's
+            loss = train_step(  # as trainer.train's
+                self.engine,
+                lambda: self.context.to_device(next(dataloader_iter)),
+                self.policy,
+                batch_idx + 1,
+            )
             return {"lm_loss": loss, "lr": self.engine.get_lr()[0]}
 
         def evaluate_batch(self, dataloader_iter, batch_idx: int) -> dict[str, Any]:

@@ -23,7 +23,9 @@ step with trainer.optim's (one rank or ZeRO-0: it keeps the whole optimizer stat
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -233,12 +235,105 @@ def lm_loss(engine, tokens: torch.Tensor) -> torch.Tensor:
     return engine(tokens[:, :-1], targets=tokens[:, 1:])  # (b, s) inputs -> next-token targets
 
 
-def train_step(engine, tokens: torch.Tensor) -> torch.Tensor:
+# A test hook (tests/trainer/test_nonfinite.py): NEOX_TEST_NAN_AT=N[,M...] makes the loss of the first
+# micro-batch of those iterations NaN, as a diverged model's would be. Read only here; unset in real runs.
+_NAN_AT = "NEOX_TEST_NAN_AT"
+
+
+class NonFinitePolicy:
+    """What a NaN/Inf loss or gradient norm does to a run (one home for trainer.train and the Determined
+    trial): it stops, with an error naming the iteration, before the micro-batch's backward, so the weights
+    and every later checkpoint stay finite; with `allowed` K > 0 the first K such micro-batches are skipped
+    instead (no backward, no step; the next micro-batch takes the place). With fp16 dynamic loss scaling,
+    steps whose gradients overflowed are DeepSpeed's to skip (it lowers the scale): they never count."""
+
+    def __init__(
+        self,
+        allowed: int = 0,
+        fp16_dynamic: bool = False,
+        log: Callable[[str], None] = print,
+        last_good: Callable[[], str] | None = None,
+    ) -> None:
+        self.allowed, self.fp16_dynamic, self.log = allowed, fp16_dynamic, log
+        self.last_good = last_good or (lambda: "")
+        self.skipped = 0
+        self._poison = {int(x) for x in os.environ.get(_NAN_AT, "").split(",") if x.strip()}
+
+    def _stop(self, what: str, iteration: int) -> None:
+        from jobs.cli import JobError
+
+        where = self.last_good()
+        raise JobError(
+            f"iteration {iteration}: {what}; stopped without saving"
+            + (f" (the newest complete checkpoint is {where})" if where else "")
+            + (f", after skipping {self.skipped}" if self.skipped else "")
+            + "; lower the learning rate or check the data, or allow skips with config key "
+            "'skip-non-finite-steps'"
+        )
+
+    def loss_ok(self, loss: torch.Tensor, iteration: int) -> bool:
+        """True to go on with this micro-batch; False to skip it; raises to stop. Every rank agrees."""
+        if iteration in self._poison:
+            self._poison.discard(iteration)
+            loss = loss * float("nan")
+        finite = torch.isfinite(loss.detach()).all().to(torch.int32).reshape(1)
+        if dist_world() > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # one rank's NaN is every rank's
+        if finite.item():
+            return True
+        what = f"lm_loss {loss.detach().float().mean().item()} is not finite"
+        if self.skipped >= self.allowed:
+            self._stop(what, iteration)
+        self.skipped += 1
+        self.log(
+            f"warning: iteration {iteration}: {what}; micro-batch skipped ({self.skipped} of "
+            f"{self.allowed} allowed by 'skip-non-finite-steps')"
+        )
+        return False
+
+    def step_done(self, engine, iteration: int, skipped_before: int) -> None:
+        """After an optimizer step: a non-finite gradient norm that DeepSpeed applied cannot be undone."""
+        norm = engine.get_global_grad_norm()
+        if norm is None or math.isfinite(float(norm)):
+            return
+        if engine.skipped_steps > skipped_before:  # DeepSpeed skipped the update itself
+            if self.fp16_dynamic:
+                return  # the loss scaler's overflow step: its own business
+            if self.skipped < self.allowed:
+                self.skipped += 1
+                self.log(f"warning: iteration {iteration}: gradient norm {norm} is not finite; step skipped")
+                return
+        self._stop(f"gradient norm {norm} is not finite", iteration)
+
+
+def dist_world() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def train_step(
+    engine,
+    tokens: torch.Tensor | Callable[[], torch.Tensor],
+    policy: NonFinitePolicy | None = None,
+    iteration: int = 0,
+) -> torch.Tensor:
     """One micro-batch: loss, backward, step (DeepSpeed applies the optimizer at the accumulation
-    boundary). The script's loop and the Determined trial both run this; returns the loss."""
-    loss = lm_loss(engine, tokens)
+    boundary). The script's loop and the Determined trial both run this; returns the loss. With a
+    `policy`, `tokens` is a callable giving micro-batches: one whose loss is not finite is skipped (the
+    next is drawn) or stops the run, as the policy says."""
+    while True:
+        loss = lm_loss(engine, tokens() if callable(tokens) else tokens)
+        if policy is None or policy.loss_ok(loss, iteration):
+            break
+    skipped_before = engine.skipped_steps
+    boundary = engine.is_gradient_accumulation_boundary()
     engine.backward(loss)
     engine.step()
+    if policy is not None and boundary:
+        policy.step_done(engine, iteration, skipped_before)
     return loss
 
 

@@ -8,6 +8,11 @@ at stage 0 (bf16 for a `fused-optimizer-step` run, whose fp32 masters stay in it
 Only complete checkpoints are exported (trainer.checkpoint: `complete.json`, or a folder written before
 markers existed); for a `save` folder that is the one `latest` names if complete, else the newest
 complete one. `--out` must not exist or be an empty folder: an existing one is never replaced.
+
+Before converting, every file is checked against the sha256 complete.json records (`--no-verify` skips it;
+checkpoints written before content hashes, and Determined's, are exported with a note). The folder is
+written under a temporary name beside `--out` holding an owner file (pid, host); a rerun removes such
+folders of exports that were killed (same host, pid gone), one line each, and nothing else.
 """
 
 from __future__ import annotations
@@ -68,17 +73,44 @@ def load_state(folder: Path, tag: str) -> dict[str, torch.Tensor]:
     return torch.load(files[0], map_location="cpu", weights_only=False)["module"]
 
 
+def clean_temporaries(*outs: Path) -> None:
+    """Remove the temporary folders that killed exports to these places left (only provably ours)."""
+    for out in outs:
+        for tmp, pid in checkpoint.stale_temporaries(out):
+            checkpoint.remove_temporary(tmp)
+            print(f"{PROG}: removed {tmp}, left by an export to {out} that was stopped (pid {pid})")
+
+
+def verify(folder: Path, tag: str) -> None:
+    """The checkpoint's files against the sha256 its complete.json records, before anything is written."""
+    tag_dir = folder / tag
+    if checkpoint.recorded_hashes(tag_dir) is None:
+        print(
+            f"{PROG}: note: {tag_dir} predates content hashes in {checkpoint.COMPLETE}; not content-verified"
+        )
+        return
+    damage = checkpoint.verify_checkpoint(tag_dir)
+    if damage:
+        raise JobError(
+            f"--checkpoint {tag_dir}: {damage}; nothing written (restore it, or export unchecked with --no-verify)"
+        )
+
+
 def export(
     checkpoint_dir: str | Path,
     out: str | Path,
     dtype: str = "auto",
     merge: bool = False,
     base_out: str | Path | None = None,
+    verify_content: bool = True,
 ) -> dict:
+    clean_temporaries(*(Path(p) for p in (out, base_out) if p))
     check_out(Path(out))
     if base_out:
         check_out(Path(base_out))
     folder, tag = find_checkpoint(checkpoint_dir)
+    if verify_content:
+        verify(folder, tag)
     from trainer import lora
 
     if lora.is_lora_checkpoint(folder / tag):  # adapters only: a PEFT folder, or merged full weights
@@ -125,12 +157,13 @@ def export_anywhere(
     dtype: str = "auto",
     merge: bool = False,
     base_out: str | None = None,
+    verify_content: bool = True,
 ) -> dict:
     """`export` with either end on S3 (trainer.export_remote): fetch, convert, upload."""
     from trainer import export_remote as remote
 
     if not (remote.is_s3(ckpt) or remote.is_s3(out)):
-        return export(ckpt, out, dtype, merge, base_out)
+        return export(ckpt, out, dtype, merge, base_out, verify_content)
     if work is None:
         if remote.is_s3(out):
             raise JobError("--out s3://...: give --work DIR, a folder with room for the export")
@@ -142,7 +175,7 @@ def export_anywhere(
         remote.split(out, "--out")
         check_out(local_out)
     source = remote.fetch_checkpoint(ckpt, work_dir) if remote.is_s3(ckpt) else ckpt
-    stats = export(source, local_out, dtype, merge, base_out)
+    stats = export(source, local_out, dtype, merge, base_out, verify_content)
     if remote.is_s3(out):
         remote.upload_folder(local_out, out)
         shutil.rmtree(local_out)
@@ -192,10 +225,17 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="LoRA checkpoint: also write its base weights as a Hugging Face folder (for PEFT)",
     )
+    parser.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="export without checking the checkpoint's files against the sha256 in its complete.json",
+    )
     args = parser.parse_args(argv)
 
     def body() -> int:
-        stats = export_anywhere(args.checkpoint, args.out, args.work, args.dtype, args.merge, args.base_out)
+        stats = export_anywhere(
+            args.checkpoint, args.out, args.work, args.dtype, args.merge, args.base_out, not args.no_verify
+        )
         what = f"{stats['kind']}, " if "kind" in stats else ""
         print(
             f"{PROG}: wrote {args.out} ({what}{stats['parameters'] / 1e6:.1f}M parameters, {stats['dtype']}, "

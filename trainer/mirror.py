@@ -6,7 +6,11 @@ Layout: `PREFIX/global_stepN/<files>`, then `PREFIX/global_stepN/complete.json` 
 in the bucket without it is an unfinished upload), then `PREFIX/latest`. Resumable: a file already
 in the bucket with the same size and the same checkpoint id (object metadata, from the marker) is
 skipped, so a restarted run finishes an interrupted upload without sending it again, and a replaced
-checkpoint under an old name is sent in full. Big files go as boto3 managed multipart uploads.
+checkpoint under an old name is sent in full. Each file is checked against the sha256 its marker records
+before it goes (a file damaged since the save fails the upload, and no marker reaches the bucket) and
+carries that sha256 as object metadata; downloads (`invoke export --local`, trainer.export) check the
+same hashes, so a copy from the bucket is checked against what the trainer wrote. Big files go as boto3
+managed multipart uploads.
 
 Endpoint from boto3's standard `AWS_ENDPOINT_URL`, keys from boto3's default chain (the environment a
 Kubernetes Secret fills); neither is ever logged. An upload failure is one warning line; training
@@ -25,7 +29,7 @@ from urllib.parse import urlparse
 
 from jobs.cli import JobError
 from jobs.remote import s3_client
-from trainer.checkpoint import COMPLETE
+from trainer.checkpoint import COMPLETE, HASH, file_sha256
 
 ENV = "NEOX_CHECKPOINT_MIRROR"
 META_ID = "checkpoint-id"
@@ -136,6 +140,7 @@ class Mirror:
             # another save under this name: the bucket must not show a marker over mixed files
             self.client.delete_object(Bucket=self.bucket, Key=self.key(tag, COMPLETE))
         extra = {"Metadata": {META_ID: ident}}
+        hashes = marker.get(HASH) or {}  # absent in markers written before content hashes
         sent = skipped = 0
         for rel, size in sorted(marker["files"].items()):
             key = self.key(tag, rel)
@@ -143,8 +148,12 @@ class Mirror:
             if head and head["ContentLength"] == size and head.get("Metadata", {}).get(META_ID) == ident:
                 skipped += 1
                 continue
+            if rel in hashes and file_sha256(tag_dir / rel) != hashes[rel]:
+                # never put a marker in the bucket over bytes other than the trainer wrote
+                raise JobError(f"{rel} does not match its {HASH} in {COMPLETE} (damaged since it was saved)")
+            meta = {**extra["Metadata"], HASH: hashes[rel]} if rel in hashes else extra["Metadata"]
             self.client.upload_file(
-                str(tag_dir / rel), self.bucket, key, ExtraArgs=extra, Config=self.transfer
+                str(tag_dir / rel), self.bucket, key, ExtraArgs={"Metadata": meta}, Config=self.transfer
             )
             sent += 1
         self.client.upload_file(str(marker_path), self.bucket, self.key(tag, COMPLETE), ExtraArgs=extra)

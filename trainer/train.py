@@ -1,7 +1,11 @@
 """Fine-tune GPT-NeoX under DeepSpeed: `python -m trainer.train --config FILE [FILE...] [--override k=v ...]`.
 
 Runs under `deepspeed`, `torchrun` or alone (a world of one). Reads top to bottom: config, checks
-(data, weights: before any GPU memory is touched), distributed init, engine, loop, summary.
+(data, where to start), distributed init, the resumed checkpoint's content check (its files' sha256
+against complete.json, shared out over the ranks; `--no-verify` or `verify-checkpoints: false` skips it),
+weights, engine, loop, summary. A NaN/Inf loss or gradient norm stops the run with an error naming the
+iteration and nothing saved of that state (`skip-non-finite-steps: K` skips up to K such micro-batches
+first; trainer.engine.NonFinitePolicy).
 
 Where training starts (first match wins; decided in trainer.start, which the Determined trial uses
 too for cases 2 and 3, Determined restoring its own checkpoints):
@@ -130,15 +134,23 @@ def save(engine, cfg: NeoXConfig, mcfg: ModelConfig, state: TrainState, mirror) 
     )
     if rank == 0 and cfg.lora:
         lora.write_info(save_dir / tag, engine.module, cfg)
-    checkpoint.sync_rank_files(save_dir / tag, rank)
-    dist.barrier()  # every rank's files are written and durable
+    hashes = checkpoint.sync_rank_files(save_dir / tag, rank)  # hashed where they were written
+    every: list = [None] * dist.get_world_size()
+    dist.all_gather_object(every, hashes)  # also the barrier: every rank's files are written and durable
     if rank == 0:
-        checkpoint.mark_complete(save_dir / tag, iteration, dist.get_world_size())
+        written = {rel: h for part in every for rel, h in part.items()}
+        checkpoint.mark_complete(save_dir / tag, iteration, dist.get_world_size(), written)
         log(f"saved checkpoint {save_dir / tag}")
         if mirror:
             mirror.submit(save_dir / tag)
         prune(cfg, mirror)
     dist.barrier()  # the next save (or exit) sees the marker
+
+
+def newest_checkpoint(t) -> str:
+    """For the non-finite stop's message: where a restart would resume from."""
+    tag = checkpoint.ds_checkpoint_tag(t.save) if t.save else None
+    return f"{t.save}/{tag}" if tag else "none yet"
 
 
 def prune(cfg: NeoXConfig, mirror) -> None:
@@ -176,9 +188,19 @@ def train(cfg: NeoXConfig, mirror_url: str | None = None, mirror_what: str = "--
     if not cfg.data.data_path:
         raise JobError("config key 'data-path' is not set")
     mirror = open_mirror(mirror_url, mirror_what, cfg)
+    t = cfg.train
     seq = cfg.model.seq_length
     splits = build_splits(cfg.data.data_path, cfg.data.split_weights(), seq, cfg.data.seed)
     resume = start.resume_point(cfg, log)  # trainer.start decides where the run starts
+
+    from trainer.engine import NonFinitePolicy, init_distributed, parallelize
+
+    init_distributed()  # before the content check: the ranks share its hashing out
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if resume and t.verify_checkpoints:
+        resume = checkpoint.intact_resume(resume, log, rank, world)
     model, source = start.build_model(cfg, resume, log)
     mcfg = model.cfg
     start.check_model_fits(cfg, mcfg, log)
@@ -187,13 +209,6 @@ def train(cfg: NeoXConfig, mirror_url: str | None = None, mirror_what: str = "--
         f"model: {mcfg.num_layers} layers, hidden {mcfg.hidden_size}, {mcfg.num_params() / 1e6:.1f}M parameters, "
         f"weights from {source}"
     )
-
-    from trainer.engine import init_distributed, parallelize
-
-    init_distributed()
-    import torch.distributed as dist
-
-    rank, world = dist.get_rank(), dist.get_world_size()
     engine = parallelize(model, cfg)
     log(
         f"DeepSpeed: ZeRO stage {engine.zero_optimization_stage()}, {cfg.precision.name}, {world} data-parallel ranks, "
@@ -204,7 +219,6 @@ def train(cfg: NeoXConfig, mirror_url: str | None = None, mirror_what: str = "--
     log(kernel_loader.summary())  # which fused kernels run, so a silent fallback to the references shows
     loader = MicroBatches(splits["train"], cfg.batch.train_micro_batch_size_per_gpu, rank, world)
     state = TrainState()  # step, tokens seen, data position: what a checkpoint carries besides the engine's
-    t = cfg.train
     if resume:
         where, tag, module_only = resume
         # a LoRA checkpoint holds the trained tensors only (lora.resume_point checked they fit the config)
@@ -235,11 +249,15 @@ def train(cfg: NeoXConfig, mirror_url: str | None = None, mirror_what: str = "--
     stop = t.train_iters if t.exit_interval is None else min(t.train_iters, iteration + t.exit_interval)
     started, window_start, window_iters = time.monotonic(), time.monotonic(), 0
     last: dict = {}
+    # a NaN/Inf loss stops the run before its update (and before any save) unless skips are allowed
+    policy = NonFinitePolicy(
+        t.skip_non_finite_steps, cfg.precision.fp16_dynamic, log, lambda: newest_checkpoint(t)
+    )
     engine.train()
     while iteration < stop:
         loss_sum = 0.0
         for _ in range(gas):
-            loss_sum += train_step(engine, next(loader)).item()
+            loss_sum += train_step(engine, lambda: next(loader), policy, iteration + 1).item()
         iteration += 1
         window_iters += 1
         state.step, state.tokens_seen = iteration, state.tokens_seen + tokens_per_iter
@@ -308,12 +326,20 @@ def main(argv: list[str] | None = None) -> int:
         help="also copy each complete checkpoint there (default: env NEOX_CHECKPOINT_MIRROR)",
     )
     parser.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="resume without checking the checkpoint's files against the sha256 in its complete.json "
+        "(config key verify-checkpoints: false)",
+    )
+    parser.add_argument(
         "--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS
     )  # deepspeed launcher
     args = parser.parse_args(argv)
 
     def body() -> int:
         cfg = load_config(args.config, args.override)
+        if args.no_verify:
+            cfg.train.verify_checkpoints = False
         from_env = not args.mirror and os.environ.get("NEOX_CHECKPOINT_MIRROR")
         stats = train(
             cfg, args.mirror or from_env or None, "env NEOX_CHECKPOINT_MIRROR" if from_env else "--mirror"

@@ -1,7 +1,8 @@
 """The staging area under DEST/.fetch-staging: partial files, their sidecars, and who owns them.
 
 A Kubernetes shared volume is NFS-like and `flock` there may silently not lock, so ownership is a
-lease file created with O_EXCL and kept fresh by a heartbeat; a second fetcher into the same DEST
+lease file created whole and exclusively (written aside, then hard-linked into place) and kept fresh by
+a heartbeat; a second fetcher into the same DEST
 fails (or waits for a dead owner's lease to go stale) instead of writing the same partial files.
 """
 
@@ -114,6 +115,28 @@ class Lease:
         except (OSError, ValueError):
             return None
 
+    def _create(self) -> bool:
+        """Create the lease whole, or not at all where one exists: written under a temporary name (as every
+        JSON file here), then hard-linked into place, which unlike a rename refuses an existing name and is
+        atomic on NFS too. A reader never sees it empty (and would take an empty one for a dead owner's)."""
+        tmp = self.path.with_name(f".{self.path.name}.{self.me['token']}")
+        write_json_atomic(tmp, self._record())
+        try:
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # a volume without hard links: exclusive create, then fill (the old two steps)
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w") as f:
+                json.dump(self._record(), f)
+            return True
+        finally:
+            tmp.unlink(missing_ok=True)
+
     def _dead(self, other: dict) -> bool:
         """True when the holder is provably gone: same host and its pid is not running (or is us,
         which means a restarted container with the same pid)."""
@@ -132,9 +155,7 @@ class Lease:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + (STALE_AFTER_S + HEARTBEAT_S if wait_s is None else wait_s)
         while True:
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
+            if not self._create():
                 other = self._read()
                 age = time.time() - float(other.get("heartbeat", 0)) if other else STALE_AFTER_S + 1
                 if other is None or age > STALE_AFTER_S or self._dead(other):
@@ -150,8 +171,6 @@ class Lease:
                     ) from None
                 time.sleep(1.0)
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(self._record(), f)
             break
         self._thread = threading.Thread(target=self._beat, name="fetch-lease", daemon=True)
         self._thread.start()

@@ -17,7 +17,7 @@ from jobs.fetch import Options, fetch
 from jobs.fetch.cli import main
 from jobs.fetch.http import HttpSource
 from jobs.fetch.staging import Chunk, PartState, staging_dir
-from tests.support.readonly import unprivileged, world_readable_tmp
+from tests.support.readonly import unprivileged_cmd, world_readable_tmp
 from tests.support.servers import FileServer
 
 REPO = Path(__file__).parents[2]
@@ -186,7 +186,7 @@ def test_a_nul_in_a_listing_link_is_one_line(served, dest, capsys):
     assert len(err) == 1 and "unsafe file path" in err[0] and "\\x00" in err[0], err
 
 
-def test_a_read_only_dest_is_one_line(served, capsys):
+def test_a_read_only_dest_is_one_line(served):
     with world_readable_tmp() as tmp:
         src = tmp / "src"
         src.mkdir()
@@ -194,9 +194,16 @@ def test_a_read_only_dest_is_one_line(served, capsys):
         dest = tmp / "dest"
         dest.mkdir(mode=0o555)
         dest.chmod(0o555)
-        with unprivileged():
-            rc = main([str(src), str(dest)])
-    err = capsys.readouterr().err.strip().splitlines()
+        repo = Path(__file__).resolve().parents[2]
+        proc = subprocess.run(  # the writer without the right to ignore file modes (tests.support.readonly)
+            unprivileged_cmd([sys.executable, "-m", "jobs.fetch", str(src), str(dest)]),
+            cwd=repo,
+            env={**os.environ, "PYTHONPATH": str(repo)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    rc, err = proc.returncode, proc.stderr.strip().splitlines()
     assert rc == 1 and len(err) == 1 and str(dest) in err[0] and "Permission denied" in err[0], err
 
 

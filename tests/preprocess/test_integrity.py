@@ -6,16 +6,20 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import zstandard
 
 from tests.support.corpus import read_docs, run_cli
-from tests.support.readonly import unprivileged, world_readable_tmp
+from tests.support.readonly import unprivileged_cmd, world_readable_tmp
 
 LINES = [json.dumps({"text": f"document {i} " + "words " * (i % 50)}) + "\n" for i in range(20000)]
 DATA = "".join(LINES).encode()
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _one_line(err: str) -> str:
@@ -90,17 +94,35 @@ def test_a_malformed_input_is_one_line(spec, capsys, tmp_path, tokenizer_path, m
     assert rc == 1 and ("malformed URL" in line if spec else "empty path" in line), line
 
 
-def test_a_read_only_output_folder_is_one_line(capsys, tokenizer_path):
+def test_a_read_only_output_folder_is_one_line(tokenizer_path):
+    """The writer is a subprocess without the right to ignore file modes (tests.support.readonly), not this
+    pytest process switched to another uid."""
     with world_readable_tmp() as tmp:
         src = tmp / "a.jsonl"
         src.write_bytes(DATA[:1000].rsplit(b"\n", 1)[0] + b"\n")
         out = tmp / "out"
         out.mkdir()
         out.chmod(0o555)
-        with unprivileged():
-            rc, _, err = run_cli(capsys, out / "ds", [src], tokenizer_path)
-    line = _one_line(err)
-    assert rc == 1 and str(out) in line and "Permission denied" in line, line
+        cmd = [
+            sys.executable,
+            "-m",
+            "jobs.preprocess",
+            "--input",
+            str(src),
+            "--tokenizer",
+            str(tokenizer_path),
+        ]
+        proc = subprocess.run(
+            unprivileged_cmd([*cmd, "--output-prefix", str(out / "ds")]),
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert list(out.iterdir()) == []
+    line = _one_line(proc.stderr)
+    assert proc.returncode == 1 and str(out) in line and "Permission denied" in line, line
 
 
 def test_the_output_folder_keeps_unrelated_files(capsys, tmp_path, tokenizer_path):
