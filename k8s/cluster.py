@@ -31,6 +31,7 @@ from kubernetes.config.incluster_config import InClusterConfigLoader
 from kubernetes.config.kube_config import KubeConfigLoader, KubeConfigMerger
 
 from jobs.cli import JobError, human_duration
+from k8s import progress
 from k8s.render import FIELD_MANAGER  # the one name we apply as and label our objects with
 
 IN_CLUSTER = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -406,13 +407,15 @@ class Cluster:
         same = before["metadata"].get("resourceVersion") == live["metadata"].get("resourceVersion")
         return ("unchanged" if same else "configured"), live
 
-    def delete(self, kind: str, name: str) -> bool:
+    def delete(self, kind: str, name: str, propagation: str = "Background") -> bool:
+        """Delete, its dependents (a Job's pods) with it: Background (now) or Foreground (the object
+        stays until they are gone)."""
         try:
             self._json(
                 "DELETE",
                 self._path(kind, name),
                 f"delete {kind}/{name}",
-                body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"},
+                body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation},
             )
         except ApiError as exc:
             if exc.status == 404:
@@ -479,8 +482,28 @@ class Cluster:
         finally:
             resp.release_conn()
 
-    def pods_of(self, kind: str, name: str) -> list[dict]:
+    def try_log(self, pod: str, tail_lines: int, out: TextIO) -> str | None:
+        """The log tail, or None after a warning line when it cannot be read (a kubelet's 500, a 403 on
+        pods/log): logs are a nicety, outcomes come from the objects' status."""
+        try:
+            return self.pod_log(pod, tail_lines)
+        except ApiError as exc:
+            why = str(exc).split(" answered ", 1)[-1]
+            print(f"deploy: warning: log of pod {pod} not readable ({why}); going by the status", file=out)
+            return None
+
+    def pods_of(self, kind: str, name: str, owner: dict | None = None) -> list[dict]:
+        """The workload's pods, oldest first; with `owner` (a Job), only that very object's, not those of
+        an earlier Job of the same name that are still being deleted."""
         pods = self.list("Pod", POD_SELECTOR[kind].format(name))
+        uid = ((owner or {}).get("metadata") or {}).get("uid")
+        if uid and kind == "Job":
+            pods = [
+                p
+                for p in pods
+                if not p["metadata"].get("ownerReferences")
+                or any(r.get("uid") == uid for r in p["metadata"]["ownerReferences"])
+            ]
         return sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""))
 
     def job_pods(self, job: str) -> list[dict]:
@@ -499,13 +522,20 @@ class Cluster:
         log_tail: int = 40,
         clock: Callable[[], float] = time.monotonic,
         progress_every: float = PROGRESS_EVERY,
+        stall_timeout: float = progress.STALL_TIMEOUT,
+        controller_timeout: float = progress.CONTROLLER_TIMEOUT,
     ) -> dict:
-        """Follow `kind`/`name` with a watch until it completes; on failure print the failed pod's
-        log tail and raise. A progress line every `progress_every` seconds."""
+        """Follow `kind`/`name` with a watch until it completes; on failure print why (the failed pod's
+        end, its log tail when readable) and raise. A progress line (k8s/progress.py: pods by phase,
+        why they are Pending, restarts) whenever it changes and every `progress_every` seconds; gives up
+        after `stall_timeout` without change while pods are not running, or `controller_timeout` with no
+        controller acting on it."""
         out = out or sys.stderr
         what = f"{kind}/{name}"
         start = next_line = clock()
         obj, rv = self._get_listed(kind, name)
+        tracker = progress.Tracker(kind, name, obj or {}, start, stall_timeout, controller_timeout)
+        last_line = None
         while True:
             if obj is None:
                 raise JobError(f"{what}: not found in namespace {self.namespace} (deleted while waiting?)")
@@ -518,18 +548,33 @@ class Cluster:
             now = clock()
             if now - start > timeout:
                 raise JobError(f"{what}: still running after {human_duration(timeout)}; see `invoke logs`")
-            if now >= next_line:
-                print(
-                    f"deploy: {what}: {_progress(kind, obj)}, {human_duration(now - start)} elapsed", file=out
-                )
-                next_line = now + progress_every
-            window = max(1.0, min(next_line - now, timeout - (now - start) + 1))
+            snap = self.snapshot(kind, name, obj)
+            for line in tracker.update(snap, now, obj):
+                print(f"deploy: {what}: {line}", file=out)
+            tracker.check(snap, now)
+            if now >= next_line or snap.line != last_line:
+                print(f"deploy: {what}: {snap.line}, {human_duration(now - start)} elapsed", file=out)
+                last_line, next_line = snap.line, now + progress_every
+            until = min(next_line, tracker.next_deadline(now), start + timeout + 1)
+            window = max(1.0, until - now)
             try:
                 obj, rv = self._watch(kind, name, obj, rv, window)
             except ApiError as exc:
                 if exc.status != 410:
                     raise
                 obj, rv = self._get_listed(kind, name)  # our resourceVersion was compacted away: re-list
+
+    def snapshot(self, kind: str, name: str, obj: dict) -> progress.Snapshot:
+        """What the workload's pods are doing now (k8s/progress.py)."""
+        phases: dict[str, str | None] = {}
+
+        def claim_phase(claim: str) -> str | None:
+            if claim not in phases:
+                pvc = self.get("PersistentVolumeClaim", claim)
+                phases[claim] = ((pvc or {}).get("status") or {}).get("phase", "Pending") if pvc else "absent"
+            return phases[claim]
+
+        return progress.snapshot(kind, obj, self.pods_of(kind, name, owner=obj), claim_phase)
 
     def wait_job(
         self,
@@ -575,9 +620,11 @@ class Cluster:
                 if event["type"] == "DELETED":
                     return None, rv
                 if event["type"] in ("ADDED", "MODIFIED"):
+                    before = obj.get("status")
                     obj = event["raw_object"]
                     rv = obj["metadata"].get("resourceVersion", rv)
-                    if state(kind, obj) in ("Complete", "Failed"):
+                    # its end, or any change of its status (a restart, a node failed): the caller looks
+                    if state(kind, obj) in ("Complete", "Failed") or obj.get("status") != before:
                         w.stop()
                         break
         except ApiException as exc:  # an ERROR event in the stream (410 Gone when compacted)
@@ -588,7 +635,7 @@ class Cluster:
 
     def _report_failure(self, kind: str, name: str, obj: dict, out: TextIO, log_tail: int):
         reason = failed_reason(obj)
-        pods = self.pods_of(kind, name)
+        pods = self.pods_of(kind, name, owner=obj)
         failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
         if kind == "TrainJob":  # the trainer step's pods say why, not the initializers'
             failed = [
@@ -597,12 +644,16 @@ class Cluster:
         pod = (failed or pods or [None])[0 if failed else -1]
         if pod is not None:
             pod_name = pod["metadata"]["name"]
-            print(
-                f"deploy: {kind}/{name} failed ({reason}); last {log_tail} log lines of pod {pod_name}:",
-                file=out,
-            )
-            for line in self.pod_log(pod_name, log_tail).rstrip("\n").splitlines():
-                print(f"  | {line}", file=out)
+            if (ended := progress.terminated(pod)) is not None:
+                print(f"deploy: {kind}/{name}: pod {pod_name} ended: {ended}", file=out)
+            log = self.try_log(pod_name, log_tail, out)
+            if log is not None:
+                print(
+                    f"deploy: {kind}/{name} failed ({reason}); last {log_tail} log lines of pod {pod_name}:",
+                    file=out,
+                )
+                for line in log.rstrip("\n").splitlines():
+                    print(f"  | {line}", file=out)
         raise JobError(f"{kind}/{name} failed: {reason}")
 
 
@@ -652,12 +703,3 @@ def failed_reason(obj: dict) -> str:
             reason, message = cond.get("reason"), cond.get("message")
             return f"{reason} ({message})" if reason and message else reason or message or "Failed"
     return "Failed"
-
-
-def _progress(kind: str, obj: dict) -> str:
-    status = obj.get("status") or {}
-    if kind == "Job":
-        return f"{status.get('active', 0)} running, {status.get('failed', 0)} failed attempts"
-    jobs = _child_jobs(kind, status)
-    counts = {k: sum(j.get(k) or 0 for j in jobs) for k in ("active", "succeeded", "failed")}
-    return f"{counts['active']} jobs running, {counts['succeeded']} succeeded, {counts['failed']} failed"

@@ -369,6 +369,7 @@ class FakeKube(_Server):
         self._last_rv = 99
         self._born: dict[tuple[str, str], int] = {}
         self._polls: dict[tuple[str, str], int] = {}
+        self._init_bad_day()
 
     # -- helpers tests use
     def edit(self, kind: str, name: str, path: str, value, manager: str = "kubectl-edit") -> None:
@@ -402,6 +403,7 @@ class FakeKube(_Server):
         scheme, _, token = (headers.get("Authorization") or "").partition(" ")
         if scheme.lower() != "bearer" or token not in self.tokens:  # auth schemes are case-insensitive
             return _status(401, "Unauthorized")
+        self._expire_ttls()
         if url.path == "/version":
             return 200, {"major": "1", "minor": "30", "gitVersion": "v1.30.4"}, "application/json"
         parts = url.path.strip("/").split("/")
@@ -510,6 +512,8 @@ class FakeKube(_Server):
     def _log(self, pod, query):
         if ("Pod", pod) not in self.objects:
             return _status(404, f'pods "{pod}" not found')
+        if (failure := self._log_failure(pod)) is not None:
+            return failure
         lines = self.logs.get(pod, "").splitlines(keepends=True)
         start = max(0, len(lines) - int(query["tailLines"])) if "tailLines" in query else 0
         if query.get("follow") not in ("true", "1"):
@@ -655,6 +659,7 @@ class FakeKube(_Server):
         }
         self.objects[("Pod", name)] = pod
         self._born[("Pod", name)] = int(pod["metadata"]["resourceVersion"])
+        self._pod_bad_day(owner, pod)
 
     def _groups(self, kind: str, obj: dict) -> list[tuple[str, int, int, dict]]:
         """(replicated job, replicas, pods per child Job, pod template labels) of a JobSet/TrainJob."""
@@ -683,6 +688,8 @@ class FakeKube(_Server):
     def _start(self, kind: str, obj: dict) -> None:
         name = obj["metadata"]["name"]
         self._polls[(kind, name)] = 0
+        if kind in self.no_controller:  # the CRD is served, but nothing acts on the object
+            return
         if kind == "Job":
             labels = {
                 **((obj["spec"]["template"].get("metadata") or {}).get("labels") or {}),
@@ -754,6 +761,8 @@ class FakeKube(_Server):
         if self._finished(kind, obj):
             return
         key = (kind, name)
+        if self._held(kind, obj):
+            return
         self._polls[key] = self._polls.get(key, 0) + 1
         if self._polls[key] < self.job_polls:
             return
@@ -777,8 +786,10 @@ class FakeKube(_Server):
                 log if failed or outcome == "Complete" else f"{component}: stopped\n"
             )
             pod["status"]["phase"] = "Failed" if failed else "Succeeded"
+            self._terminated(pod, component, failed)
             self._bump(pod)
         ok = outcome == "Complete"
+        self._finished_at[key] = self.clock
         if kind == "Job":
             obj["status"] = (
                 {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
@@ -820,6 +831,165 @@ class FakeKube(_Server):
             if kind == "JobSet":
                 status["terminalState"] = "Completed" if ok else "Failed"
         self._bump(obj)
+
+    # -- a bad day: what real clusters do that the happy path never shows. Each is scripted per
+    # `app.kubernetes.io/component` (the stage) and off by default.
+    def _init_bad_day(self) -> None:
+        # component -> the scheduler's message: its pods stay Pending with PodScheduled=False
+        self.unschedulable: dict[str, str] = {}
+        # component -> (reason, message) of the container's waiting state (ErrImagePull, ImagePullBackOff)
+        self.image_errors: dict[str, tuple[str, str]] = {}
+        # component (or "*") -> the status pods/log answers with (500: the kubelet cannot serve it,
+        # 403: the user may not read pods/log)
+        self.log_failures: dict[str, int] = {}
+        # component -> the container's termination message (what it wrote to /dev/termination-log)
+        self.termination_messages: dict[str, str] = {}
+        # component -> [(node index, reason, exit code), ...]: the JobSet's failure policy restarts every
+        # node after each, status.restarts going up, before the scripted outcome
+        self.restart_plan: dict[str, list[tuple[int, str, int]]] = {}
+        self.restart_linger = 25  # steps a failed attempt's pods stay visible before they are recreated
+        # kinds whose CRD is served but no controller runs: objects never get a status or pods
+        self.no_controller: set[str] = set()
+        # the stand-in's clock (seconds) for Job TTLs; `advance_clock` moves it
+        self.clock = 0.0
+        self._finished_at: dict[tuple[str, str], float] = {}
+        self._attempt: dict[tuple[str, str], dict] = {}
+
+    def advance_clock(self, seconds: float) -> None:
+        """Time passes: finished Jobs whose ttlSecondsAfterFinished ran out are deleted (the TTL controller)."""
+        with self.lock:
+            self.clock += seconds
+            self._expire_ttls()
+
+    def _expire_ttls(self) -> None:
+        for (kind, name), at in list(self._finished_at.items()):
+            obj = self.objects.get((kind, name))
+            if obj is None:
+                del self._finished_at[(kind, name)]
+                continue
+            ttl = (obj.get("spec") or {}).get("ttlSecondsAfterFinished")
+            if kind == "Job" and ttl is not None and self.clock >= at + ttl:
+                del self._finished_at[(kind, name)]
+                self._delete(kind, name, "jobs")
+
+    def _component(self, obj: dict) -> str:
+        return (obj["metadata"].get("labels") or {}).get(COMPONENT, "")
+
+    def _pod_bad_day(self, owner: dict, pod: dict) -> None:
+        """A new pod as the kubelet and scheduler leave it: owned by its Job, carrying its template's
+        volumes, Pending with the scheduler's reason or an image pull error when scripted."""
+        component = self._component(pod)
+        if owner.get("kind") == "Job":
+            pod["metadata"]["ownerReferences"] = [
+                {"apiVersion": "batch/v1", "kind": "Job", "name": owner["metadata"]["name"],
+                 "uid": owner["metadata"].get("uid", ""), "controller": True}
+            ]
+            tmpl = (owner["spec"].get("template") or {}).get("spec") or {}
+            pod["spec"] = {"volumes": tmpl.get("volumes") or [], "containers": tmpl.get("containers") or []}
+        if component in self.unschedulable:
+            pod["status"] = {
+                "phase": "Pending",
+                "conditions": [
+                    {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                     "message": self.unschedulable[component]}
+                ],
+            }
+        elif component in self.image_errors:
+            reason, message = self.image_errors[component]
+            pod["status"] = {
+                "phase": "Pending",
+                "conditions": [{"type": "PodScheduled", "status": "True"}],
+                "containerStatuses": [
+                    {"name": "main", "ready": False, "restartCount": 0,
+                     "state": {"waiting": {"reason": reason, "message": message}}}
+                ],
+            }
+
+    def _held(self, kind: str, obj: dict) -> bool:
+        """True while something keeps the workload from going on this step: a Pending pod, or a
+        scripted JobSet restart in progress."""
+        name = obj["metadata"]["name"]
+        owner_label = "job-name" if kind == "Job" else JOBSET_NAME
+        pods = [o for (k, _), o in self.objects.items()
+                if k == "Pod" and o["metadata"]["labels"].get(owner_label) == name]
+        if any(p["status"].get("phase") == "Pending" for p in pods):
+            return True
+        if kind in self.no_controller:
+            return True
+        if kind == "JobSet" and self.restart_plan.get(self._component(obj)):
+            self._restart_step(obj, pods)
+            return True
+        return False
+
+    def _restart_step(self, obj: dict, pods: list[dict]) -> None:
+        """One step of a scripted restart: node i fails (its pod Failed with a reason, the child Job's
+        failed count up), stays visible for `restart_linger` steps, then every pod is recreated and
+        status.restarts goes up, as the JobSet controller's Recreate strategy does."""
+        key = ("JobSet", obj["metadata"]["name"])
+        plan = self.restart_plan[self._component(obj)]
+        attempt = self._attempt.setdefault(key, {"steps": 0})
+        attempt["steps"] += 1
+        node, reason, code = plan[0]
+        jobs = obj["status"].get("replicatedJobsStatus") or []
+        if attempt["steps"] == 1:
+            for pod in pods:
+                if pod["metadata"]["labels"].get("batch.kubernetes.io/job-completion-index") == str(node):
+                    pod["status"] = {
+                        "phase": "Failed",
+                        "containerStatuses": [
+                            {"name": "node", "ready": False, "restartCount": 0,
+                             "state": {"terminated": {"exitCode": code, "reason": reason}}}
+                        ],
+                    }
+                    self._bump(pod)
+            for j in jobs:
+                j.update(active=0, ready=0, failed=1)
+            self._bump(obj)
+        elif attempt["steps"] > self.restart_linger:
+            plan.pop(0)
+            del self._attempt[key]
+            for pod in pods:
+                del self.objects[("Pod", pod["metadata"]["name"])]
+            obj["status"]["restarts"] = obj["status"].get("restarts", 0) + 1
+            restarts = obj["status"]["restarts"]
+            for pod in pods:
+                fresh = json.loads(json.dumps(pod))
+                fresh["metadata"]["name"] = f"{pod['metadata']['name'].rsplit('-r', 1)[0]}-r{restarts}"
+                fresh["status"] = {"phase": "Running"}
+                self.objects[("Pod", fresh["metadata"]["name"])] = fresh
+                self._bump(fresh)
+                self._born[("Pod", fresh["metadata"]["name"])] = int(fresh["metadata"]["resourceVersion"])
+            for j in jobs:
+                j.update(active=j.get("active", 0) or 1, ready=1, failed=0)
+            self._bump(obj)
+
+    def _terminated(self, pod: dict, component: str, failed: bool) -> None:
+        """The container's terminated state, with its termination message when scripted."""
+        term = {"exitCode": 1 if failed else 0, "reason": "Error" if failed else "Completed"}
+        if component in self.termination_messages:
+            term["message"] = self.termination_messages[component]
+        pod["status"]["containerStatuses"] = [
+            {"name": "main", "ready": False, "restartCount": 0, "state": {"terminated": term}}
+        ]
+
+    def _log_failure(self, pod: str):
+        component = self._component(self.objects[("Pod", pod)])
+        status = self.log_failures.get(component, self.log_failures.get("*"))
+        if status == 403:
+            return _status(
+                403,
+                f'pods "{pod}" is forbidden: User "tester" cannot get resource "pods/log" in API group "" '
+                f'in the namespace "tenant-finetune"',
+                "Forbidden",
+            )
+        if status is not None:
+            return _status(
+                status,
+                f"Get \"https://10.0.0.7:10250/containerLogs/tenant-finetune/{pod}/main\": "
+                "remote error: tls: internal error",
+                "InternalError",
+            )
+        return None
 
 
 class FakeDetermined(_Server):
