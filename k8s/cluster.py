@@ -482,14 +482,17 @@ class Cluster:
         finally:
             resp.release_conn()
 
-    def try_log(self, pod: str, tail_lines: int, out: TextIO) -> str | None:
-        """The log tail, or None after a warning line when it cannot be read (a kubelet's 500, a 403 on
-        pods/log): logs are a nicety, outcomes come from the objects' status."""
+    def try_log(self, pod: str, tail_lines: int, out: TextIO | None) -> str | None:
+        """The log tail, or None (after a warning line on `out`) when it cannot be read (a kubelet's 500,
+        a 403 on pods/log): logs are a nicety, outcomes come from the objects' status."""
         try:
             return self.pod_log(pod, tail_lines)
         except ApiError as exc:
-            why = str(exc).split(" answered ", 1)[-1]
-            print(f"deploy: warning: log of pod {pod} not readable ({why}); going by the status", file=out)
+            if out is not None:
+                why = str(exc).split(" answered ", 1)[-1]
+                print(
+                    f"deploy: warning: log of pod {pod} not readable ({why}); going by its status", file=out
+                )
             return None
 
     def pods_of(self, kind: str, name: str, owner: dict | None = None) -> list[dict]:

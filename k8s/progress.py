@@ -97,7 +97,9 @@ def pending_reason(pod: dict, claim_phase) -> str:
     for cond in status.get("conditions") or []:
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
             return f"unschedulable: {cond.get('message') or cond.get('reason') or 'no node fits'}"
-    if any(c.get("type") == "PodScheduled" and c.get("status") == "True" for c in status.get("conditions") or []):
+    if any(
+        c.get("type") == "PodScheduled" and c.get("status") == "True" for c in status.get("conditions") or []
+    ):
         return "scheduled, starting its containers"
     return "waiting to be scheduled"
 
@@ -127,7 +129,9 @@ def snapshot(kind: str, obj: dict, pods: list[dict], claim_phase) -> Snapshot:
     else:
         jobs = _child_jobs(kind, status)
         c = {k: sum(j.get(k) or 0 for j in jobs) for k in ("active", "ready", "succeeded", "failed")}
-        line = f"{c['active']} jobs running, {c['succeeded']} succeeded, {c['failed']} failed; pods {pod_part}"
+        line = (
+            f"{c['active']} jobs running, {c['succeeded']} succeeded, {c['failed']} failed; pods {pod_part}"
+        )
         counts = tuple(c.values())
         if restarts:
             line += f"; {restarts} restarts"
@@ -180,7 +184,10 @@ class Tracker:
             limit = self.max_restarts()
             of = f" of {limit} (failurePolicy.maxRestarts)" if limit is not None else ""
             why = {**seen_before, **snap.failed_nodes} or self.failed_nodes
-            nodes = "; ".join(f"node {i} failed: {r}" for i, r in sorted(why.items())) or "the failed node's pod is gone"
+            nodes = (
+                "; ".join(f"node {i} failed: {r}" for i, r in sorted(why.items()))
+                or "the failed node's pod is gone"
+            )
             lines.append(f"restart {snap.restarts}{of}: {nodes}")
             self.failed_nodes = {}
         self.restarts = snap.restarts

@@ -881,8 +881,13 @@ class FakeKube(_Server):
         component = self._component(pod)
         if owner.get("kind") == "Job":
             pod["metadata"]["ownerReferences"] = [
-                {"apiVersion": "batch/v1", "kind": "Job", "name": owner["metadata"]["name"],
-                 "uid": owner["metadata"].get("uid", ""), "controller": True}
+                {
+                    "apiVersion": "batch/v1",
+                    "kind": "Job",
+                    "name": owner["metadata"]["name"],
+                    "uid": owner["metadata"].get("uid", ""),
+                    "controller": True,
+                }
             ]
             tmpl = (owner["spec"].get("template") or {}).get("spec") or {}
             pod["spec"] = {"volumes": tmpl.get("volumes") or [], "containers": tmpl.get("containers") or []}
@@ -890,8 +895,12 @@ class FakeKube(_Server):
             pod["status"] = {
                 "phase": "Pending",
                 "conditions": [
-                    {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                     "message": self.unschedulable[component]}
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": self.unschedulable[component],
+                    }
                 ],
             }
         elif component in self.image_errors:
@@ -900,8 +909,12 @@ class FakeKube(_Server):
                 "phase": "Pending",
                 "conditions": [{"type": "PodScheduled", "status": "True"}],
                 "containerStatuses": [
-                    {"name": "main", "ready": False, "restartCount": 0,
-                     "state": {"waiting": {"reason": reason, "message": message}}}
+                    {
+                        "name": "main",
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {"waiting": {"reason": reason, "message": message}},
+                    }
                 ],
             }
 
@@ -910,8 +923,11 @@ class FakeKube(_Server):
         scripted JobSet restart in progress."""
         name = obj["metadata"]["name"]
         owner_label = "job-name" if kind == "Job" else JOBSET_NAME
-        pods = [o for (k, _), o in self.objects.items()
-                if k == "Pod" and o["metadata"]["labels"].get(owner_label) == name]
+        pods = [
+            o
+            for (k, _), o in self.objects.items()
+            if k == "Pod" and o["metadata"]["labels"].get(owner_label) == name
+        ]
         if any(p["status"].get("phase") == "Pending" for p in pods):
             return True
         if kind in self.no_controller:
@@ -937,8 +953,12 @@ class FakeKube(_Server):
                     pod["status"] = {
                         "phase": "Failed",
                         "containerStatuses": [
-                            {"name": "node", "ready": False, "restartCount": 0,
-                             "state": {"terminated": {"exitCode": code, "reason": reason}}}
+                            {
+                                "name": "node",
+                                "ready": False,
+                                "restartCount": 0,
+                                "state": {"terminated": {"exitCode": code, "reason": reason}},
+                            }
                         ],
                     }
                     self._bump(pod)
@@ -985,7 +1005,7 @@ class FakeKube(_Server):
         if status is not None:
             return _status(
                 status,
-                f"Get \"https://10.0.0.7:10250/containerLogs/tenant-finetune/{pod}/main\": "
+                f'Get "https://10.0.0.7:10250/containerLogs/tenant-finetune/{pod}/main": '
                 "remote error: tls: internal error",
                 "InternalError",
             )
