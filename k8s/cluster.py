@@ -543,6 +543,11 @@ class Cluster:
             if obj is None:
                 raise JobError(f"{what}: not found in namespace {self.namespace} (deleted while waiting?)")
             st = state(kind, obj)
+            if st in ("Complete", "Failed") and ((obj.get("status") or {}).get("restarts") or 0) != (
+                tracker.restarts or 0
+            ):  # restarts between our last look and its end are news too
+                for line in tracker.update(self.snapshot(kind, name, obj), clock(), obj):
+                    print(f"deploy: {what}: {line}", file=out)
             if st == "Complete":
                 print(f"deploy: {what} succeeded after {human_duration(clock() - start)}", file=out)
                 return obj

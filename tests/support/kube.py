@@ -633,7 +633,7 @@ class FakeKube(_Server):
         if live_before is not None and "status" in live_before:  # status belongs to the controllers
             live["status"] = live_before["status"]
         elif kind == "PersistentVolumeClaim":
-            live["status"] = {"phase": "Bound"}
+            live["status"] = {"phase": self.pvc_phase}
         self.writes.append(("create" if live_before is None else "update", kind, name))
         self.objects[key] = live
         self.applied[key] = obj
@@ -848,6 +848,9 @@ class FakeKube(_Server):
         # node after each, status.restarts going up, before the scripted outcome
         self.restart_plan: dict[str, list[tuple[int, str, int]]] = {}
         self.restart_linger = 25  # steps a failed attempt's pods stay visible before they are recreated
+        # the phase new PVCs get: "Pending" is a StorageClass that provisions nothing; pods using it
+        # stay Pending with the scheduler's message about unbound claims
+        self.pvc_phase = "Bound"
         # kinds whose CRD is served but no controller runs: objects never get a status or pods
         self.no_controller: set[str] = set()
         # the stand-in's clock (seconds) for Job TTLs; `advance_clock` moves it
@@ -891,6 +894,22 @@ class FakeKube(_Server):
             ]
             tmpl = (owner["spec"].get("template") or {}).get("spec") or {}
             pod["spec"] = {"volumes": tmpl.get("volumes") or [], "containers": tmpl.get("containers") or []}
+        claims = [
+            v["persistentVolumeClaim"]["claimName"]
+            for v in (pod.get("spec") or {}).get("volumes") or []
+            if "persistentVolumeClaim" in v
+        ]
+        unbound = [
+            c
+            for c in claims
+            if (self.objects.get(("PersistentVolumeClaim", c), {}).get("status") or {}).get("phase")
+            != "Bound"
+        ]
+        if unbound and component not in self.unschedulable:
+            self.unschedulable[component] = (
+                "0/3 nodes are available: pod has unbound immediate PersistentVolumeClaims. "
+                "preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling."
+            )
         if component in self.unschedulable:
             pod["status"] = {
                 "phase": "Pending",
