@@ -495,6 +495,22 @@ class Cluster:
                 )
             return None
 
+    def last_event(self, kind: str, name: str) -> str | None:
+        """The newest Warning event about kind/name ("ProvisioningFailed: ..."), or None: events are a
+        nicety too (not every user may list them), so any error is None."""
+        query = [("fieldSelector", f"involvedObject.kind={kind},involvedObject.name={name}")]
+        try:
+            body = self._json(
+                "GET", f"/api/v1/namespaces/{self.namespace}/events", "list events", query=query
+            )
+        except JobError:
+            return None
+        warnings = [e for e in body.get("items") or [] if e.get("type") == "Warning"]
+        if not warnings:
+            return None
+        e = max(warnings, key=lambda e: int((e.get("metadata") or {}).get("resourceVersion") or 0))
+        return f"{e.get('reason')}: {e.get('message', '').strip()}"
+
     def pods_of(self, kind: str, name: str, owner: dict | None = None) -> list[dict]:
         """The workload's pods, oldest first; with `owner` (a Job), only that very object's, not those of
         an earlier Job of the same name that are still being deleted."""
@@ -579,7 +595,10 @@ class Cluster:
         def claim_phase(claim: str) -> str | None:
             if claim not in phases:
                 pvc = self.get("PersistentVolumeClaim", claim)
-                phases[claim] = ((pvc or {}).get("status") or {}).get("phase", "Pending") if pvc else "absent"
+                phase = ((pvc or {}).get("status") or {}).get("phase", "Pending") if pvc else "absent"
+                if phase == "Pending" and (event := self.last_event("PersistentVolumeClaim", claim)):
+                    phase += f" ({event})"  # the provisioner says why: no such StorageClass, no capacity
+                phases[claim] = phase
             return phases[claim]
 
         return progress.snapshot(kind, obj, self.pods_of(kind, name, owner=obj), claim_phase)

@@ -383,6 +383,14 @@ def status(
         name, state = job["metadata"]["name"], job_state(job)
         report["jobs"][name] = state
         print(f"job      {name}: {state}", file=out)
+    # the stage record outlives the Jobs (their TTL): where each stage stands, and why one failed
+    report["stages"] = StageRecord(cluster, cfg).entries
+    for stage, entry in report["stages"].items():
+        why = f": {entry['reason']}" if entry.get("outcome") == "Failed" and entry.get("reason") else ""
+        print(
+            f"stage    {stage}: {entry.get('outcome')} at {entry.get('at')} ({entry.get('job')}){why}",
+            file=out,
+        )
     if (engine := kubernetes_engine(cfg.train.engine)) is not None:
         name = engine.name(cfg)
         live = cluster.get(engine.KIND, name)

@@ -82,7 +82,7 @@ class StageRunner:
             return self._record(stage, live, "Complete")
         failed = self.record.get(stage, name)
         failed = failed if failed and failed.get("outcome") == "Failed" else None
-        if live is not None and job_state(live) == "Failed":
+        if live is not None and job_state(live) == "Failed" and failed is None:  # failed while no one watched
             failed = self._record(stage, live, "Failed", quiet=True)
         if failed is not None:
             self._failed_earlier(key, failed, live)

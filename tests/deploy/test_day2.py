@@ -94,6 +94,11 @@ def test_a_failed_stage_is_reported_on_redeploy_and_rerun_only_with_retry_failed
     log = io.StringIO()
     with pytest.raises(JobError) as info:
         d.deploy(_opts(config), cluster=cluster, out=log)
+    shown = io.StringIO()
+    report = d.status(_opts(config), cluster=cluster, out=shown)
+    assert report["stages"]["fetch-data"]["outcome"] == "Failed" and "preprocess" not in report["stages"]
+    assert "stage    fetch-data: Failed at " in shown.getvalue()
+    assert f"({fetch_data}): BackoffLimitExceeded" in shown.getvalue()
     assert str(info.value) == (
         f"Job/{fetch_data}: failed earlier (BackoffLimitExceeded (Job has reached the specified backoff "
         f"limit); pod {fetch_data}-x1 ended: Error (exit code 1)); once the cause is fixed, "
@@ -220,13 +225,20 @@ def test_an_image_pull_error_is_named(jobset_config, kube, cluster):
 
 def test_an_unbound_volume_is_named(jobset_config, kube, cluster):
     kube.outcomes["probe-weights"] = ("Complete", _verdict(True))
-    kube.pvc_phase = "Pending"  # as with a StorageClass that provisions nothing
+    kube.pvc_phase = "Pending"  # as with a StorageClass that does not exist
+    kube.event(
+        "PersistentVolumeClaim",
+        "finetune-gpt-neox",
+        "ProvisioningFailed",
+        'storageclass.storage.k8s.io "fast-ssd" not found',
+    )
     log = io.StringIO()
     with pytest.raises(JobError) as info:
         d.deploy(_opts(jobset_config, stall_timeout=1.5), cluster=cluster, out=log)
     probe = _job(kube, "probe-weights")
     assert str(info.value).startswith(f"Job/{probe}: no progress for 0:0") and str(info.value).endswith(
-        ": volume not bound: PersistentVolumeClaim/finetune-gpt-neox is Pending; fix that and "
+        ": volume not bound: PersistentVolumeClaim/finetune-gpt-neox is Pending (ProvisioningFailed: "
+        'storageclass.storage.k8s.io "fast-ssd" not found); fix that and '
         "`invoke deploy` again picks it up (--stall-timeout waits longer)"
     )
 

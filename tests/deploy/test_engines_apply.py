@@ -240,6 +240,10 @@ def test_export_job_reads_a_determined_checkpoint_from_the_bucket_and_can_write_
 ):
     """A Determined run's checkpoint lives in the bucket: the export Job fetches it there (the bucket's
     keys by reference, the download on the volume) instead of this machine downloading it."""
+    from k8s import render
+    from k8s.config import load_config
+
+    cluster.apply(render.pvc(load_config(config_file)))  # the volume deploy made (the work folder is on it)
     master.login()
     exp_id = master.create_experiment({"name": "x"}, [])
     det.checkpoints[exp_id] = [{"uuid": "0b3c1f5e", "state": "STATE_COMPLETED"}]

@@ -68,6 +68,7 @@ CORE_ROUTES = {
     ("", "v1", "pods"): "Pod",
     ("", "v1", "services"): "Service",
     ("batch", "v1", "jobs"): "Job",
+    ("", "v1", "events"): "Event",
 }
 WORKLOADS = ("Job", "JobSet", "TrainJob")
 JOBSET_NAME = "jobset.sigs.k8s.io/jobset-name"
@@ -450,7 +451,9 @@ class FakeKube(_Server):
         fields = {}
         for term in filter(None, query.get("fieldSelector", "").split(",")):
             k, _, v = term.partition("=")
-            if k not in ("metadata.name", "metadata.namespace"):
+            if k not in ("metadata.name", "metadata.namespace") and not (
+                kind == "Event" and k in ("involvedObject.name", "involvedObject.kind")
+            ):
                 raise ValueError(
                     f'"{k}" is not a known field selector: only "metadata.name", "metadata.namespace"'
                 )
@@ -458,6 +461,12 @@ class FakeKube(_Server):
         out = []
         for (k, n), o in list(self.objects.items()):
             if k != kind or fields.get("metadata.name", n) != n:
+                continue
+            if kind == "Event" and any(
+                o["involvedObject"].get(f.split(".", 1)[1]) != v
+                for f, v in fields.items()
+                if f.startswith("involvedObject.")
+            ):
                 continue
             if _matches(o["metadata"].get("labels") or {}, query.get("labelSelector", "")):
                 out.append(self._read(k, n))
@@ -858,6 +867,23 @@ class FakeKube(_Server):
         self._finished_at: dict[tuple[str, str], float] = {}
         self._attempt: dict[tuple[str, str], dict] = {}
 
+    def event(self, kind: str, name: str, reason: str, message: str, type_: str = "Warning") -> None:
+        """An Event about kind/name, as a controller records it (kubectl describe shows these)."""
+        with self.lock:
+            rv = next(self._rv)
+            ev = {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"name": f"{name}.{rv:x}", "resourceVersion": str(rv), "labels": {}},
+                "involvedObject": {"kind": kind, "name": name},
+                "reason": reason,
+                "message": message,
+                "type": type_,
+                "count": 1,
+            }
+            self.objects[("Event", ev["metadata"]["name"])] = ev
+            self._born[("Event", ev["metadata"]["name"])] = rv
+
     def advance_clock(self, seconds: float) -> None:
         """Time passes: finished Jobs whose ttlSecondsAfterFinished ran out are deleted (the TTL controller)."""
         with self.lock:
@@ -905,12 +931,13 @@ class FakeKube(_Server):
             if (self.objects.get(("PersistentVolumeClaim", c), {}).get("status") or {}).get("phase")
             != "Bound"
         ]
-        if unbound and component not in self.unschedulable:
-            self.unschedulable[component] = (
+        message = self.unschedulable.get(component)
+        if unbound and message is None:  # what the scheduler says of a claim not bound (or absent)
+            message = (
                 "0/3 nodes are available: pod has unbound immediate PersistentVolumeClaims. "
                 "preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling."
             )
-        if component in self.unschedulable:
+        if message is not None:
             pod["status"] = {
                 "phase": "Pending",
                 "conditions": [
@@ -918,7 +945,7 @@ class FakeKube(_Server):
                         "type": "PodScheduled",
                         "status": "False",
                         "reason": "Unschedulable",
-                        "message": self.unschedulable[component],
+                        "message": message,
                     }
                 ],
             }
