@@ -575,7 +575,7 @@ class Cluster:
             snap = self.snapshot(kind, name, obj)
             for line in tracker.update(snap, now, obj):
                 print(f"deploy: {what}: {line}", file=out)
-            tracker.check(snap, now)
+            tracker.check(snap, now, lambda: self.last_event(kind, name))
             if now >= next_line or snap.line != last_line:
                 print(f"deploy: {what}: {snap.line}, {human_duration(now - start)} elapsed", file=out)
                 last_line, next_line = snap.line, now + progress_every
@@ -601,6 +601,13 @@ class Cluster:
                 phases[claim] = phase
             return phases[claim]
 
+        if kind == "TrainJob":  # restarts are counted on the JobSet the Trainer made (best effort)
+            try:
+                child = self.get("JobSet", name)
+            except JobError:
+                child = None
+            if child is not None and (restarts := (child.get("status") or {}).get("restarts")):
+                obj = {**obj, "status": {**(obj.get("status") or {}), "restarts": restarts}}
         return progress.snapshot(kind, obj, self.pods_of(kind, name, owner=obj), claim_phase)
 
     def wait_job(

@@ -193,8 +193,15 @@ class Tracker:
         self.restarts = snap.restarts
         return lines
 
-    def check(self, snap: Snapshot, now: float) -> None:
+    def check(self, snap: Snapshot, now: float, last_event=lambda: None) -> None:
+        """Give up on a stall or a missing controller; `last_event()` is the object's newest Warning
+        event, which tells a controller that runs but cannot create pods (a quota) from none at all."""
         if not snap.picked_up and now - self.start >= self.controller_timeout:
+            if (event := last_event()) is not None:
+                raise JobError(
+                    f"{self.what}: no pods after {human_duration(now - self.start)}: {event}; fix that and "
+                    "`invoke deploy` again picks it up"
+                )
             raise JobError(
                 f"{self.what}: no controller has picked it up after {human_duration(now - self.start)} "
                 f"(no status, no pods); is {CONTROLLERS.get(self.kind, 'its controller')} running? "

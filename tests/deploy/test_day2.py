@@ -372,3 +372,36 @@ def test_invoke_logs_rank_x_is_one_line(jobset_config):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == "logs: error: --rank 'x': expected a whole number from 0"
+
+
+def test_a_job_whose_pods_cannot_be_created_says_why_not_that_a_controller_is_missing(
+    jobset_config, kube, cluster
+):
+    quota = (
+        'pods "gpt-neox-20b-finetune-preprocess-x1" is forbidden: exceeded quota: team-quota, '
+        "requested: requests.cpu=8, used: requests.cpu=60, limited: requests.cpu=64"
+    )
+    kube.outcomes["probe-weights"] = ("Complete", _verdict(True))
+    kube.pod_create_errors["preprocess"] = quota
+    with pytest.raises(JobError) as info:
+        d.deploy(_opts(jobset_config, controller_timeout=1.5), cluster=cluster, out=io.StringIO())
+    job = _job(kube, "preprocess")
+    assert str(info.value) == (
+        f"Job/{job}: no pods after 0:0{str(info.value).split('after 0:0')[1][0]}: FailedCreate: {quota}; "
+        "fix that and `invoke deploy` again picks it up"
+    )
+    assert ("JobSet", TRAIN) not in kube.objects
+
+
+def test_a_trainjobs_restarts_are_read_from_the_jobset_the_trainer_made(kube, cluster):
+    """A TrainJob's status has no restart count; the JobSet the Trainer controller made for it has."""
+    from tests.deploy.test_cluster import _jobset, _trainjob
+
+    kube.job_polls = 10**6
+    cluster.apply(_trainjob("tj", "train", nodes=2))
+    kube.no_controller.add("JobSet")  # the stand-in's TrainJob plays the JobSet's pods itself
+    cluster.apply(_jobset("tj", "train", nodes=2))
+    with kube.lock:
+        kube.objects[("JobSet", "tj")]["status"] = {"restarts": 2}
+    snap = cluster.snapshot("TrainJob", "tj", cluster.get("TrainJob", "tj"))
+    assert snap.restarts == 2 and snap.line.endswith("; 2 restarts")

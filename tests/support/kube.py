@@ -699,6 +699,9 @@ class FakeKube(_Server):
         self._polls[(kind, name)] = 0
         if kind in self.no_controller:  # the CRD is served, but nothing acts on the object
             return
+        if kind == "Job" and self._component(obj) in self.pod_create_errors:  # a quota, a webhook on pods
+            self.event("Job", name, "FailedCreate", self.pod_create_errors[self._component(obj)])
+            return
         if kind == "Job":
             labels = {
                 **((obj["spec"]["template"].get("metadata") or {}).get("labels") or {}),
@@ -860,6 +863,9 @@ class FakeKube(_Server):
         # the phase new PVCs get: "Pending" is a StorageClass that provisions nothing; pods using it
         # stay Pending with the scheduler's message about unbound claims
         self.pvc_phase = "Bound"
+        # component -> why its Job's pods cannot be created (a ResourceQuota, a pod admission webhook):
+        # the Job gets no status or pods, only a FailedCreate event
+        self.pod_create_errors: dict[str, str] = {}
         # kinds whose CRD is served but no controller runs: objects never get a status or pods
         self.no_controller: set[str] = set()
         # the stand-in's clock (seconds) for Job TTLs; `advance_clock` moves it
@@ -976,7 +982,7 @@ class FakeKube(_Server):
         ]
         if any(p["status"].get("phase") == "Pending" for p in pods):
             return True
-        if kind in self.no_controller:
+        if kind in self.no_controller or (kind == "Job" and self._component(obj) in self.pod_create_errors):
             return True
         if kind == "JobSet" and self.restart_plan.get(self._component(obj)):
             self._restart_step(obj, pods)
