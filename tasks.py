@@ -295,6 +295,30 @@ _COMMON = {
 }
 
 
+def _duration(prog: str, option: str, value) -> float:
+    """Seconds from "90", "90s", "30m" or "2h"; anything else is one line naming the option."""
+    text = str(value).strip().lower()
+    scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1:], None)
+    number = text[:-1] if scale else text
+    try:
+        seconds = float(number) * (scale or 1)
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise Exit(f"{prog}: error: --{option} {value!r}: expected a duration such as 90s, 30m or 2h", code=2)
+    return seconds
+
+
+def _integer(prog: str, option: str, value, minimum: int = 0) -> int:
+    try:
+        number = int(str(value))
+    except ValueError:
+        number = None
+    if number is None or number < minimum:
+        raise Exit(f"{prog}: error: --{option} {value!r}: expected a whole number from {minimum}", code=2)
+    return number
+
+
 def _options(prog: str, config: str | None, **kw):
     from k8s import deploy as _deploy
 
@@ -314,6 +338,9 @@ def _options(prog: str, config: str | None, **kw):
         "schemas": "folder of Determined's expconf JSON schemas (or $NEOX_DETERMINED_SCHEMAS)",
         "no-wait": "apply and submit, then return: follow with `invoke status` / `invoke logs --follow`",
         "force-conflicts": "take over fields another field manager owns (server-side apply)",
+        "retry-failed": "run again a stage (or training run) that failed with this same spec (completed ones are kept)",
+        "stall-timeout": "give up when pods stay Pending with no change this long (default 30m; e.g. 90s, 2h)",
+        "controller-timeout": "give up when no controller acts on a Job/TrainJob/JobSet this long (default 5m)",
     }
 )
 def deploy(
@@ -330,9 +357,15 @@ def deploy(
     schemas=None,
     no_wait=False,
     force_conflicts=False,
+    retry_failed=False,
+    stall_timeout="30m",
+    controller_timeout="5m",
 ):
     """Render, validate, preflight, apply, wait for the Jobs, then start training on the configured engine."""
     from k8s import deploy as _deploy
+
+    stall = _duration("deploy", "stall-timeout", stall_timeout)
+    controller = _duration("deploy", "controller-timeout", controller_timeout)
 
     if dry_run and not out:
         raise Exit("deploy: error: --dry-run needs --out DIR", code=2)
@@ -350,6 +383,9 @@ def deploy(
         schemas=schemas,
         wait_train=not no_wait,
         force_conflicts=force_conflicts,
+        retry_failed=retry_failed,
+        stall_timeout=stall,
+        controller_timeout=controller,
     )
     _run("deploy", lambda: _deploy.deploy(opts))
 
@@ -396,12 +432,9 @@ def logs(
     from k8s import deploy as _deploy
 
     opts = _options("logs", config, kubeconfig=kubeconfig, context=context, namespace=namespace)
-    _run(
-        "logs",
-        lambda: _deploy.logs(
-            opts, step=step, tail=int(tail), rank=None if rank is None else int(rank), follow=follow
-        ),
-    )
+    lines = _integer("logs", "tail", tail, minimum=1)
+    node = None if rank is None else _integer("logs", "rank", rank)
+    _run("logs", lambda: _deploy.logs(opts, step=step, tail=lines, rank=node, follow=follow))
 
 
 @neox_task(
@@ -409,14 +442,29 @@ def logs(
         **_COMMON,
         "volume": "also delete the shared volume (weights, data and checkpoints on it are lost)",
         "secrets": "also delete the Secrets",
+        "failed": "delete only the failed Jobs and training run (completed stages stay; deploy reruns the rest)",
+        "training": "delete only the training run (TrainJob/JobSet and our runtime); completed stages stay",
     }
 )
-def teardown(c, config=None, volume=False, secrets=False, kubeconfig=None, context=None, namespace=None):
+def teardown(
+    c,
+    config=None,
+    volume=False,
+    secrets=False,
+    failed=False,
+    training=False,
+    kubeconfig=None,
+    context=None,
+    namespace=None,
+):
     """Delete this deployment's Jobs, training run and ConfigMaps; keeps the volume unless --volume."""
     from k8s import deploy as _deploy
 
     opts = _options("teardown", config, kubeconfig=kubeconfig, context=context, namespace=namespace)
-    _run("teardown", lambda: _deploy.teardown(opts, volume=volume, secrets_too=secrets))
+    _run(
+        "teardown",
+        lambda: _deploy.teardown(opts, volume=volume, secrets_too=secrets, failed=failed, training=training),
+    )
 
 
 @neox_task(
@@ -427,6 +475,7 @@ def teardown(c, config=None, volume=False, secrets=False, kubeconfig=None, conte
         "to": "s3://BUCKET/PREFIX for the Hugging Face folder (default: export/<run>/hf on the volume)",
         "out": "with --local: the folder here (must not exist, or be empty)",
         "local": "download the checkpoint and convert it here instead of in a Job in the cluster",
+        "wait": "wait for the training run to finish first (instead of refusing while it runs)",
     }
 )
 def export(
@@ -437,6 +486,7 @@ def export(
     checkpoint=None,
     to=None,
     local=False,
+    wait=False,
     kubeconfig=None,
     context=None,
     namespace=None,
@@ -453,6 +503,7 @@ def export(
             checkpoint=checkpoint,
             local=local,
             to=to,
+            wait=wait,
         ),
     )
 

@@ -32,6 +32,7 @@ from kubernetes.config.incluster_config import InClusterConfigLoader
 from kubernetes.config.kube_config import KubeConfigLoader, KubeConfigMerger
 
 from jobs.cli import JobError, human_duration
+from k8s import progress
 from k8s.render import FIELD_MANAGER  # the one name we apply as and label our objects with
 
 IN_CLUSTER = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -481,13 +482,15 @@ class Cluster:
         same = before["metadata"].get("resourceVersion") == live["metadata"].get("resourceVersion")
         return ("unchanged" if same else "configured"), live
 
-    def delete(self, kind: str, name: str) -> bool:
+    def delete(self, kind: str, name: str, propagation: str = "Background") -> bool:
+        """Delete, its dependents (a Job's pods) with it: Background (now) or Foreground (the object
+        stays until they are gone)."""
         try:
             self._json(
                 "DELETE",
                 self._path(kind, name),
                 f"delete {kind}/{name}",
-                body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"},
+                body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation},
             )
         except ApiError as exc:
             if exc.status == 404:
@@ -554,8 +557,47 @@ class Cluster:
         finally:
             resp.release_conn()
 
-    def pods_of(self, kind: str, name: str) -> list[dict]:
+    def try_log(self, pod: str, tail_lines: int, out: TextIO | None) -> str | None:
+        """The log tail, or None (after a warning line on `out`) when it cannot be read (a kubelet's 500,
+        a 403 on pods/log): logs are a nicety, outcomes come from the objects' status."""
+        try:
+            return self.pod_log(pod, tail_lines)
+        except ApiError as exc:
+            if out is not None:
+                why = str(exc).split(" answered ", 1)[-1]
+                print(
+                    f"deploy: warning: log of pod {pod} not readable ({why}); going by its status", file=out
+                )
+            return None
+
+    def last_event(self, kind: str, name: str) -> str | None:
+        """The newest Warning event about kind/name ("ProvisioningFailed: ..."), or None: events are a
+        nicety too (not every user may list them), so any error is None."""
+        query = [("fieldSelector", f"involvedObject.kind={kind},involvedObject.name={name}")]
+        try:
+            body = self._json(
+                "GET", f"/api/v1/namespaces/{self.namespace}/events", "list events", query=query
+            )
+        except JobError:
+            return None
+        warnings = [e for e in body.get("items") or [] if e.get("type") == "Warning"]
+        if not warnings:
+            return None
+        e = max(warnings, key=lambda e: int((e.get("metadata") or {}).get("resourceVersion") or 0))
+        return f"{e.get('reason')}: {e.get('message', '').strip()}"
+
+    def pods_of(self, kind: str, name: str, owner: dict | None = None) -> list[dict]:
+        """The workload's pods, oldest first; with `owner` (a Job), only that very object's, not those of
+        an earlier Job of the same name that are still being deleted."""
         pods = self.list("Pod", POD_SELECTOR[kind].format(name))
+        uid = ((owner or {}).get("metadata") or {}).get("uid")
+        if uid and kind == "Job":
+            pods = [
+                p
+                for p in pods
+                if not p["metadata"].get("ownerReferences")
+                or any(r.get("uid") == uid for r in p["metadata"]["ownerReferences"])
+            ]
         return sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""))
 
     def job_pods(self, job: str) -> list[dict]:
@@ -574,17 +616,29 @@ class Cluster:
         log_tail: int = 40,
         clock: Callable[[], float] = time.monotonic,
         progress_every: float = PROGRESS_EVERY,
+        stall_timeout: float = progress.STALL_TIMEOUT,
+        controller_timeout: float = progress.CONTROLLER_TIMEOUT,
     ) -> dict:
-        """Follow `kind`/`name` with a watch until it completes; on failure print the failed pod's
-        log tail and raise. A progress line every `progress_every` seconds."""
+        """Follow `kind`/`name` with a watch until it completes; on failure print why (the failed pod's
+        end, its log tail when readable) and raise. A progress line (k8s/progress.py: pods by phase,
+        why they are Pending, restarts) whenever it changes and every `progress_every` seconds; gives up
+        after `stall_timeout` without change while pods are not running, or `controller_timeout` with no
+        controller acting on it."""
         out = out or sys.stderr
         what = f"{kind}/{name}"
         start = next_line = clock()
         obj, rv = self._get_listed(kind, name)
+        tracker = progress.Tracker(kind, name, obj or {}, start, stall_timeout, controller_timeout)
+        last_line = None
         while True:
             if obj is None:
                 raise JobError(f"{what}: not found in namespace {self.namespace} (deleted while waiting?)")
             st = state(kind, obj)
+            if st in ("Complete", "Failed") and ((obj.get("status") or {}).get("restarts") or 0) != (
+                tracker.restarts or 0
+            ):  # restarts between our last look and its end are news too
+                for line in tracker.update(self.snapshot(kind, name, obj), clock(), obj):
+                    print(f"deploy: {what}: {line}", file=out)
             if st == "Complete":
                 print(f"deploy: {what} succeeded after {human_duration(clock() - start)}", file=out)
                 return obj
@@ -593,18 +647,43 @@ class Cluster:
             now = clock()
             if now - start > timeout:
                 raise JobError(f"{what}: still running after {human_duration(timeout)}; see `invoke logs`")
-            if now >= next_line:
-                print(
-                    f"deploy: {what}: {_progress(kind, obj)}, {human_duration(now - start)} elapsed", file=out
-                )
-                next_line = now + progress_every
-            window = max(1.0, min(next_line - now, timeout - (now - start) + 1))
+            snap = self.snapshot(kind, name, obj)
+            for line in tracker.update(snap, now, obj):
+                print(f"deploy: {what}: {line}", file=out)
+            tracker.check(snap, now, lambda: self.last_event(kind, name))
+            if now >= next_line or snap.line != last_line:
+                print(f"deploy: {what}: {snap.line}, {human_duration(now - start)} elapsed", file=out)
+                last_line, next_line = snap.line, now + progress_every
+            until = min(next_line, tracker.next_deadline(now), start + timeout + 1)
+            window = max(1.0, until - now)
             try:
                 obj, rv = self._watch(kind, name, obj, rv, window)
             except ApiError as exc:
                 if exc.status != 410:
                     raise
                 obj, rv = self._get_listed(kind, name)  # our resourceVersion was compacted away: re-list
+
+    def snapshot(self, kind: str, name: str, obj: dict) -> progress.Snapshot:
+        """What the workload's pods are doing now (k8s/progress.py)."""
+        phases: dict[str, str | None] = {}
+
+        def claim_phase(claim: str) -> str | None:
+            if claim not in phases:
+                pvc = self.get("PersistentVolumeClaim", claim)
+                phase = ((pvc or {}).get("status") or {}).get("phase", "Pending") if pvc else "absent"
+                if phase == "Pending" and (event := self.last_event("PersistentVolumeClaim", claim)):
+                    phase += f" ({event})"  # the provisioner says why: no such StorageClass, no capacity
+                phases[claim] = phase
+            return phases[claim]
+
+        if kind == "TrainJob":  # restarts are counted on the JobSet the Trainer made (best effort)
+            try:
+                child = self.get("JobSet", name)
+            except JobError:
+                child = None
+            if child is not None and (restarts := (child.get("status") or {}).get("restarts")):
+                obj = {**obj, "status": {**(obj.get("status") or {}), "restarts": restarts}}
+        return progress.snapshot(kind, obj, self.pods_of(kind, name, owner=obj), claim_phase)
 
     def wait_job(
         self,
@@ -650,9 +729,11 @@ class Cluster:
                 if event["type"] == "DELETED":
                     return None, rv
                 if event["type"] in ("ADDED", "MODIFIED"):
+                    before = obj.get("status")
                     obj = event["raw_object"]
                     rv = obj["metadata"].get("resourceVersion", rv)
-                    if state(kind, obj) in ("Complete", "Failed"):
+                    # its end, or any change of its status (a restart, a node failed): the caller looks
+                    if state(kind, obj) in ("Complete", "Failed") or obj.get("status") != before:
                         w.stop()
                         break
         except ApiException as exc:  # an ERROR event in the stream (410 Gone when compacted)
@@ -663,7 +744,7 @@ class Cluster:
 
     def _report_failure(self, kind: str, name: str, obj: dict, out: TextIO, log_tail: int):
         reason = failed_reason(obj)
-        pods = self.pods_of(kind, name)
+        pods = self.pods_of(kind, name, owner=obj)
         failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
         if kind == "TrainJob":  # the trainer step's pods say why, not the initializers'
             failed = [
@@ -672,12 +753,16 @@ class Cluster:
         pod = (failed or pods or [None])[0 if failed else -1]
         if pod is not None:
             pod_name = pod["metadata"]["name"]
-            print(
-                f"deploy: {kind}/{name} failed ({reason}); last {log_tail} log lines of pod {pod_name}:",
-                file=out,
-            )
-            for line in self.pod_log(pod_name, log_tail).rstrip("\n").splitlines():
-                print(f"  | {line}", file=out)
+            if (ended := progress.terminated(pod)) is not None:
+                print(f"deploy: {kind}/{name}: pod {pod_name} ended: {ended}", file=out)
+            log = self.try_log(pod_name, log_tail, out)
+            if log is not None:
+                print(
+                    f"deploy: {kind}/{name} failed ({reason}); last {log_tail} log lines of pod {pod_name}:",
+                    file=out,
+                )
+                for line in log.rstrip("\n").splitlines():
+                    print(f"  | {line}", file=out)
         raise JobError(f"{kind}/{name} failed: {reason}")
 
 
@@ -727,12 +812,3 @@ def failed_reason(obj: dict) -> str:
             reason, message = cond.get("reason"), cond.get("message")
             return f"{reason} ({message})" if reason and message else reason or message or "Failed"
     return "Failed"
-
-
-def _progress(kind: str, obj: dict) -> str:
-    status = obj.get("status") or {}
-    if kind == "Job":
-        return f"{status.get('active', 0)} running, {status.get('failed', 0)} failed attempts"
-    jobs = _child_jobs(kind, status)
-    counts = {k: sum(j.get(k) or 0 for j in jobs) for k in ("active", "succeeded", "failed")}
-    return f"{counts['active']} jobs running, {counts['succeeded']} succeeded, {counts['failed']} failed"

@@ -21,13 +21,22 @@ from pathlib import Path
 from typing import TextIO
 
 from jobs.cli import JobError
-from k8s import admission, render, stages
-from k8s.cluster import Cluster, default_credentials, failed_reason, job_state, missing_namespace_line
+from k8s import admission, progress, render, stages
+from k8s.cluster import (
+    PROGRESS_EVERY,
+    Cluster,
+    default_credentials,
+    failed_reason,
+    job_state,
+    missing_namespace_line,
+)
 from k8s.config import IMAGES, NAME_PATTERN, PipelineConfig, load_config, load_lock
 from k8s.determined_api import Master, read_context
 from k8s.engines import kubernetes_engine
 from k8s.plan import REPO_ROOT, Plan, build_plan, write_context, write_plan
 from k8s.preflight import run_preflight
+from k8s.stage_record import StageRecord
+from k8s.stage_run import StageRunner, delete_and_wait
 from k8s.validate import validate_k8s
 
 JOB_TIMEOUT = 24 * 3600
@@ -49,6 +58,10 @@ class Options:
     poll: float = 5.0
     job_timeout: float = JOB_TIMEOUT
     wait_train: bool = True  # follow a TrainJob/JobSet to its end (Determined runs are followed in its UI)
+    retry_failed: bool = False  # run a stage (or training run) again whose unchanged spec failed before
+    stall_timeout: float = progress.STALL_TIMEOUT  # give up on pods that stay Pending this long
+    controller_timeout: float = progress.CONTROLLER_TIMEOUT  # give up on an object no controller acts on
+    progress_every: float = PROGRESS_EVERY
 
 
 @dataclass
@@ -92,6 +105,23 @@ def load(opts: Options) -> tuple[PipelineConfig, dict[str, str], Plan]:
             "`invoke push` writes it, and a real deploy needs it",
         )
     return cfg, images, plan
+
+
+def waiter(cluster: Cluster, opts: Options, out: TextIO):
+    """cluster.wait with the options' timeouts: (kind, name) -> the finished object."""
+
+    def wait(kind: str, name: str) -> dict:
+        return cluster.wait(
+            kind,
+            name,
+            opts.job_timeout,
+            out=out,
+            progress_every=opts.progress_every,
+            stall_timeout=opts.stall_timeout,
+            controller_timeout=opts.controller_timeout,
+        )
+
+    return wait
 
 
 def connect(cfg: PipelineConfig, opts: Options) -> tuple[Cluster, Master | None]:
@@ -138,30 +168,17 @@ def deploy(
     apply(plan.pvc)
     for cm in plan.config_maps:
         apply(cm)
-    apply(plan.probe)
-    cluster.wait_job(plan.probe["metadata"]["name"], opts.job_timeout, opts.poll, out)
-    verdict = probe_verdict(cluster, plan.probe["metadata"]["name"])
-    weights_job, *data_jobs = plan.fetch
-    if verdict.get("weights_verified"):
-        result.skipped.append(f"Job/{weights_job['metadata']['name']}")
-        print(
-            f"deploy: weights already on the volume ({verdict.get('files')} files); skipping the fetch",
-            file=out,
-        )
-        jobs = [*data_jobs, plan.preprocess]
-    else:
-        print(
-            f"deploy: weights not on the volume yet ({verdict.get('reason', 'unknown')}); fetching", file=out
-        )
-        jobs = [weights_job, *data_jobs, plan.preprocess]
-    for job in jobs:
-        apply(job)
-        cluster.wait_job(job["metadata"]["name"], opts.job_timeout, opts.poll, out)
+    record = StageRecord(cluster, cfg)  # where each stage stands, beyond its Job's TTL
+    runner = StageRunner(
+        cluster, record, out, apply, waiter(cluster, opts, out), result.applied, opts.retry_failed
+    )
+    for job in data_stages(plan, record, runner, result, out):
+        runner.run(job)
     if plan.experiment is not None:
         result.experiment_id, result.experiment_url = submit(cfg, plan, cluster, master, out, apply)
         where = f"experiment {result.experiment_id} at {result.experiment_url}"
     else:
-        result.train, result.train_state = start_training(cfg, plan, cluster, opts, out, apply)
+        result.train, result.train_state = start_training(cfg, plan, cluster, opts, out, apply, record)
         where = f"{result.train} {result.train_state}"
     counts = {
         w: sum(1 for v in result.applied.values() if v == w) for w in ("created", "configured", "unchanged")
@@ -174,43 +191,75 @@ def deploy(
     return result
 
 
+def data_stages(plan: Plan, record: StageRecord, runner: StageRunner, result: Result, out: TextIO) -> list:
+    """The Jobs still to run after the probe: the weights fetch only when neither the record (its Job
+    with this spec completed) nor the probe (the volume holds verified weights) says they are there."""
+    weights_job, *data_jobs = plan.fetch
+    rest = [*data_jobs, plan.preprocess]
+    weights = weights_job["metadata"]["name"]
+    if (fetched := record.complete("fetch-weights", weights)) is not None:
+        result.skipped.append(f"Job/{plan.probe['metadata']['name']}")
+        print(f"deploy: weights on the volume: Job/{weights} fetched them ({fetched['at']})", file=out)
+        return [weights_job, *rest]
+    verdict = runner.run(plan.probe).get("verdict") or {}
+    if verdict.get("weights_verified"):
+        result.skipped.append(f"Job/{weights}")
+        print(
+            f"deploy: weights already on the volume ({verdict.get('files')} files); skipping the fetch",
+            file=out,
+        )
+        return rest
+    print(f"deploy: weights not on the volume yet ({verdict.get('reason', 'unknown')}); fetching", file=out)
+    return [weights_job, *rest]
+
+
 SPEC_ANNOTATION = "neox-pipeline/spec-sha256"
 
 
 def start_training(
-    cfg: PipelineConfig, plan: Plan, cluster: Cluster, opts: Options, out: TextIO, apply
+    cfg: PipelineConfig, plan: Plan, cluster: Cluster, opts: Options, out: TextIO, apply, record=None
 ) -> tuple[str, str]:
     """Apply the TrainJob/JobSet once per distinct spec and follow it. The same spec again is a no-op
     that reports the run's state; a different spec while one runs under the name is refused (both
-    would write the same checkpoints), so is re-running a failed one without a teardown."""
+    would write the same checkpoints), so is re-running a failed one unless `--retry-failed`, which
+    deletes it (its controller removes the pods) and creates it again: training resumes from the last
+    complete checkpoint."""
     obj = plan.train_object
     kind, name = obj["kind"], obj["metadata"]["name"]
     key = f"{kind}/{name}"
+    spec = obj["metadata"]["annotations"][SPEC_ANNOTATION]
     live = cluster.get(kind, name)
     if live is not None:
         state = cluster.state(kind, live)
-        same = (live["metadata"].get("annotations") or {}).get(SPEC_ANNOTATION) == obj["metadata"][
-            "annotations"
-        ][SPEC_ANNOTATION]
+        same = (live["metadata"].get("annotations") or {}).get(SPEC_ANNOTATION) == spec
         if not same and state not in ("Complete", "Failed"):
             raise JobError(
                 f"{key}: already {state.lower()} with a different spec; wait for it or "
-                f"`invoke teardown`, then deploy again (training resumes from its last complete checkpoint)"
+                f"`invoke teardown --training`, then deploy again (training resumes from its last complete "
+                "checkpoint)"
             )
         if not same:
             raise JobError(
                 f"{key}: a finished run ({state}) with a different spec is in the way; "
-                f"`invoke teardown` removes it (checkpoints on the volume stay), then deploy again"
+                f"`invoke teardown --training` removes it (checkpoints on the volume stay), then deploy again"
             )
-        if state == "Failed":
+        if state == "Failed" and not opts.retry_failed:
             raise JobError(
                 f"{key}: failed earlier ({failed_reason(live)}); `invoke logs` shows why; "
-                f"`invoke teardown` then `invoke deploy` starts it again from the last complete checkpoint"
+                "`invoke deploy --retry-failed` starts it again from the last complete checkpoint"
             )
-        print(f"deploy: {key} unchanged ({state.lower()})", file=out)
-        if state == "Complete" or not opts.wait_train:
-            return key, state
-    else:
+        if state == "Failed":
+            print(
+                f"deploy: {key} failed earlier ({failed_reason(live)}); --retry-failed: starting it again",
+                file=out,
+            )
+            delete_and_wait(cluster, kind, name)
+            live = None
+        else:
+            print(f"deploy: {key} unchanged ({state.lower()})", file=out)
+            if state == "Complete" or not opts.wait_train:
+                return key, state
+    if live is None:
         for extra in plan.train[:-1]:  # a runtime of ours, before the TrainJob that names it
             apply(extra)
         apply(obj)
@@ -221,23 +270,24 @@ def start_training(
         file=out,
     )
     if not opts.wait_train:
+        now = cluster.get(kind, name) or obj
+        state = cluster.state(kind, now)
+        print(f"deploy: {key}: {state}: {cluster.snapshot(kind, name, now).line}", file=out)
         print("deploy: not waiting; follow it with `invoke status` and `invoke logs --follow`", file=out)
-        return key, "Running"
-    done = cluster.wait(kind, name, opts.job_timeout, out=out)
+        return key, state
+    try:
+        done = waiter(cluster, opts, out)(kind, name)
+    except JobError:
+        if (
+            record is not None
+            and (ended := cluster.get(kind, name))
+            and cluster.state(kind, ended) == "Failed"
+        ):
+            record.put("train", name, "Failed", spec=spec, reason=failed_reason(ended))
+        raise
+    if record is not None:
+        record.put("train", name, "Complete", spec=spec)
     return key, cluster.state(kind, done)
-
-
-def probe_verdict(cluster: Cluster, job: str) -> dict:
-    pods = cluster.job_pods(job)
-    if not pods:
-        return {"weights_verified": False, "reason": "probe pod gone"}
-    for line in reversed(cluster.pod_log(pods[-1]["metadata"]["name"], 20).splitlines()):
-        if '"weights_verified"' in line:
-            try:
-                return json.loads(line)
-            except ValueError:
-                break
-    return {"weights_verified": False, "reason": "probe printed no verdict"}
 
 
 def submit(
@@ -345,6 +395,14 @@ def status(
         name, state = job["metadata"]["name"], job_state(job)
         report["jobs"][name] = state
         print(f"job      {name}: {state}", file=out)
+    # the stage record outlives the Jobs (their TTL): where each stage stands, and why one failed
+    report["stages"] = StageRecord(cluster, cfg).entries
+    for stage, entry in report["stages"].items():
+        why = f": {entry['reason']}" if entry.get("outcome") == "Failed" and entry.get("reason") else ""
+        print(
+            f"stage    {stage}: {entry.get('outcome')} at {entry.get('at')} ({entry.get('job')}){why}",
+            file=out,
+        )
     if (engine := kubernetes_engine(cfg.train.engine)) is not None:
         name = engine.name(cfg)
         live = cluster.get(engine.KIND, name)
@@ -395,6 +453,15 @@ def _node_index(pod: dict) -> int:
     return int(value) if value is not None and str(value).isdigit() else 1 << 30
 
 
+def pipeline_steps(cfg: PipelineConfig) -> list[str]:
+    """The steps whose pods `invoke logs --step` can show, in the order they run."""
+    steps = ["probe-weights", "fetch-weights"] + (["fetch-data"] if cfg.dataset.source else [])
+    steps.append("preprocess")
+    if kubernetes_engine(cfg.train.engine) is not None:
+        steps.append("train")
+    return [*steps, "export"]
+
+
 def logs(
     opts: Options,
     step: str | None = None,
@@ -409,6 +476,17 @@ def logs(
     until it ends."""
     out = out or sys.stdout
     cfg = config(opts)
+    steps = pipeline_steps(cfg)
+    if step is not None and step not in steps:
+        raise JobError(f"logs: --step {step!r}: not a step of this pipeline (one of: {', '.join(steps)})")
+    if rank is not None:
+        if kubernetes_engine(cfg.train.engine) is None:
+            raise JobError("logs: --rank: the determined engine's trials are followed in Determined's UI")
+        if not 0 <= rank < cfg.train.nodes:
+            raise JobError(
+                f"logs: --rank {rank}: out of range; train.nodes is {cfg.train.nodes} "
+                f"(ranks 0-{cfg.train.nodes - 1})"
+            )
     cluster = cluster or connect(cfg, opts)[0]
     if rank is not None and step is None:
         step = "train"
@@ -442,11 +520,19 @@ def teardown(
     secrets_too: bool = False,
     cluster: Cluster | None = None,
     out: TextIO | None = None,
+    failed: bool = False,
+    training: bool = False,
 ) -> list[str]:
-    """Delete this deployment's Jobs and ConfigMaps; the volume (and its weights) only when asked."""
+    """Delete this deployment's Jobs and ConfigMaps; the volume (and its weights) only when asked.
+    `failed` or `training` delete only the failed objects or only the training run, keeping every
+    completed stage (and its record), so the next deploy goes on where the pipeline stands."""
     out = out or sys.stderr
     cfg = config(opts)
     cluster = cluster or connect(cfg, opts)[0]
+    if failed or training:
+        if volume or secrets_too:
+            raise JobError("teardown: --failed/--training delete only those objects; drop --volume/--secrets")
+        return _teardown_some(cfg, cluster, out, failed, training)
     sel = render.selector(cfg)
     gone = []
     kinds = ["Job", "ConfigMap"]
@@ -471,6 +557,70 @@ def teardown(
     return gone
 
 
+def _teardown_some(
+    cfg: PipelineConfig, cluster: Cluster, out: TextIO, failed: bool, training: bool
+) -> list[str]:
+    record = StageRecord(cluster, cfg)
+    gone: list[str] = []
+    if failed:
+        for job in cluster.list("Job", render.selector(cfg)):
+            if job_state(job) == "Failed" and cluster.delete("Job", job["metadata"]["name"]):
+                gone.append(f"Job/{job['metadata']['name']}")
+        stale = [s for s, e in record.entries.items() if e.get("outcome") == "Failed"]
+        for stage in record.drop(stale):
+            print(f"teardown: forgot the failed {stage} stage (the next deploy runs it again)", file=out)
+    engine = kubernetes_engine(cfg.train.engine)
+    if engine is not None:
+        live = cluster.get(engine.KIND, engine.name(cfg))
+        if live is not None and (training or cluster.state(engine.KIND, live) == "Failed"):
+            if cluster.delete(engine.KIND, engine.name(cfg)):  # its controller removes the pods
+                gone.append(f"{engine.KIND}/{engine.name(cfg)}")
+        if training and cfg.train.own_runtime and cluster.delete("TrainingRuntime", engine.runtime_name(cfg)):
+            gone.append(f"TrainingRuntime/{engine.runtime_name(cfg)}")
+        if training or (live is not None and f"{engine.KIND}/{engine.name(cfg)}" in gone):
+            record.drop(["train"])
+    for g in gone:
+        print(f"teardown: deleted {g}", file=out)
+    what = " and ".join(w for w, on in (("failed", failed), ("training", training)) if on)
+    print(
+        f"teardown: {len(gone)} {what} objects deleted; kept the completed stages and "
+        f"PersistentVolumeClaim/{cfg.volume.name}",
+        file=out,
+    )
+    return gone
+
+
+def require_trained(cfg: PipelineConfig, cluster: Cluster, opts: Options, wait: bool, out: TextIO) -> None:
+    """Export only a finished run: its TrainJob/JobSet Complete (or recorded Complete), or, with
+    `wait`, once it is. Needs no log or bucket access."""
+    engine = kubernetes_engine(cfg.train.engine)
+    kind, name = engine.KIND, engine.name(cfg)
+    key = f"{kind}/{name}"
+    live = cluster.get(kind, name)
+    if live is None:
+        entry = StageRecord(cluster, cfg).complete("train", name)
+        if entry is not None:
+            return
+        raise JobError(
+            f"export: no complete checkpoint: {key} does not exist (training has not run); "
+            "`invoke deploy` first, or name one with --checkpoint s3://..."
+        )
+    state = cluster.state(kind, live)
+    if state == "Failed":
+        raise JobError(
+            f"export: {key} failed ({failed_reason(live)}); `invoke deploy --retry-failed` resumes it, "
+            "or name a checkpoint with --checkpoint s3://..."
+        )
+    if state != "Complete":
+        if not wait:
+            raise JobError(
+                f"export: {key} is still {state.lower()}: its final checkpoint does not exist yet; "
+                "`invoke export --wait` waits for the run, --checkpoint s3://... names one"
+            )
+        print(f"export: waiting for {key} to finish", file=out)
+        waiter(cluster, opts, out)(kind, name)
+
+
 def export(
     opts: Options,
     experiment_id: int | None = None,
@@ -480,6 +630,7 @@ def export(
     cluster: Cluster | None = None,
     master: Master | None = None,
     out: TextIO | None = None,
+    wait: bool = False,
     **local_kw,
 ) -> str:
     """A Hugging Face folder from the run's checkpoint. By default a Job in the cluster (trainer image)
@@ -491,9 +642,15 @@ def export(
 
     out = out or sys.stderr
     cfg = config(opts)
+    if local and not opts.out:
+        raise JobError("export: --out DIR is required to export on this machine")
+    # On the volume a checkpoint counts once the run is Complete; --local reads the mirror, whose
+    # `latest` exists only once a checkpoint is complete (mirror_checkpoint refuses without it).
+    native = kubernetes_engine(cfg.train.engine) is not None
+    if checkpoint is None and experiment_id is None and native and (not local or wait):
+        cluster = cluster or connect(cfg, opts)[0]
+        require_trained(cfg, cluster, opts, wait, out)
     if local:
-        if not opts.out:
-            raise JobError("export: --out DIR is required to export on this machine")
         if checkpoint is None and experiment_id is None and cfg.train.engine != "determined":
             checkpoint = _export.mirror_checkpoint(stages.mirror_url(cfg), cfg.checkpoints.endpoint_url)
         if master is None and experiment_id is not None:
@@ -531,7 +688,7 @@ def export(
     cluster = cluster or connect(cfg, opts)[0]
     what, _ = cluster.apply(job, force=opts.force_conflicts)
     print(f"export: Job/{job['metadata']['name']} {what} ({checkpoint} -> {dest})", file=out)
-    cluster.wait_job(job["metadata"]["name"], opts.job_timeout, opts.poll, out)
+    waiter(cluster, opts, out)("Job", job["metadata"]["name"])
     where = dest if to else f"{dest} on PersistentVolumeClaim/{cfg.volume.name}"
     print(f"export: Hugging Face model folder at {where}", file=out)
     return dest

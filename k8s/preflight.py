@@ -484,11 +484,13 @@ def _check_static_volumes(cluster: Cluster, name: str, label: str, mode: str, re
 APPLY = ("get", "create", "patch")  # Cluster.apply reads the object, then applies it (a create needs both)
 FOLLOW = ("list", "watch")  # Cluster.wait lists the object, then watches it
 # What deploy does besides applying and following the plan's objects: (verb, kind, subresource, why,
-# required). The probe's verdict is read from its pod's log today, so reading logs is required.
+# required: a missing optional one is a warning).
 READS = (
     ("get", "Secret", "", "to check checkpoints.secret", True),
     ("list", "Pod", "", "to find a stage's pods", True),
-    ("get", "Pod", "log", "to read the probe's verdict and a failed stage's log", True),
+    # deploy reads the probe's verdict from its termination message; logs only enrich a failure's report
+    ("get", "Pod", "log", "to show a failed stage's log", False),
+    ("delete", "Job", "", "for --retry-failed and teardown", False),
 )
 
 

@@ -27,8 +27,12 @@ PROBE_SCRIPT = Path(__file__).with_name("weights_probe.py")
 PROBE_DIR = "/probe"
 
 # Job policy per stage: retries, how long it may run, how long the finished Job stays for `invoke logs`.
+# The TTL only bounds how long its pods' logs stay readable: where the pipeline stands (each stage's
+# outcome, the probe's verdict) is in the stage record (k8s/stage_record.py), which has none, so a
+# re-deploy after a Job expired still runs nothing that completed. A day for the probe (its verdict is
+# recorded), a week for the stages whose logs someone may want to read after a weekend.
 _JOB_POLICY = {
-    "probe-weights": {"backoff_limit": 0, "deadline_seconds": 1800, "ttl_seconds": 600},
+    "probe-weights": {"backoff_limit": 0, "deadline_seconds": 1800, "ttl_seconds": 86400},
     "fetch-weights": {"backoff_limit": 3, "deadline_seconds": 6 * 3600, "ttl_seconds": 7 * 86400},
     "fetch-data": {"backoff_limit": 3, "deadline_seconds": 6 * 3600, "ttl_seconds": 7 * 86400},
     "preprocess": {"backoff_limit": 2, "deadline_seconds": 12 * 3600, "ttl_seconds": 7 * 86400},
@@ -181,11 +185,19 @@ def pod_spec(cfg: PipelineConfig, spec: JobSpec, containers: list[dict], extra_v
     return pod
 
 
-def job(cfg: PipelineConfig, spec: JobSpec, images: dict[str, str], extra: tuple = ()) -> dict:
-    """A batch/v1 Job running `spec` once. `extra`: (volume, mount) pairs only this Job needs."""
+def job(
+    cfg: PipelineConfig,
+    spec: JobSpec,
+    images: dict[str, str],
+    extra: tuple = (),
+    container_extra: dict | None = None,
+) -> dict:
+    """A batch/v1 Job running `spec` once. `extra`: (volume, mount) pairs only this Job needs;
+    `container_extra`: fields only its container has."""
     policy = _JOB_POLICY[spec.stage]
     c = container(cfg, spec, images[spec.image])
     c["volumeMounts"] += [m for _, m in extra]
+    c.update(container_extra or {})
     job_spec = {
         "backoffLimit": policy["backoff_limit"],
         "activeDeadlineSeconds": policy["deadline_seconds"],
@@ -209,7 +221,12 @@ def probe_job(cfg: PipelineConfig, spec: JobSpec, images: dict[str, str]) -> dic
         {"name": "probe", "configMap": {"name": cm}},
         {"name": "probe", "mountPath": PROBE_DIR, "readOnly": True},
     )
-    return job(cfg, spec, images, extra=(vol,))
+    return job(cfg, spec, images, extra=(vol,), container_extra=TERMINATION_MESSAGE)
+
+
+# The probe's verdict travels in its termination message (the kubelet keeps it in the pod's status), so
+# reading it needs no pods/log access; the log has it too.
+TERMINATION_MESSAGE = {"terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File"}
 
 
 def dump_yaml(obj: dict) -> str:

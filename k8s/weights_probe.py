@@ -1,7 +1,8 @@
 """Does DEST already hold the weights the fetcher verified? Runs inside the fetcher image (standard
-library only, mounted from a ConfigMap) and prints one JSON line that `invoke deploy` reads from the
-pod log: {"weights_verified": true|false, "reason": ..., "files": N, "bytes": N}. Usage: DEST [SOURCE]. Always exits 0 when
-it could look, so a "no" is an answer and not a failed Job.
+library only, mounted from a ConfigMap) and prints one JSON line, also written as the container's
+termination message, that `invoke deploy` reads from the pod's status (or its log):
+{"weights_verified": true|false, "reason": ..., "files": N, "bytes": N}. Usage: DEST [SOURCE].
+Always exits 0 when it could look, so a "no" is an answer and not a failed Job.
 
 The fetcher (jobs/fetch/manifest.py) writes DEST/fetch-manifest.json with `complete: true` once every
 file was size- and hash-checked; here the manifest must be complete, from the configured SOURCE, and
@@ -55,5 +56,22 @@ def probe(dest, source=None):
     return {"weights_verified": True, "reason": "all files present", "files": len(entries), "bytes": total}
 
 
+TERMINATION_LOG = "/dev/termination-log"  # the Job's terminationMessagePath
+
+
+def report(verdict, termination_log=TERMINATION_LOG):
+    """The verdict as one JSON line on stdout and in the termination message, which deploy reads from
+    the pod's status when the log cannot be read."""
+    line = json.dumps(verdict)
+    print(line, flush=True)
+    if not os.path.exists(termination_log):  # outside a pod the kubelet mounted none: the log line is it
+        return
+    try:
+        with open(termination_log, "w") as f:
+            f.write(line + "\n")
+    except OSError:
+        pass
+
+
 if __name__ == "__main__":
-    print(json.dumps(probe(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)), flush=True)
+    report(probe(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None))

@@ -6,6 +6,7 @@ rank, teardown, and a second deploy that changes nothing."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 
@@ -84,17 +85,22 @@ def test_a_failed_run_reports_its_pod_log_and_is_not_restarted_blindly(
     with pytest.raises(JobError, match=f"{kind}/gpt-neox-20b-finetune-train"):
         d.deploy(_opts(config), cluster=cluster, master=None, out=log)
     assert "config key 'train-iters' must be positive" in log.getvalue()
-    with pytest.raises(JobError, match=r"failed earlier .*`invoke teardown` then `invoke deploy`"):
+    before = list(kube.writes)
+    with pytest.raises(JobError, match=r"failed earlier .*`invoke deploy --retry-failed` starts it again"):
         d.deploy(_opts(config), cluster=cluster, master=None, out=io.StringIO())
-    gone = d.teardown(_opts(config), cluster=cluster, out=io.StringIO())
-    assert f"{kind}/gpt-neox-20b-finetune-train" in gone
+    assert kube.writes == before  # nothing rerun blindly
+    kube.outcomes["train"] = ("Complete", "trainer.train: done\n")
+    log = io.StringIO()
+    res = d.deploy(_opts(config, retry_failed=True), cluster=cluster, master=None, out=log)
+    assert res.train_state == "Complete" and res.applied[res.train] == "created"
+    assert f"deploy: {kind}/gpt-neox-20b-finetune-train failed earlier (FailedJobs" in log.getvalue()
+    assert ("delete", kind, "gpt-neox-20b-finetune-train") in kube.writes[len(before) :]
+    # the data stages were not run again
+    assert not [w for w in kube.writes[len(before) :] if w[1] == "Job"]
     assert (
         "PersistentVolumeClaim",
         "finetune-gpt-neox",
     ) in kube.objects  # the volume and its checkpoints stay
-    kube.outcomes["train"] = ("Complete", "trainer.train: done\n")
-    res = d.deploy(_opts(config), cluster=cluster, master=None, out=io.StringIO())
-    assert res.train_state == "Complete" and res.applied[res.train] == "created"
 
 
 def test_no_wait_then_status_logs_by_rank_and_a_changed_spec_is_refused_while_it_runs(
@@ -103,8 +109,11 @@ def test_no_wait_then_status_logs_by_rank_and_a_changed_spec_is_refused_while_it
     engine, kind, config = engine_config
     _secrets(config, cluster)
     kube.outcomes["probe-weights"] = ("Complete", _verdict())
-    res = d.deploy(_opts(config, wait_train=False), cluster=cluster, master=None, out=io.StringIO())
-    assert res.train_state == "Running"
+    kube.job_polls = 4  # each object takes a few reads: the run is still going when deploy returns
+    log = io.StringIO()
+    res = d.deploy(_opts(config, wait_train=False), cluster=cluster, master=None, out=log)
+    assert res.train_state == "Running"  # what the object's status says, read back
+    assert f"deploy: {kind}/gpt-neox-20b-finetune-train: Running: 1 jobs running" in log.getvalue()
     kube.job_polls = 10**6  # the run goes on
     out = io.StringIO()
     report = d.status(_opts(config), cluster=cluster, out=out)
@@ -124,7 +133,7 @@ def test_no_wait_then_status_logs_by_rank_and_a_changed_spec_is_refused_while_it
     out = io.StringIO()
     assert d.logs(_opts(config), rank=1, cluster=cluster, out=out) == 1
     assert f"==> pod {node1}" in out.getvalue() and "node 1 of 3" in out.getvalue()
-    with pytest.raises(JobError, match=r"no train pod of node rank 7 \(nodes: 0, 1, 2\)"):
+    with pytest.raises(JobError, match=r"^logs: --rank 7: out of range; train.nodes is 3 \(ranks 0-2\)$"):
         d.logs(_opts(config), rank=7, cluster=cluster, out=io.StringIO())
 
     changed = make_config(
@@ -137,18 +146,29 @@ def test_no_wait_then_status_logs_by_rank_and_a_changed_spec_is_refused_while_it
     )
     before = list(kube.writes)
     with pytest.raises(
-        JobError, match=r"already running with a different spec; wait for it or `invoke teardown`"
+        JobError, match=r"already running with a different spec; wait for it or `invoke teardown --training`"
     ):
         d.deploy(_opts(changed), cluster=cluster, master=None, out=io.StringIO())
     assert [w for w in kube.writes if w[1] == kind] == [w for w in before if w[1] == kind]
 
 
 def test_export_runs_a_job_in_the_cluster_on_the_volume(engine_config, kube, cluster, secret_env):
+    """Export before training ran is one line and no Job; after the run completed, a Job on the volume."""
     engine, kind, config = engine_config
+    with pytest.raises(JobError) as info:
+        d.export(_opts(config), cluster=cluster, out=io.StringIO())
+    assert str(info.value) == (
+        f"export: no complete checkpoint: {kind}/gpt-neox-20b-finetune-train does not exist (training has "
+        "not run); `invoke deploy` first, or name one with --checkpoint s3://..."
+    )
+    assert kube.writes == []
+    _secrets(config, cluster)
+    kube.outcomes["probe-weights"] = ("Complete", _verdict())
+    d.deploy(_opts(config), cluster=cluster, master=None, out=io.StringIO())
     log = io.StringIO()
     dest = d.export(_opts(config), cluster=cluster, out=log)
     assert dest == "/mnt/finetune-gpt-neox/export/gpt-neox-20b-finetune/hf"
-    (job,) = [o for (k, _), o in kube.objects.items() if k == "Job"]
+    (job,) = [o for (k, _), o in kube.objects.items() if k == "Job" and "-export-" in o["metadata"]["name"]]
     c = job["spec"]["template"]["spec"]["containers"][0]
     assert c["command"] == ["python"] and c["args"] == [
         "-m",
@@ -170,13 +190,15 @@ def test_local_export_takes_the_newest_complete_checkpoint_from_the_mirror(make_
     url, client = s3
     client.create_bucket(Bucket="model-checkpoints")
     prefix = "gpt-neox-20b/gpt-neox-20b-finetune"
-    for key in (
-        "global_step4/mp_rank_00_model_states.pt",
-        "global_step4/complete.json",
-        "global_step8/mp_rank_00_model_states.pt",
-        "global_step8/complete.json",
-    ):
-        client.put_object(Bucket="model-checkpoints", Key=f"{prefix}/{key}", Body=b"x")
+    # complete.json as trainer.train writes it: each file's sha256, which the download is checked against
+    record = json.dumps({"sha256": {"mp_rank_00_model_states.pt": hashlib.sha256(b"x").hexdigest()}})
+    for step in ("global_step4", "global_step8"):
+        client.put_object(
+            Bucket="model-checkpoints", Key=f"{prefix}/{step}/mp_rank_00_model_states.pt", Body=b"x"
+        )
+        client.put_object(
+            Bucket="model-checkpoints", Key=f"{prefix}/{step}/complete.json", Body=record.encode()
+        )
     client.put_object(Bucket="model-checkpoints", Key=f"{prefix}/latest", Body=b"global_step8\n")
     config = make_config(
         lambda r: (
@@ -221,6 +243,10 @@ def test_export_job_reads_a_determined_checkpoint_from_the_bucket_and_can_write_
 ):
     """A Determined run's checkpoint lives in the bucket: the export Job fetches it there (the bucket's
     keys by reference, the download on the volume) instead of this machine downloading it."""
+    from k8s import render
+    from k8s.config import load_config
+
+    cluster.apply(render.pvc(load_config(config_file)))  # the volume deploy made (the work folder is on it)
     master.login()
     exp_id = master.create_experiment({"name": "x"}, [])
     det.checkpoints[exp_id] = [{"uuid": "0b3c1f5e", "state": "STATE_COMPLETED"}]

@@ -321,6 +321,30 @@ def test_probe_script(tmp_path):
     assert probe()["reason"] == "missing latest"
 
 
+def test_probe_writes_its_verdict_as_the_termination_message(tmp_path, capsys, lock_file, config_file):
+    """The verdict goes to the kubelet's termination-log file as well as stdout, and the probe's
+    container names that file, so deploy can read the verdict from the pod's status."""
+    import importlib.util
+
+    from k8s.config import load_config, load_lock
+    from k8s.plan import build_plan
+
+    spec = importlib.util.spec_from_file_location("weights_probe", render.PROBE_SCRIPT)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    log = tmp_path / "termination-log"
+    log.write_text("")  # the kubelet mounts it; the probe never creates one
+    probe.report({"weights_verified": True, "files": 2}, str(log))
+    assert json.loads(log.read_text()) == {"weights_verified": True, "files": 2}
+    assert json.loads(capsys.readouterr().out) == {"weights_verified": True, "files": 2}
+    probe.report({"weights_verified": False}, str(tmp_path / "absent"))
+    assert not (tmp_path / "absent").exists()
+    plan = build_plan(load_config(config_file), load_lock(lock_file))
+    (c,) = plan.probe["spec"]["template"]["spec"]["containers"]
+    assert c["terminationMessagePath"] == probe.TERMINATION_LOG == "/dev/termination-log"
+    assert plan.probe["spec"]["ttlSecondsAfterFinished"] == 86400
+
+
 def test_invoke_deploy_unreachable_cluster_and_master(make_config, lock_file, tmp_path, secret_env):
     """`invoke deploy` with nothing answering: one line per failed check, one error line, exit 1."""
     cfg = make_config(

@@ -77,6 +77,7 @@ CORE_ROUTES = {
     ("", "v1", "pods"): "Pod",
     ("", "v1", "services"): "Service",
     ("batch", "v1", "jobs"): "Job",
+    ("", "v1", "events"): "Event",
 }
 WORKLOADS = ("Job", "JobSet", "TrainJob")
 JOBSET_NAME = "jobset.sigs.k8s.io/jobset-name"
@@ -391,6 +392,7 @@ class FakeKube(ClusterScope, _Server):
             self.put_cluster_object(kube_admission.torch_distributed())
         else:
             self.remove_cluster_object("ClusterTrainingRuntime", "torch-distributed")
+        self._init_bad_day()
 
     # -- helpers tests use
     def edit(self, kind: str, name: str, path: str, value, manager: str = "kubectl-edit") -> None:
@@ -428,6 +430,7 @@ class FakeKube(ClusterScope, _Server):
         scheme, _, token = (headers.get("Authorization") or "").partition(" ")
         if scheme.lower() != "bearer" or token not in self.tokens:  # auth schemes are case-insensitive
             return _status(401, "Unauthorized")
+        self._expire_ttls()
         if url.path == "/version":
             major, minor = self.git_version.lstrip("v").split(".")[:2]
             return 200, {"major": major, "minor": minor, "gitVersion": self.git_version}, "application/json"
@@ -477,7 +480,9 @@ class FakeKube(ClusterScope, _Server):
         fields = {}
         for term in filter(None, query.get("fieldSelector", "").split(",")):
             k, _, v = term.partition("=")
-            if k not in ("metadata.name", "metadata.namespace"):
+            if k not in ("metadata.name", "metadata.namespace") and not (
+                kind == "Event" and k in ("involvedObject.name", "involvedObject.kind")
+            ):
                 raise ValueError(
                     f'"{k}" is not a known field selector: only "metadata.name", "metadata.namespace"'
                 )
@@ -485,6 +490,12 @@ class FakeKube(ClusterScope, _Server):
         out = []
         for (k, n), o in list(self.objects.items()):
             if k != kind or fields.get("metadata.name", n) != n:
+                continue
+            if kind == "Event" and any(
+                o["involvedObject"].get(f.split(".", 1)[1]) != v
+                for f, v in fields.items()
+                if f.startswith("involvedObject.")
+            ):
                 continue
             if _matches(o["metadata"].get("labels") or {}, query.get("labelSelector", "")):
                 out.append(self._read(k, n))
@@ -539,6 +550,8 @@ class FakeKube(ClusterScope, _Server):
     def _log(self, pod, query):
         if ("Pod", pod) not in self.objects:
             return _status(404, f'pods "{pod}" not found')
+        if (failure := self._log_failure(pod)) is not None:
+            return failure
         lines = self.logs.get(pod, "").splitlines(keepends=True)
         start = max(0, len(lines) - int(query["tailLines"])) if "tailLines" in query else 0
         if query.get("follow") not in ("true", "1"):
@@ -667,7 +680,7 @@ class FakeKube(ClusterScope, _Server):
         if live_before is not None and "status" in live_before:  # status belongs to the controllers
             live["status"] = live_before["status"]
         elif kind == "PersistentVolumeClaim":
-            live["status"] = {"phase": "Bound"}
+            live["status"] = {"phase": self.pvc_phase}
         self.writes.append(("create" if live_before is None else "update", kind, name))
         self.objects[key] = live
         self.applied[key] = obj
@@ -708,6 +721,7 @@ class FakeKube(ClusterScope, _Server):
         }
         self.objects[("Pod", name)] = pod
         self._born[("Pod", name)] = int(pod["metadata"]["resourceVersion"])
+        self._pod_bad_day(owner, pod)
 
     def _groups(self, kind: str, obj: dict) -> list[tuple[str, int, int, dict]]:
         """(replicated job, replicas, pods per child Job, pod template labels) of a JobSet/TrainJob."""
@@ -736,6 +750,11 @@ class FakeKube(ClusterScope, _Server):
     def _start(self, kind: str, obj: dict) -> None:
         name = obj["metadata"]["name"]
         self._polls[(kind, name)] = 0
+        if kind in self.no_controller:  # the CRD is served, but nothing acts on the object
+            return
+        if kind == "Job" and self._component(obj) in self.pod_create_errors:  # a quota, a webhook on pods
+            self.event("Job", name, "FailedCreate", self.pod_create_errors[self._component(obj)])
+            return
         if kind == "Job":
             labels = {
                 **((obj["spec"]["template"].get("metadata") or {}).get("labels") or {}),
@@ -807,6 +826,8 @@ class FakeKube(ClusterScope, _Server):
         if self._finished(kind, obj):
             return
         key = (kind, name)
+        if self._held(kind, obj):
+            return
         self._polls[key] = self._polls.get(key, 0) + 1
         if self._polls[key] < self.job_polls:
             return
@@ -830,8 +851,10 @@ class FakeKube(ClusterScope, _Server):
                 log if failed or outcome == "Complete" else f"{component}: stopped\n"
             )
             pod["status"]["phase"] = "Failed" if failed else "Succeeded"
+            self._terminated(pod, component, failed)
             self._bump(pod)
         ok = outcome == "Complete"
+        self._finished_at[key] = self.clock
         if kind == "Job":
             obj["status"] = (
                 {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
@@ -873,6 +896,225 @@ class FakeKube(ClusterScope, _Server):
             if kind == "JobSet":
                 status["terminalState"] = "Completed" if ok else "Failed"
         self._bump(obj)
+
+    # -- a bad day: what real clusters do that the happy path never shows. Each is scripted per
+    # `app.kubernetes.io/component` (the stage) and off by default.
+    def _init_bad_day(self) -> None:
+        # component -> the scheduler's message: its pods stay Pending with PodScheduled=False
+        self.unschedulable: dict[str, str] = {}
+        # component -> (reason, message) of the container's waiting state (ErrImagePull, ImagePullBackOff)
+        self.image_errors: dict[str, tuple[str, str]] = {}
+        # component (or "*") -> the status pods/log answers with (500: the kubelet cannot serve it,
+        # 403: the user may not read pods/log)
+        self.log_failures: dict[str, int] = {}
+        # component -> the container's termination message (what it wrote to /dev/termination-log)
+        self.termination_messages: dict[str, str] = {}
+        # component -> [(node index, reason, exit code), ...]: the JobSet's failure policy restarts every
+        # node after each, status.restarts going up, before the scripted outcome
+        self.restart_plan: dict[str, list[tuple[int, str, int]]] = {}
+        self.restart_linger = 25  # steps a failed attempt's pods stay visible before they are recreated
+        # the phase new PVCs get: "Pending" is a StorageClass that provisions nothing; pods using it
+        # stay Pending with the scheduler's message about unbound claims
+        self.pvc_phase = "Bound"
+        # component -> why its Job's pods cannot be created (a ResourceQuota, a pod admission webhook):
+        # the Job gets no status or pods, only a FailedCreate event
+        self.pod_create_errors: dict[str, str] = {}
+        # kinds whose CRD is served but no controller runs: objects never get a status or pods
+        self.no_controller: set[str] = set()
+        # the stand-in's clock (seconds) for Job TTLs; `advance_clock` moves it
+        self.clock = 0.0
+        self._finished_at: dict[tuple[str, str], float] = {}
+        self._attempt: dict[tuple[str, str], dict] = {}
+
+    def event(self, kind: str, name: str, reason: str, message: str, type_: str = "Warning") -> None:
+        """An Event about kind/name, as a controller records it (kubectl describe shows these)."""
+        with self.lock:
+            rv = next(self._rv)
+            ev = {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"name": f"{name}.{rv:x}", "resourceVersion": str(rv), "labels": {}},
+                "involvedObject": {"kind": kind, "name": name},
+                "reason": reason,
+                "message": message,
+                "type": type_,
+                "count": 1,
+            }
+            self.objects[("Event", ev["metadata"]["name"])] = ev
+            self._born[("Event", ev["metadata"]["name"])] = rv
+
+    def advance_clock(self, seconds: float) -> None:
+        """Time passes: finished Jobs whose ttlSecondsAfterFinished ran out are deleted (the TTL controller)."""
+        with self.lock:
+            self.clock += seconds
+            self._expire_ttls()
+
+    def _expire_ttls(self) -> None:
+        for (kind, name), at in list(self._finished_at.items()):
+            obj = self.objects.get((kind, name))
+            if obj is None:
+                del self._finished_at[(kind, name)]
+                continue
+            ttl = (obj.get("spec") or {}).get("ttlSecondsAfterFinished")
+            if kind == "Job" and ttl is not None and self.clock >= at + ttl:
+                del self._finished_at[(kind, name)]
+                self._delete(kind, name, "jobs")
+
+    def _component(self, obj: dict) -> str:
+        return (obj["metadata"].get("labels") or {}).get(COMPONENT, "")
+
+    def _pod_bad_day(self, owner: dict, pod: dict) -> None:
+        """A new pod as the kubelet and scheduler leave it: owned by its Job, carrying its template's
+        volumes, Pending with the scheduler's reason or an image pull error when scripted."""
+        component = self._component(pod)
+        if owner.get("kind") == "Job":
+            pod["metadata"]["ownerReferences"] = [
+                {
+                    "apiVersion": "batch/v1",
+                    "kind": "Job",
+                    "name": owner["metadata"]["name"],
+                    "uid": owner["metadata"].get("uid", ""),
+                    "controller": True,
+                }
+            ]
+            tmpl = (owner["spec"].get("template") or {}).get("spec") or {}
+            pod["spec"] = {"volumes": tmpl.get("volumes") or [], "containers": tmpl.get("containers") or []}
+        claims = [
+            v["persistentVolumeClaim"]["claimName"]
+            for v in (pod.get("spec") or {}).get("volumes") or []
+            if "persistentVolumeClaim" in v
+        ]
+        unbound = [
+            c
+            for c in claims
+            if (self.objects.get(("PersistentVolumeClaim", c), {}).get("status") or {}).get("phase")
+            != "Bound"
+        ]
+        message = self.unschedulable.get(component)
+        if unbound and message is None:  # what the scheduler says of a claim not bound (or absent)
+            message = (
+                "0/3 nodes are available: pod has unbound immediate PersistentVolumeClaims. "
+                "preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling."
+            )
+        if message is not None:
+            pod["status"] = {
+                "phase": "Pending",
+                "conditions": [
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": message,
+                    }
+                ],
+            }
+        elif component in self.image_errors:
+            reason, message = self.image_errors[component]
+            pod["status"] = {
+                "phase": "Pending",
+                "conditions": [{"type": "PodScheduled", "status": "True"}],
+                "containerStatuses": [
+                    {
+                        "name": "main",
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {"waiting": {"reason": reason, "message": message}},
+                    }
+                ],
+            }
+
+    def _held(self, kind: str, obj: dict) -> bool:
+        """True while something keeps the workload from going on this step: a Pending pod, or a
+        scripted JobSet restart in progress."""
+        name = obj["metadata"]["name"]
+        owner_label = "job-name" if kind == "Job" else JOBSET_NAME
+        pods = [
+            o
+            for (k, _), o in self.objects.items()
+            if k == "Pod" and o["metadata"]["labels"].get(owner_label) == name
+        ]
+        if any(p["status"].get("phase") == "Pending" for p in pods):
+            return True
+        if kind in self.no_controller or (kind == "Job" and self._component(obj) in self.pod_create_errors):
+            return True
+        if kind == "JobSet" and self.restart_plan.get(self._component(obj)):
+            self._restart_step(obj, pods)
+            return True
+        return False
+
+    def _restart_step(self, obj: dict, pods: list[dict]) -> None:
+        """One step of a scripted restart: node i fails (its pod Failed with a reason, the child Job's
+        failed count up), stays visible for `restart_linger` steps, then every pod is recreated and
+        status.restarts goes up, as the JobSet controller's Recreate strategy does."""
+        key = ("JobSet", obj["metadata"]["name"])
+        plan = self.restart_plan[self._component(obj)]
+        attempt = self._attempt.setdefault(key, {"steps": 0})
+        attempt["steps"] += 1
+        node, reason, code = plan[0]
+        jobs = obj["status"].get("replicatedJobsStatus") or []
+        if attempt["steps"] == 1:
+            for pod in pods:
+                if pod["metadata"]["labels"].get("batch.kubernetes.io/job-completion-index") == str(node):
+                    pod["status"] = {
+                        "phase": "Failed",
+                        "containerStatuses": [
+                            {
+                                "name": "node",
+                                "ready": False,
+                                "restartCount": 0,
+                                "state": {"terminated": {"exitCode": code, "reason": reason}},
+                            }
+                        ],
+                    }
+                    self._bump(pod)
+            for j in jobs:
+                j.update(active=0, ready=0, failed=1)
+            self._bump(obj)
+        elif attempt["steps"] > self.restart_linger:
+            plan.pop(0)
+            del self._attempt[key]
+            for pod in pods:
+                del self.objects[("Pod", pod["metadata"]["name"])]
+            obj["status"]["restarts"] = obj["status"].get("restarts", 0) + 1
+            restarts = obj["status"]["restarts"]
+            for pod in pods:
+                fresh = json.loads(json.dumps(pod))
+                fresh["metadata"]["name"] = f"{pod['metadata']['name'].rsplit('-r', 1)[0]}-r{restarts}"
+                fresh["status"] = {"phase": "Running"}
+                self.objects[("Pod", fresh["metadata"]["name"])] = fresh
+                self._bump(fresh)
+                self._born[("Pod", fresh["metadata"]["name"])] = int(fresh["metadata"]["resourceVersion"])
+            for j in jobs:
+                j.update(active=j.get("active", 0) or 1, ready=1, failed=0)
+            self._bump(obj)
+
+    def _terminated(self, pod: dict, component: str, failed: bool) -> None:
+        """The container's terminated state, with its termination message when scripted."""
+        term = {"exitCode": 1 if failed else 0, "reason": "Error" if failed else "Completed"}
+        if component in self.termination_messages:
+            term["message"] = self.termination_messages[component]
+        pod["status"]["containerStatuses"] = [
+            {"name": "main", "ready": False, "restartCount": 0, "state": {"terminated": term}}
+        ]
+
+    def _log_failure(self, pod: str):
+        component = self._component(self.objects[("Pod", pod)])
+        status = self.log_failures.get(component, self.log_failures.get("*"))
+        if status == 403:
+            return _status(
+                403,
+                f'pods "{pod}" is forbidden: User "tester" cannot get resource "pods/log" in API group "" '
+                f'in the namespace "tenant-finetune"',
+                "Forbidden",
+            )
+        if status is not None:
+            return _status(
+                status,
+                f'Get "https://10.0.0.7:10250/containerLogs/tenant-finetune/{pod}/main": '
+                "remote error: tls: internal error",
+                "InternalError",
+            )
+        return None
 
 
 class FakeDetermined(_Server):
