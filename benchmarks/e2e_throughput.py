@@ -322,6 +322,21 @@ BASES = ("ours", "hf", "hf-liger")
 OPTIONS = ("fp8", "rowwise", "compile", "unfused-loss", "fused-step")  # +rowwise: +fp8, rowwise recipe
 
 
+def set_inductor_options(items: list[str]) -> None:
+    """`KEY=VALUE` pairs onto torch._inductor.config (VALUE: an int, a float, or 'true'/'false')."""
+    import torch._inductor.config as inductor
+
+    for item in items:
+        key, _, raw = item.partition("=")
+        *path, name = key.split(".")
+        target = inductor
+        for part in path:
+            target = getattr(target, part)
+        old = getattr(target, name)  # an AttributeError names a key inductor does not have
+        value = raw.lower() in ("1", "true") if isinstance(old, bool) else type(old or 0)(raw)
+        setattr(target, name, value)
+
+
 def impl_spec(text: str) -> str:
     """`BASE[+OPTION...]`, e.g. `ours+fp8+unfused-loss`; checked here so a typo fails before any run."""
     base, *opts = text.split("+")
@@ -426,6 +441,13 @@ def main(argv=None) -> int:
         metavar="DIR",
         help="after timing, profile 2 steps of the last size: DIR/IMPL-mbN.txt",
     )
+    p.add_argument(
+        "--inductor",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set torch._inductor.config KEY (e.g. triton.prefer_nd_tiling=1) for every row; repeatable",
+    )
     p.add_argument("--peak", type=float, default=989.0, help="dense bf16 TFLOP/s of the device")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
@@ -451,6 +473,7 @@ def main(argv=None) -> int:
 
     from trainer.engine import init_distributed
 
+    set_inductor_options(args.inductor)
     init_distributed()
     world = dist.get_world_size()
     cfg = neox_config(args)
@@ -542,6 +565,7 @@ def main(argv=None) -> int:
             "fused_step": args.fused_step,
             "compiled": args.compile or not ours or args.fp8,
             "kernels": os.environ.get("NEOX_KERNELS", "1"),
+            "inductor": args.inductor,
             "device": torch.cuda.get_device_name() if DEV == "cuda" else "cpu",
             "torch": torch.__version__,
         }
