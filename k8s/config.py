@@ -68,7 +68,7 @@ SCHEMA: dict[str, Any] = {
         "volume": {
             "type": "object",
             "additionalProperties": False,
-            "required": ["name", "size", "storage_class", "mount_path"],
+            "required": ["name", "size", "mount_path"],
             "properties": {
                 "name": _NAME,
                 "size": _QUANTITY,
@@ -182,8 +182,8 @@ def _describe(err: jsonschema.ValidationError) -> str:
 class Volume:
     name: str
     size: str
-    storage_class: str
     mount_path: str
+    storage_class: str | None = None  # None: the cluster's default StorageClass provisions it
     access_mode: str = "ReadWriteMany"
 
 

@@ -88,7 +88,8 @@ def pvc(cfg: PipelineConfig) -> dict:
         "metadata": meta(cfg, vol.name, "volume"),
         "spec": {
             "accessModes": [vol.access_mode],
-            "storageClassName": vol.storage_class,
+            # left out, the API server's DefaultStorageClass admission fills in the cluster's default
+            **({"storageClassName": vol.storage_class} if vol.storage_class else {}),
             "resources": {"requests": {"storage": vol.size}},
         },
     }

@@ -19,7 +19,7 @@ import requests
 from jobs.cli import JobError
 from k8s import deploy as d
 from k8s.cluster import missing_namespace_line
-from k8s.config import IMAGES, Volume, load_config, load_lock
+from k8s.config import IMAGES, load_config, load_lock
 from k8s.plan import build_plan
 from k8s.preflight import Report, check_storage, deploy_access, run_preflight
 from tests.support.kube_scope import cluster_training_runtime, storage_class
@@ -178,17 +178,20 @@ def test_an_unknown_provisioner_is_a_warning(ready, kube, cluster):
     ) in lines
 
 
-def test_no_default_storage_class(kube, cluster):
-    """`volume.storage_class` empty means the default class, as a claim without storageClassName gets
-    (the config schema requires a class today, so the check is called as deploy would call it)."""
-    volume = Volume(name="finetune-gpt-neox", size="1Gi", storage_class="", mount_path="/mnt/v")
+def test_no_default_storage_class(ready, kube, cluster):
+    """A config without `volume.storage_class` means the default class: the claim is rendered without
+    storageClassName (the API server's DefaultStorageClass admission fills it in), and preflight checks
+    that a default class exists and gives the access mode."""
+    cfg = ready(lambda r: r["volume"].pop("storage_class"))
+    _, _, plan = d.load(d.Options(config=str(cfg)))
+    assert "storageClassName" not in plan.pvc["spec"]
     kube.put_cluster_object(storage_class("block-nvme-ord1", "rook-ceph.rbd.csi.ceph.com"))  # no default
-    report = Report(io.StringIO())
-    check_storage(cluster, volume, report)
-    assert report.failures == [
+    fails, _ = refused(cfg, cluster, kube)
+    assert fails == [
         "no default StorageClass in the cluster (classes: block-nvme-ord1, shared-hdd-ord1); "
         "set volume.storage_class"
     ]
+    volume = load_config(cfg).volume
     kube.put_cluster_object(storage_class("shared-hdd-ord1", "rook-ceph.cephfs.csi.ceph.com", default=True))
     report = Report(io.StringIO())
     check_storage(cluster, volume, report)
