@@ -15,7 +15,6 @@ an HF folder, or a checkpoint of ours).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -28,6 +27,7 @@ from pathlib import Path
 import torch
 
 from jobs.cli import JobError, atomic_dir
+from jobs.fetch.verify import hash_file
 from trainer.model import GPTNeoX, ModelConfig, Rotary
 
 # Hugging Face hidden_act values -> our activation names
@@ -497,20 +497,10 @@ def _files(tag_dir: Path) -> list[Path]:
 
 
 HASH = "sha256"  # the fetcher's hash too, so a download is checked against the trainer's record for free
-_BLOCK = 8 << 20
 
 
 def file_sha256(path: Path, on_bytes: Callable[[int], None] | None = None) -> str:
-    """hashlib releases the GIL on large blocks, so threads hash several files at once."""
-    h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        buf = bytearray(_BLOCK)
-        view = memoryview(buf)
-        while n := f.readinto(buf):
-            h.update(view[:n])
-            if on_bytes:
-                on_bytes(n)
-    return h.hexdigest()
+    return hash_file(Path(path), on_bytes=on_bytes)[HASH]
 
 
 def hash_files(

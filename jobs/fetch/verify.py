@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from jobs.cli import JobError
@@ -67,11 +68,21 @@ def mismatch(expected: dict[str, str], got: dict[str, str]) -> str | None:
     return None
 
 
-def hash_file(path: Path, algorithms=(), size: int | None = None, block: int = 8 << 20) -> dict[str, str]:
+def hash_file(
+    path: Path,
+    algorithms=(),
+    size: int | None = None,
+    block: int = 8 << 20,
+    on_bytes: Callable[[int], None] | None = None,
+) -> dict[str, str]:
+    """sha256 (and `algorithms`) of a file; hashlib releases the GIL on large blocks, so threads hash
+    several files at once. `on_bytes(n)` after each block, for progress."""
     h = Hashers(algorithms, size if size is not None else path.stat().st_size)
     with open(path, "rb", buffering=0) as f:
         buf = bytearray(block)
         view = memoryview(buf)
         while n := f.readinto(buf):
             h.update(view[:n])
+            if on_bytes:
+                on_bytes(n)
     return h.hexdigests()
