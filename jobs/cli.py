@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -68,7 +69,9 @@ def write_json_atomic(path: str | os.PathLike, payload: dict) -> None:
 def atomic_dir(out: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
     """Build a folder under a temporary name beside `out`; on success it takes `out`'s place, on error it
     goes. With replace=False an existing `out` that holds anything is refused up front (one line), so a
-    folder the user named is never deleted; an empty one is taken."""
+    folder the user named is never deleted; an empty one is taken. While it is written the temporary
+    folder holds an owner file (pid, host), so the leftovers of a killed run can be told apart from
+    anyone else's (`stale_temporaries`)."""
     out = Path(out)
     if not replace and out.is_dir() and any(out.iterdir()):
         raise JobError(f"{out}: exists and is not empty; name a new folder (nothing in it was touched)")
@@ -77,7 +80,9 @@ def atomic_dir(out: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        (tmp / OWNER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n")
         yield tmp
+        (tmp / OWNER).unlink()
         if out.exists() and replace:
             shutil.rmtree(out)
         elif out.is_dir():
@@ -89,6 +94,37 @@ def atomic_dir(out: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+OWNER = ".atomic-dir-owner.json"  # in atomic_dir's temporary folder while it is being written
+
+
+def stale_temporaries(out: str | os.PathLike) -> list[tuple[Path, int]]:
+    """atomic_dir's temporary folders beside `out` left by runs that were killed: (folder, pid) of those
+    whose owner file names this host and a pid that is not running. Anything else (another host's, a live
+    run's, a folder without the file) is not provably ours and stays."""
+    from jobs.procs import pid_alive
+
+    out = Path(out)
+    found = []
+    for d in out.parent.glob(f".{out.name}.*") if out.parent.is_dir() else []:
+        try:
+            owner = json.loads((d / OWNER).read_text())
+            pid = int(owner["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if owner.get("host") == socket.gethostname() and pid != os.getpid() and not pid_alive(pid):
+            found.append((d, pid))
+    return found
+
+
+def remove_temporary(tmp: Path) -> None:
+    """The owner file goes last, so a removal cut short is finished by the next run."""
+    for p in tmp.iterdir():
+        if p.name != OWNER:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    (tmp / OWNER).unlink(missing_ok=True)
+    tmp.rmdir()
 
 
 def human_bytes(n: float) -> str:

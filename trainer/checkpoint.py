@@ -198,7 +198,6 @@ def save_hf(
 
     out = Path(out)
     with atomic_dir(out, replace=replace) as tmp:
-        write_owner(tmp)  # first: a run killed from here on leaves a folder that proves it is ours
         state = {}
         for name, tensor in model.state_dict().items():
             hf_name = "embed_out.weight" if name == "embed_out.weight" else f"gpt_neox.{name}"
@@ -230,47 +229,7 @@ def save_hf(
             shutil.copyfile(tokenizer, tmp / "tokenizer.json")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        (tmp / OWNER).unlink()
     return out
-
-
-OWNER = ".trainer-export-owner.json"  # in save_hf's temporary folder while it is being written
-
-
-def write_owner(tmp: Path) -> None:
-    import socket
-
-    (tmp / OWNER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n")
-
-
-def stale_temporaries(out: str | os.PathLike) -> list[tuple[Path, int]]:
-    """save_hf's temporary folders beside `out` left by runs that were killed: (folder, pid) of those whose
-    owner file names this host and a pid that is not running. Anything else (another host's, a live run's,
-    a folder without the file) is not provably ours and stays."""
-    import socket
-
-    from jobs.procs import pid_alive
-
-    out = Path(out)
-    found = []
-    for d in out.parent.glob(f".{out.name}.*") if out.parent.is_dir() else []:
-        try:
-            owner = json.loads((d / OWNER).read_text())
-            pid = int(owner["pid"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if owner.get("host") == socket.gethostname() and pid != os.getpid() and not pid_alive(pid):
-            found.append((d, pid))
-    return found
-
-
-def remove_temporary(tmp: Path) -> None:
-    """The owner file goes last, so a removal cut short is finished by the next run."""
-    for p in tmp.iterdir():
-        if p.name != OWNER:
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-    (tmp / OWNER).unlink(missing_ok=True)
-    tmp.rmdir()
 
 
 # ---- GPT-NeoX slim layout ----------------------------------------------------------------------

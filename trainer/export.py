@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from jobs.cli import JobError, human_bytes, run_main, write_json_atomic
+from jobs.cli import JobError, human_bytes, remove_temporary, run_main, stale_temporaries, write_json_atomic
 from trainer import checkpoint, model_card
 
 PROG = "trainer.export"
@@ -76,8 +76,8 @@ def load_state(folder: Path, tag: str) -> dict[str, torch.Tensor]:
 def clean_temporaries(*outs: Path) -> None:
     """Remove the temporary folders that killed exports to these places left (only provably ours)."""
     for out in outs:
-        for tmp, pid in checkpoint.stale_temporaries(out):
-            checkpoint.remove_temporary(tmp)
+        for tmp, pid in stale_temporaries(out):
+            remove_temporary(tmp)
             print(f"{PROG}: removed {tmp}, left by an export to {out} that was stopped (pid {pid})")
 
 

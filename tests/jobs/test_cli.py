@@ -4,10 +4,20 @@ import io
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
-from jobs.cli import JobError, Progress, atomic_dir, run_main, write_json_atomic
+from jobs.cli import (
+    OWNER,
+    JobError,
+    Progress,
+    atomic_dir,
+    remove_temporary,
+    run_main,
+    stale_temporaries,
+    write_json_atomic,
+)
 
 
 def test_atomic_dir_replaces_on_success_and_leaves_nothing_on_error(tmp_path):
@@ -19,6 +29,38 @@ def test_atomic_dir_replaces_on_success_and_leaves_nothing_on_error(tmp_path):
         raise RuntimeError("half-written")
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
     assert [p.name for p in out.iterdir()] == ["a"]
+
+
+def test_a_killed_runs_temporary_folder_is_found_and_only_it(tmp_path):
+    """A process killed inside atomic_dir leaves `.out.XXXX` with its owner file; stale_temporaries names
+    it (dead pid, this host) and not a live writer's, another host's or an unmarked folder."""
+    import socket
+    import subprocess
+    import sys
+
+    out = tmp_path / "model"
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys\nfrom jobs.cli import atomic_dir\n"
+            f"with atomic_dir({str(out)!r}) as tmp:\n    (tmp / 'shard').write_text('x')\n    os._exit(9)",
+        ],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert killed.returncode == 9
+    (left,) = tmp_path.glob(".model.*")
+    assert json.loads((left / OWNER).read_text())["host"] == socket.gethostname()
+    with atomic_dir(out) as mine:  # a live writer's folder (this process)
+        other = tmp_path / ".model.other"
+        other.mkdir()
+        (other / OWNER).write_text(json.dumps({"pid": 1, "host": "another-node"}))
+        (tmp_path / ".model.unmarked").mkdir()
+        assert [d for d, _ in stale_temporaries(out)] == [left]
+        assert mine.exists()
+    remove_temporary(left)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".model.other", ".model.unmarked", "model"]
+    assert not (out / OWNER).exists()  # the finished folder carries no owner file
 
 
 def test_json_is_written_atomically_and_readable_by_others(tmp_path):

@@ -15,8 +15,8 @@ import time
 
 import pytest
 
+from jobs.cli import OWNER
 from tests.support.trainer import env, trainer_cmd, write_config
-from trainer import checkpoint as ck
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_a_killed_export_leaves_nothing_behind_after_the_rerun(ckpt, tmp_path):
         assert temporaries(out) == [], what
         assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["hf"], what
         assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
-        assert not (out / ck.OWNER).exists()
+        assert not (out / OWNER).exists()
         for p in list(tmp_path.iterdir()):  # the next moment starts from an empty place
             subprocess.run(["rm", "-rf", str(p)], check=True)
     assert removed >= 1  # at least one kill landed while the folder was being written (the tiny one is quick)
@@ -96,13 +96,13 @@ def test_temporaries_not_provably_ours_stay(ckpt, tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "model.safetensors").write_bytes(b"x")
         if owner:
-            (tmp_path / name / ck.OWNER).write_text(json.dumps(owner))
+            (tmp_path / name / OWNER).write_text(json.dumps(owner))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     stale = tmp_path / ".hf.dead1234"
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"x" * 10)
-    (stale / ck.OWNER).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    (stale / OWNER).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
     proc = subprocess.run(export_cmd(ckpt, out), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert [x for x in proc.stdout.splitlines() if "removed" in x] == [
